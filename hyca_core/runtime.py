@@ -1,0 +1,181 @@
+"""Per-run caching state: which evaluations are full, anchors per stream, predictions, stats.
+
+A *stream* is one sequence of model evaluations that shares features: one cond (or one batch of
+conds evaluated together) of one sampling run. Each stream owns its anchor store and schedule
+position; nothing is shared between streams or outlives the run that created it.
+
+Use per evaluation::
+
+    full = stream.begin(t, n_steps, signature)
+    ... for each cached feature: stream.remember(key, value) if full else stream.predict(key)
+    if not stream.accept(output):   # a prediction produced NaN/inf
+        stream.begin(t, n_steps, signature, force_full=True); ...recompute fully...
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Hashable, Mapping, Optional
+
+import torch
+
+from .anchors import AnchorStore
+from .predictor import HybridPredictor
+from .schedule import Schedule
+
+log = logging.getLogger("hyca")
+
+_BLOCK_INDEX = re.compile(r"\.\d+(?=\.|$)")
+
+
+def pooled_scope(feature: str) -> str:
+    """The scope a feature shares with the same feature of every other block:
+    ``double_blocks.7.img_attn`` -> ``double_blocks.*.img_attn``."""
+    return _BLOCK_INDEX.sub(".*", feature)
+
+
+class PredictorBank:
+    """Finds the predictor of each cached feature: by its own name, else by its pooled scope,
+    else the default (a uniform solver). Without a default an unknown feature is an error."""
+
+    def __init__(self, by_scope: Optional[Mapping[str, HybridPredictor]] = None,
+                 default: Optional[HybridPredictor] = None):
+        self.by_scope = dict(by_scope or {})
+        self.default = default
+        if not self.by_scope and default is None:
+            raise ValueError("a predictor bank needs scopes or a default predictor")
+
+    def __call__(self, feature: str) -> HybridPredictor:
+        found = self.by_scope.get(feature) or self.by_scope.get(pooled_scope(feature)) or self.default
+        if found is None:
+            raise KeyError(f"the solver map has no entry for feature {feature!r}")
+        return found
+
+    @property
+    def anchors_needed(self) -> int:
+        predictors = list(self.by_scope.values()) + ([self.default] if self.default else [])
+        return max(p.anchors_needed for p in predictors)
+
+
+@dataclass
+class StreamStats:
+    full: int = 0
+    predicted: int = 0
+    full_reasons: Counter = field(default_factory=Counter)
+    recomputed: int = 0  # predicted evaluations thrown away because the output was not finite
+    resets: int = 0  # histories dropped after a shape, dtype or device change
+
+    @property
+    def evaluations(self) -> int:
+        return self.full + self.predicted
+
+    @property
+    def flops_speedup(self) -> float:
+        return self.evaluations / self.full if self.full else 1.0
+
+
+class CacheStream:
+    def __init__(self, schedule: Schedule, predictors: Callable[[str], HybridPredictor],
+                 capacity: int = 3, cache_dtype: Optional[torch.dtype] = None,
+                 cache_device: Optional[torch.device | str] = None, name: str = "stream"):
+        self.schedule = schedule
+        self.predictors = predictors
+        self.store = AnchorStore(capacity, cache_dtype, cache_device)
+        self.name = name
+        self.stats = StreamStats()
+        self._last_full: Optional[float] = None
+        self._in_row = 0
+        self._signature: Optional[Hashable] = None
+        self._t = 0.0
+        self._full = True
+        self._warned_nonfinite = False
+
+    @property
+    def full(self) -> bool:
+        return self._full
+
+    @property
+    def time(self) -> float:
+        return self._t
+
+    def begin(self, t: float, n_steps: int, signature: Hashable = None, force_full: bool = False) -> bool:
+        """Start an evaluation at step coordinate ``t``; True if it must be computed fully.
+
+        ``signature`` describes the input (shape, dtype, device): when it changes, the anchors no
+        longer match and the history restarts with a full evaluation.
+        """
+        if signature != self._signature:
+            if self._signature is not None:
+                self.reset()
+                self.stats.resets += 1
+            self._signature = signature
+        reason = "forced" if force_full else self.schedule.full_reason(t, n_steps, self._last_full, self._in_row)
+        self._t, self._full = float(t), reason is not None
+        if reason is not None:
+            self.stats.full_reasons[reason] += 1
+        return self._full
+
+    def remember(self, feature: str, value: torch.Tensor) -> None:
+        """Store a fully computed feature as an anchor (a copy)."""
+        self.store.push(feature, self._t, value)
+
+    def can_predict(self, feature: str) -> bool:
+        return feature in self.store
+
+    def predict(self, feature: str, out_dtype: Optional[torch.dtype] = None,
+                device: Optional[torch.device | str] = None) -> torch.Tensor:
+        anchors, times = self.store.anchors(feature, device)
+        return self.predictors(feature).predict(anchors, times, self._t, out_dtype)
+
+    def accept(self, output: Optional[torch.Tensor] = None) -> bool:
+        """Finish the evaluation. On a predicted one, a non-finite ``output`` is refused (False):
+        the caller recomputes it with ``force_full=True``."""
+        if self._full:
+            self._last_full, self._in_row = self._t, 0
+            self.stats.full += 1
+            return True
+        if output is not None and not bool(torch.isfinite(output).all()):
+            self.stats.recomputed += 1
+            if not self._warned_nonfinite:
+                log.warning("HyCa: a predicted step of %s gave NaN/inf; computing it fully instead", self.name)
+                self._warned_nonfinite = True
+            return False
+        self._in_row += 1
+        self.stats.predicted += 1
+        return True
+
+    def reset(self) -> None:
+        self.store.clear()
+        self._last_full, self._in_row = None, 0
+
+
+class CacheRun:
+    """All streams of one sampling run. Create one per run; ``close`` frees every anchor."""
+
+    def __init__(self, schedule: Schedule, predictors: PredictorBank,
+                 cache_dtype: Optional[torch.dtype] = None, cache_device: Optional[torch.device | str] = None):
+        self.schedule = schedule
+        self.predictors = predictors
+        self.cache_dtype = cache_dtype
+        self.cache_device = cache_device
+        self.streams: dict[Hashable, CacheStream] = {}
+
+    def stream(self, key: Hashable) -> CacheStream:
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = CacheStream(self.schedule, self.predictors, self.predictors.anchors_needed,
+                                 self.cache_dtype, self.cache_device, name=str(key))
+            self.streams[key] = stream
+        return stream
+
+    @property
+    def peak_cache_bytes(self) -> int:
+        return sum(s.store.peak_nbytes for s in self.streams.values())
+
+    def close(self) -> None:
+        for stream in self.streams.values():
+            stream.reset()
+        self.streams.clear()

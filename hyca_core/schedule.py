@@ -1,0 +1,103 @@
+"""When to compute fully and when to predict, on a continuous step axis.
+
+Time is a *step coordinate*: where the current sigma falls in the sampler's sigma list (sigma
+``sigmas[i]`` is step i, a sigma between two entries gets a fraction). It never counts calls, so any
+number of steps, cond/uncond split into separate calls, and samplers that evaluate the model twice
+per step (Heun: at ``sigmas[i]`` and ``sigmas[i+1]``) all see the same time.
+
+The default schedule is TaylorSeer's, which HyCa's tables use: ``warmup`` full steps, then one full
+step every ``interval`` steps, no forced final step. ``cooldown``, ``max_consecutive`` and a
+``start``/``end`` window (fractions of the step axis) are optional.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+EPSILON = 1e-6
+SNAP = 1e-4  # sigma positions this close to an integer step are that step
+
+
+def step_coordinate(sigma: float, sigmas: Sequence[float]) -> float:
+    """Position of ``sigma`` on the step axis of a descending sigma list (0 .. len(sigmas)-1)."""
+    s = [float(x) for x in sigmas]
+    if len(s) < 2:
+        raise ValueError("a sigma schedule needs at least two entries")
+    sigma = float(sigma)
+    if sigma >= s[0]:
+        return 0.0
+    for i in range(len(s) - 1):
+        hi, lo = s[i], s[i + 1]
+        if hi >= sigma >= lo:
+            if hi - lo <= 0.0:
+                return float(i)
+            t = i + (hi - sigma) / (hi - lo)
+            nearest = round(t)
+            return float(nearest) if abs(t - nearest) < SNAP else t
+    return float(len(s) - 1)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    interval: int = 6
+    warmup: int = 3
+    cooldown: int = 0
+    max_consecutive: Optional[int] = None  # cap on predicted evaluations in a row
+    start: float = 0.0  # caching allowed only inside [start, end) of the step axis
+    end: float = 1.0
+
+    def __post_init__(self):
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {self.interval}")
+        if self.warmup < 0 or self.cooldown < 0:
+            raise ValueError("warmup and cooldown must be >= 0")
+        if self.max_consecutive is not None and self.max_consecutive < 0:
+            raise ValueError("max_consecutive must be >= 0")
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise ValueError(f"window must satisfy 0 <= start <= end <= 1, got [{self.start}, {self.end}]")
+
+    def full_reason(self, t: float, n_steps: int, last_full: Optional[float],
+                    predicted_in_row: int = 0) -> Optional[str]:
+        """Why the evaluation at step coordinate ``t`` must be computed fully, or None if it may
+        be predicted. ``last_full`` is the time of the newest anchor, ``predicted_in_row`` the
+        number of predicted evaluations since it."""
+        if self.interval <= 1:
+            return "interval"
+        if last_full is None:
+            return "no anchor"
+        if t < self.warmup - EPSILON:
+            return "warmup"
+        if self.cooldown and t >= n_steps - self.cooldown - EPSILON:
+            return "cooldown"
+        position = t / n_steps if n_steps > 0 else 0.0
+        if position < self.start - EPSILON or position >= self.end - EPSILON:
+            return "window"
+        if t < last_full - EPSILON:
+            return "time went back"
+        if t - last_full >= self.interval - EPSILON:
+            return "interval"
+        if self.max_consecutive is not None and predicted_in_row >= self.max_consecutive:
+            return "max consecutive"
+        return None
+
+    def plan(self, n_steps: int) -> list[bool]:
+        """Full (True) or predicted (False) for each step of a one-evaluation-per-step sampler."""
+        plan, last_full, in_row = [], None, 0
+        for step in range(n_steps):
+            full = self.full_reason(float(step), n_steps, last_full, in_row) is not None
+            plan.append(full)
+            if full:
+                last_full, in_row = float(step), 0
+            else:
+                in_row += 1
+        return plan
+
+    def full_steps(self, n_steps: int) -> list[int]:
+        return [i for i, full in enumerate(self.plan(n_steps)) if full]
+
+    def flops_speedup(self, n_steps: int) -> float:
+        """Upper bound of the speedup: evaluations over full evaluations (predictions are free)."""
+        full = len(self.full_steps(n_steps))
+        return n_steps / full if full else math.inf

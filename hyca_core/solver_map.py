@@ -1,0 +1,423 @@
+"""Solver maps: which solver every channel of every cached feature uses, as a safetensors file.
+
+The format is documented in ``solver_maps/README.md``. Reading never unpickles anything: tensors
+come from safetensors and everything else is JSON in the file's metadata. Every defect found while
+reading raises ``SolverMapError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+from . import __version__
+from .predictor import FittedRule, HybridPredictor, Rule
+from .runtime import PredictorBank, pooled_scope
+from .solvers import SOLVERS
+
+FORMAT_NAME = "hyca-solver-map"
+FORMAT_VERSION = 1
+GRANULARITIES = ("module", "block", "stack")
+MODES = ("choose", "fit")
+_SUM_TOLERANCE = 1e-3
+
+
+class SolverMapError(ValueError):
+    """A solver map file or object is unusable; says which file and which field."""
+
+    def __init__(self, source: str, field_name: str, reason: str):
+        self.source, self.field, self.reason = source, field_name, reason
+        super().__init__(f"{source}: {field_name}: {reason}")
+
+
+class SolverMapMismatch(ValueError):
+    """A valid map made for another model than the one it is applied to."""
+
+
+@dataclass
+class ScopeAssignment:
+    """Solvers of one feature scope (a feature kind pooled over blocks, or a single feature)."""
+
+    labels: torch.Tensor  # int32 [D]: channel -> cluster
+    choices: torch.Tensor  # int32 [I, C]: pool index per interval and cluster
+    errors: torch.Tensor  # float32 [S (+1 if fitted), C, I]: calibration mean squared error
+    fitted: dict[int, torch.Tensor] = field(default_factory=dict)  # N -> float32 [C, N, 3]
+    features: list[str] = field(default_factory=list)
+
+    @property
+    def channels(self) -> int:
+        return self.labels.numel()
+
+    @property
+    def clusters(self) -> int:
+        return self.choices.shape[1]
+
+
+@dataclass
+class SolverMap:
+    family: str
+    architecture: dict  # {"hidden_size": int, "blocks": {kind: count}, "features": [names]}
+    granularity: str
+    pool: tuple[str, ...]
+    intervals: tuple[int, ...]
+    warmup: int
+    scopes: dict[str, ScopeAssignment]
+    mode: str = "choose"  # which rules ``predictors`` uses by default
+    provenance: dict = field(default_factory=dict)  # steps, sampler, scheduler, runs, seeds, date, ...
+    author: str = ""
+    description: str = ""
+    license: str = ""
+    pack_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    # -- building --------------------------------------------------------------------------------
+    @classmethod
+    def from_calibration(cls, result, family: str, architecture: dict, granularity: str, warmup: int,
+                         provenance: Optional[dict] = None, mode: Optional[str] = None, **text) -> "SolverMap":
+        cfg = result.config
+        prov = {
+            "runs": result.runs, "steps": result.steps, "clusters": "per_channel" if cfg.per_channel else cfg.clusters,
+            "descriptors": cfg.descriptors, "tokens": cfg.tokens, "scope": cfg.scope, "seed": cfg.seed,
+        }
+        prov.update(provenance or {})
+        arch = dict(architecture)
+        arch.setdefault("features", sorted(result.features))
+        return cls(family=family, architecture=arch, granularity=granularity, pool=tuple(cfg.pool),
+                   intervals=tuple(sorted(cfg.intervals)), warmup=int(warmup), scopes=dict(result.scopes),
+                   mode=mode or ("fit" if cfg.fit else "choose"), provenance=prov, **text)
+
+    @property
+    def fingerprint(self) -> str:
+        return architecture_fingerprint(self.architecture)
+
+    @property
+    def has_fit(self) -> bool:
+        return all(scope.fitted for scope in self.scopes.values())
+
+    # -- using -----------------------------------------------------------------------------------
+    def predictors(self, interval: int, mode: Optional[str] = None) -> PredictorBank:
+        """Predictors for deployment at ``interval``. An interval the map was not calibrated for
+        uses the nearest calibrated one's solvers (they are exact for any spacing), never its
+        fitted weights (those only hold at their own N)."""
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        column = self.interval_column(interval)
+        calibrated_n = self.intervals[column]
+        banks = {}
+        for name, scope in self.scopes.items():
+            rules: list[Rule] = []
+            for c in range(scope.clusters):
+                fixed = self.pool[int(scope.choices[column, c])]
+                table = scope.fitted.get(interval) if mode == "fit" and calibrated_n == interval else None
+                if table is None:
+                    rules.append(fixed)
+                else:
+                    rows = tuple(tuple(float(w) for w in row) for row in table[c].tolist())
+                    rules.append(FittedRule(interval, rows, fixed))
+            banks[name] = HybridPredictor(rules, scope.labels)
+        return PredictorBank(banks)
+
+    def interval_column(self, interval: int) -> int:
+        return min(range(len(self.intervals)), key=lambda i: (abs(self.intervals[i] - interval), self.intervals[i]))
+
+    def check_model(self, family: str, architecture: dict) -> None:
+        """Refuse a map made for another model, naming what differs."""
+        if family != self.family:
+            raise SolverMapMismatch(f"this solver map is for model family {self.family!r}, the model is {family!r}")
+        mine, theirs = self.architecture, architecture
+        if mine.get("hidden_size") != theirs.get("hidden_size"):
+            raise SolverMapMismatch(f"this solver map is for hidden size {mine.get('hidden_size')}, "
+                                    f"the model has {theirs.get('hidden_size')}")
+        if mine.get("blocks") != theirs.get("blocks"):
+            raise SolverMapMismatch(f"this solver map is for blocks {mine.get('blocks')}, the model has {theirs.get('blocks')}")
+        missing = [f for f in theirs.get("features", []) if f not in self.scopes and pooled_scope(f) not in self.scopes]
+        if missing:
+            raise SolverMapMismatch(f"this solver map ({self.granularity} granularity) has no solvers for "
+                                    f"{len(missing)} cached features of the model, e.g. {missing[0]!r}")
+
+    def equals(self, other: "SolverMap") -> bool:
+        """Bit-exact equality of every field and tensor."""
+        if _header(self) != _header(other):
+            return False
+        a, b = _tensors(self), _tensors(other)
+        return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def architecture_fingerprint(architecture: dict) -> str:
+    canonical = json.dumps(architecture, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# -- file format ---------------------------------------------------------------------------------
+def _header(m: SolverMap) -> dict:
+    return {
+        "family": m.family, "architecture": m.architecture, "fingerprint": m.fingerprint,
+        "granularity": m.granularity, "pool": list(m.pool), "intervals": list(m.intervals), "warmup": m.warmup,
+        "mode": m.mode, "provenance": m.provenance, "author": m.author, "description": m.description,
+        "license": m.license, "pack_version": m.pack_version,
+        "scopes": {name: {"features": list(s.features)} for name, s in m.scopes.items()},
+    }
+
+
+def _tensors(m: SolverMap) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, scope in m.scopes.items():
+        out[f"scopes/{name}/labels"] = scope.labels.to(torch.int32).contiguous()
+        out[f"scopes/{name}/choices"] = scope.choices.to(torch.int32).contiguous()
+        out[f"scopes/{name}/errors"] = scope.errors.to(torch.float32).contiguous()
+        for n, table in scope.fitted.items():
+            out[f"scopes/{name}/fit/{int(n)}"] = table.to(torch.float32).contiguous()
+    return out
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_solver_map(m: SolverMap, path: str) -> None:
+    """Write atomically: an interrupted save never leaves a half-written map behind."""
+    from safetensors.torch import save_file
+
+    validate_map(m, source="<solver map>")
+    tensors = _tensors(m)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(m.format_version),
+        "hyca": json.dumps(_header(m), sort_keys=True),
+        "checksum": _checksum(tensors),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".hyca-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_solver_map(path: str) -> SolverMap:
+    """Read and fully validate a map; any defect raises ``SolverMapError``."""
+    from safetensors import safe_open
+
+    source = str(path)
+    if not os.path.isfile(path):
+        raise SolverMapError(source, "file", "no such file")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise SolverMapError(source, "file", f"not a readable safetensors file ({exc}); "
+                                             "it may be truncated or not a solver map") from None
+
+    def need(key: str) -> str:
+        if key not in metadata:
+            raise SolverMapError(source, key, "missing from the file's metadata")
+        return metadata[key]
+
+    if need("format") != FORMAT_NAME:
+        raise SolverMapError(source, "format", f"is {metadata['format']!r}, expected {FORMAT_NAME!r}")
+    try:
+        version = int(need("format_version"))
+    except ValueError:
+        raise SolverMapError(source, "format_version", f"not an integer: {metadata['format_version']!r}") from None
+    if version > FORMAT_VERSION or version < 1:
+        raise SolverMapError(source, "format_version", f"version {version} is not supported by this pack "
+                                                       f"(reads 1..{FORMAT_VERSION}); update ComfyUI-HyCa")
+    try:
+        header = json.loads(need("hyca"))
+    except json.JSONDecodeError as exc:
+        raise SolverMapError(source, "hyca", f"metadata is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SolverMapError(source, "hyca", "metadata is not a JSON object")
+    if _checksum(tensors) != need("checksum"):
+        raise SolverMapError(source, "checksum", "tensor data does not match the checksum: the file is corrupted")
+    m = _from_parts(source, header, tensors, version)
+    validate_map(m, source=source)
+    return m
+
+
+def _from_parts(source: str, header: dict, tensors: dict[str, torch.Tensor], version: int) -> SolverMap:
+    def get(key: str, kind, default: Any = ...):
+        if key not in header:
+            if default is not ...:
+                return default
+            raise SolverMapError(source, key, "missing")
+        value = header[key]
+        if not isinstance(value, kind):
+            raise SolverMapError(source, key, f"has the wrong type ({type(value).__name__})")
+        return value
+
+    scopes_meta = get("scopes", dict)
+    scopes = {}
+    claimed = set()
+    for name, meta in scopes_meta.items():
+        prefix = f"scopes/{name}/"
+        parts = {}
+        for part in ("labels", "choices", "errors"):
+            if prefix + part not in tensors:
+                raise SolverMapError(source, prefix + part, "tensor missing")
+            parts[part] = tensors[prefix + part]
+            claimed.add(prefix + part)
+        fitted = {}
+        for key in tensors:
+            if key.startswith(prefix + "fit/"):
+                suffix = key[len(prefix + "fit/"):]
+                if not suffix.isdigit():
+                    raise SolverMapError(source, key, "fit tensors must be named by their interval")
+                fitted[int(suffix)] = tensors[key]
+                claimed.add(key)
+        features = meta.get("features", []) if isinstance(meta, dict) else []
+        scopes[name] = ScopeAssignment(parts["labels"], parts["choices"], parts["errors"], fitted, list(features))
+    stray = sorted(set(tensors) - claimed)
+    if stray:
+        raise SolverMapError(source, stray[0], "tensor belongs to no scope listed in the metadata")
+    intervals = get("intervals", list)
+    return SolverMap(
+        family=get("family", str), architecture=get("architecture", dict), granularity=get("granularity", str),
+        pool=tuple(get("pool", list)), intervals=tuple(intervals), warmup=get("warmup", int), scopes=scopes,
+        mode=get("mode", str, "choose"), provenance=get("provenance", dict, {}), author=get("author", str, ""),
+        description=get("description", str, ""), license=get("license", str, ""),
+        pack_version=get("pack_version", str, ""), format_version=version,
+    )
+
+
+def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
+    """Check every field of a map; raise ``SolverMapError`` on the first defect."""
+
+    def fail(field_name: str, reason: str):
+        raise SolverMapError(source, field_name, reason)
+
+    if not m.family:
+        fail("family", "empty")
+    if m.granularity not in GRANULARITIES:
+        fail("granularity", f"{m.granularity!r} is not one of {GRANULARITIES}")
+    if m.mode not in MODES:
+        fail("mode", f"{m.mode!r} is not one of {MODES}")
+    if not m.pool:
+        fail("pool", "empty")
+    for name in m.pool:
+        if not isinstance(name, str) or name not in SOLVERS:
+            fail("pool", f"unknown solver {name!r}; this pack knows {', '.join(SOLVERS)}")
+    if not m.intervals or any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in m.intervals):
+        fail("intervals", f"must be integers >= 2, got {list(m.intervals)}")
+    if list(m.intervals) != sorted(set(m.intervals)):
+        fail("intervals", f"must be sorted and distinct, got {list(m.intervals)}")
+    if not isinstance(m.warmup, int) or m.warmup < 0:
+        fail("warmup", f"must be an integer >= 0, got {m.warmup!r}")
+    hidden = m.architecture.get("hidden_size")
+    if not isinstance(hidden, int) or hidden < 1:
+        fail("architecture.hidden_size", f"must be a positive integer, got {hidden!r}")
+    if not m.scopes:
+        fail("scopes", "the map has no scopes")
+    intervals, pool = len(m.intervals), len(m.pool)
+    for name, s in m.scopes.items():
+        at = f"scopes/{name}"
+        if s.labels.dim() != 1 or s.labels.dtype not in (torch.int32, torch.int64):
+            fail(f"{at}/labels", f"must be a 1-D integer tensor, got {s.labels.dtype} {list(s.labels.shape)}")
+        if s.labels.numel() != hidden:
+            fail(f"{at}/labels", f"has {s.labels.numel()} channels but architecture.hidden_size is {hidden}")
+        if s.choices.dim() != 2 or s.choices.shape[0] != intervals or s.choices.dtype not in (torch.int32, torch.int64):
+            fail(f"{at}/choices", f"must be an integer tensor [intervals={intervals}, clusters], got "
+                                  f"{s.choices.dtype} {list(s.choices.shape)}")
+        clusters = s.choices.shape[1]
+        if clusters < 1:
+            fail(f"{at}/choices", "no clusters")
+        if int(s.labels.min()) < 0 or int(s.labels.max()) >= clusters:
+            fail(f"{at}/labels", f"values must lie in [0, {clusters}) (clusters), got "
+                                 f"[{int(s.labels.min())}, {int(s.labels.max())}]")
+        if int(s.choices.min()) < 0 or int(s.choices.max()) >= pool:
+            fail(f"{at}/choices", f"values must index the pool [0, {pool}), got "
+                                  f"[{int(s.choices.min())}, {int(s.choices.max())}]")
+        rows = pool + (1 if s.fitted else 0)
+        if list(s.errors.shape) != [rows, clusters, intervals]:
+            fail(f"{at}/errors", f"shape must be [{rows}, {clusters}, {intervals}], got {list(s.errors.shape)}")
+        if not bool(torch.isfinite(s.errors).all()):
+            fail(f"{at}/errors", "contains NaN or inf")
+        for n, table in s.fitted.items():
+            where = f"{at}/fit/{n}"
+            if n not in m.intervals:
+                fail(where, f"interval {n} is not among the map's intervals {list(m.intervals)}")
+            if list(table.shape) != [clusters, n, 3]:
+                fail(where, f"shape must be [{clusters}, {n}, 3], got {list(table.shape)}")
+            if not bool(torch.isfinite(table).all()):
+                fail(where, "contains NaN or inf")
+            sums = table.double().sum(-1)
+            if not bool(((sums - 1.0).abs() <= _SUM_TOLERANCE).all()):
+                fail(where, "weights of each offset must sum to 1")
+        if s.fitted and set(s.fitted) != set(m.intervals):
+            fail(f"{at}/fit", f"fitted weights cover intervals {sorted(s.fitted)}, the map lists {list(m.intervals)}")
+    if m.mode == "fit" and not m.has_fit:
+        fail("mode", "is 'fit' but the map holds no fitted weights")
+
+
+def uniform_predictors(solver: str) -> PredictorBank:
+    """A bank using one solver for every channel of every feature (no map needed)."""
+    return PredictorBank(default=HybridPredictor.uniform(solver))
+
+
+def summarize(m: SolverMap, source: str = "") -> str:
+    """A human-readable description of a map (``python -m hyca_core.maps info``)."""
+    lines = []
+    if source:
+        lines.append(f"file         {source}")
+    arch = m.architecture
+    lines += [
+        f"format       {FORMAT_NAME} v{m.format_version} (written by ComfyUI-HyCa {m.pack_version or '?'})",
+        f"family       {m.family}",
+        f"architecture hidden {arch.get('hidden_size')}, blocks {arch.get('blocks', {})}, "
+        f"{len(arch.get('features', []))} cached features, fingerprint {m.fingerprint}",
+        f"granularity  {m.granularity}",
+        f"mode         {m.mode}{' (fitted weights included)' if m.has_fit else ''}",
+        f"intervals    {', '.join(map(str, m.intervals))}   warm-up {m.warmup}",
+        f"pool         {', '.join(m.pool)}",
+    ]
+    for key in ("author", "description", "license"):
+        if getattr(m, key):
+            lines.append(f"{key:<12} {getattr(m, key)}")
+    if m.provenance:
+        lines.append("calibration  " + ", ".join(f"{k}={v}" for k, v in sorted(m.provenance.items())))
+    for name, s in m.scopes.items():
+        sizes = torch.bincount(s.labels.long(), minlength=s.clusters).tolist()
+        size_text = f"{s.clusters} clusters" if s.clusters > 16 else "clusters " + "/".join(map(str, sizes))
+        lines.append(f"scope {name}: {s.channels} channels, {size_text}, {len(s.features)} features")
+        for i, n in enumerate(m.intervals):
+            if s.clusters <= 16:
+                solvers = " ".join(m.pool[int(c)] for c in s.choices[i])
+            else:
+                counts = torch.bincount(s.choices[i].long(), minlength=len(m.pool)).tolist()
+                solvers = " ".join(f"{m.pool[j]}x{c}" for j, c in enumerate(counts) if c)
+            chosen = s.errors[s.choices[i].long(), torch.arange(s.clusters), i]
+            weights = torch.tensor(sizes, dtype=torch.float64) if s.clusters <= 16 else torch.ones(s.clusters, dtype=torch.float64)
+            hybrid = float((chosen.double() * weights).sum() / weights.sum())
+            uniform = (s.errors[: len(m.pool), :, i].double() * weights).sum(1) / weights.sum()
+            best = int(uniform.argmin())
+            text = f"  N={n}: {solvers}   mse {hybrid:.3g} vs best uniform {m.pool[best]} {float(uniform[best]):.3g}"
+            if s.fitted:
+                fit = float((s.errors[-1, :, i].double() * weights).sum() / weights.sum())
+                text += f", fit {fit:.3g}"
+            lines.append(text)
+    return "\n".join(lines)
+
+
+__all__ = [
+    "FORMAT_NAME", "FORMAT_VERSION", "GRANULARITIES", "MODES", "ScopeAssignment", "SolverMap",
+    "SolverMapError", "SolverMapMismatch", "architecture_fingerprint", "load_solver_map",
+    "save_solver_map", "summarize", "uniform_predictors", "validate_map",
+]
+

@@ -1,0 +1,22 @@
+"""Helpers shared by the tests (importable: tests/ is on pytest's pythonpath)."""
+
+from hyca_core.calibration import CalibrationConfig, Calibrator
+from hyca_core.solver_map import SolverMap
+from hyca_core.synthetic import mixture_trajectory
+
+FEATURES = ("double_blocks.0.img_attn", "double_blocks.1.img_attn", "single_blocks.0.total")
+
+
+def small_map(fit: bool = True, channels: int = 16, clusters: int = 2) -> SolverMap:
+    """A real calibrated map over a tiny synthetic model with two feature scopes."""
+    cal = Calibrator(CalibrationConfig(clusters=clusters, intervals=(2, 3, 4), fit=fit))
+    trajectory, _ = mixture_trajectory(steps=16, tokens=8, channels=channels)
+    for i in range(trajectory.shape[0]):
+        for j, feature in enumerate(FEATURES):
+            cal.observe(feature, i, trajectory[i] * (1 + j))
+    return SolverMap.from_calibration(
+        cal.finish(), family="flux", granularity="module", warmup=3,
+        architecture={"hidden_size": channels, "blocks": {"double": 2, "single": 1}},
+        provenance={"sampler": "euler", "scheduler": "simple", "seeds": [0], "date": "2026-11-22"},
+        author="tests", description="tiny synthetic map", license="CC0-1.0",
+    )

@@ -1,0 +1,211 @@
+"""One-time choosing: clustering, choice at the deployment spacing, fit, streaming behaviour."""
+
+import pytest
+import torch
+
+from hyca_core.calibration import CalibrationConfig, CalibrationError, Calibrator
+from hyca_core.predictor import HybridPredictor
+from hyca_core.schedule import Schedule
+from hyca_core.solver_map import SolverMap
+from hyca_core.solvers import DEFAULT_POOL, solver_weights
+from hyca_core.synthetic import mixture_trajectory, replay
+
+FEATURE = "blocks.0.attn"
+SCOPE = "blocks.*.attn"
+
+
+def calibrate(config=CalibrationConfig(), seeds=(0, 1), **traj):
+    cal = Calibrator(config)
+    for seed in seeds:
+        trajectory, _ = mixture_trajectory(seed=seed, **traj)
+        cal.begin_run()
+        for i in range(trajectory.shape[0]):
+            cal.observe(FEATURE, i, trajectory[i])
+        cal.end_run()
+    return cal.finish()
+
+
+@pytest.fixture(scope="module")
+def result():
+    return calibrate()
+
+
+def as_map(result):
+    return SolverMap.from_calibration(result, "synthetic", {"hidden_size": 64}, "module", warmup=3)
+
+
+def test_clusters_separate_smooth_from_oscillating_channels(result):
+    _, oscillating = mixture_trajectory()
+    labels = result.scopes[SCOPE].labels.long()
+    assert set(labels.tolist()) == {0, 1}
+    # canonical order: cluster 0 is the smooth one
+    assert not oscillating[labels == 0].any() and oscillating[labels == 1].all()
+
+
+@pytest.mark.parametrize("interval", [3, 4, 5, 6, 7, 8])
+def test_hybrid_beats_every_uniform_solver_on_held_out_samples(result, interval):
+    held_out, _ = mixture_trajectory(seed=99)
+    schedule = Schedule(interval=interval, warmup=3)
+    m = as_map(result)
+
+    def error(predictor):
+        return float((replay(held_out, schedule, predictor) - held_out).pow(2).mean())
+
+    hybrid = error(m.predictors(interval, "choose")(FEATURE))
+    uniform = {name: error(HybridPredictor.uniform(name)) for name in DEFAULT_POOL}
+    assert hybrid < min(uniform.values()), (hybrid, uniform)
+
+
+def brute_force_mse(trajectories, weights_of, interval):
+    """Mean squared error of a predictor over every (anchor position, k) at spacing N, per channel."""
+    total = count = 0.0
+    for trajectory in trajectories:
+        for target in range(trajectory.shape[0]):
+            for k in range(1, interval):
+                oldest = target - k - 2 * interval
+                if oldest < 0:
+                    continue
+                a, b, c = (trajectory[target - k - j * interval].double() for j in range(3))
+                wa, wb, wc = weights_of(k)
+                total += ((wa * a + wb * b + wc * c - trajectory[target].double()) ** 2).sum(dim=(0, 1))
+                count += a.shape[0] * a.shape[1]
+    return total / count  # [D]
+
+
+def test_error_table_equals_direct_measurement():
+    config = CalibrationConfig(clusters=1, intervals=(3, 5), tokens=10_000)
+    res = calibrate(config, seeds=(0,), steps=30, tokens=16, channels=8)
+    trajectory, _ = mixture_trajectory(seed=0, steps=30, tokens=16, channels=8)
+    scope = res.scopes[SCOPE]
+    for column, n in enumerate((3, 5)):
+        for s, name in enumerate(config.pool):
+            direct = brute_force_mse([trajectory], lambda k: solver_weights(name, k, n, n), n).mean()
+            assert float(scope.errors[s, 0, column]) == pytest.approx(float(direct), rel=1e-4)
+        fitted = scope.fitted[n][0].double()
+        direct_fit = brute_force_mse([trajectory], lambda k: tuple(fitted[k].tolist()), n).mean()
+        assert float(scope.errors[-1, 0, column]) == pytest.approx(float(direct_fit), rel=1e-3)
+
+
+def test_fit_is_never_worse_than_the_best_fixed_solver(result):
+    for scope in result.scopes.values():
+        fit = scope.errors[-1]
+        best_fixed = scope.errors[:-1].min(0).values
+        assert bool((fit <= best_fixed * (1 + 1e-6) + 1e-12).all())
+        assert bool((fit < best_fixed).any())  # and it does learn something
+
+
+def test_fitted_weights_sum_to_one_and_start_at_the_anchor(result):
+    for table in result.scopes[SCOPE].fitted.values():
+        torch.testing.assert_close(table.double().sum(-1), torch.ones(table.shape[:2], dtype=torch.float64),
+                                   rtol=0, atol=1e-5)
+        assert torch.equal(table[:, 0], torch.tensor([[1.0, 0.0, 0.0]]).expand(table.shape[0], 3))
+
+
+def test_choices_are_argmin_of_the_error_table(result):
+    scope = result.scopes[SCOPE]
+    pool = len(result.config.pool)
+    assert torch.equal(scope.choices.long(), scope.errors[:pool].argmin(0).t())
+
+
+def test_per_channel_mode_gives_every_channel_its_best_solver():
+    res = calibrate(CalibrationConfig(per_channel=True, intervals=(4,)), seeds=(0,), channels=16)
+    scope = res.scopes[SCOPE]
+    assert torch.equal(scope.labels.long(), torch.arange(16))
+    assert scope.choices.shape == (1, 16)
+    clustered = calibrate(CalibrationConfig(clusters=2, intervals=(4,)), seeds=(0,), channels=16).scopes[SCOPE]
+    per_channel_total = scope.errors[:-1].min(0).values.sum()
+    cluster_sizes = torch.bincount(clustered.labels.long()).double()
+    clustered_total = (clustered.errors[:-1].min(0).values[:, 0].double() * cluster_sizes).sum()
+    assert float(per_channel_total) <= float(clustered_total) * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("clusters", [1, 3, 16])
+def test_cluster_counts(clusters):
+    res = calibrate(CalibrationConfig(clusters=clusters, intervals=(3,)), seeds=(0,))
+    assert res.scopes[SCOPE].clusters == clusters
+
+
+def test_pooled_scope_merges_blocks_and_feature_scope_keeps_them_apart():
+    trajectory, _ = mixture_trajectory(steps=12, channels=8)
+    for scope_mode, expected in [("pooled", {"blocks.*.attn"}), ("feature", {"blocks.0.attn", "blocks.1.attn"})]:
+        cal = Calibrator(CalibrationConfig(intervals=(2, 3), scope=scope_mode))
+        for i in range(12):
+            cal.observe("blocks.0.attn", i, trajectory[i])
+            cal.observe("blocks.1.attn", i, trajectory[i] * 2)
+        assert set(cal.finish().scopes) == expected
+
+
+def test_window_stays_bounded_while_streaming():
+    config = CalibrationConfig(intervals=(2, 3), tokens=8)
+    cal = Calibrator(config)
+    trajectory, _ = mixture_trajectory(steps=40, tokens=64, channels=8)
+    for i in range(40):
+        cal.observe(FEATURE, i, trajectory[i])
+        window = cal._windows[FEATURE]
+        assert len(window.values) <= config.window
+        assert all(v.shape == (8, 8) for v in window.values.values())  # token subset only
+
+
+def test_repeated_step_replaces_instead_of_double_counting():
+    trajectory, _ = mixture_trajectory(steps=20, channels=8)
+    once, twice = Calibrator(CalibrationConfig(intervals=(3,))), Calibrator(CalibrationConfig(intervals=(3,)))
+    for i in range(20):
+        once.observe(FEATURE, i, trajectory[i])
+        twice.observe(FEATURE, i, trajectory[i] + 1.0)  # a first evaluation, later superseded
+        twice.observe(FEATURE, i, trajectory[i])
+    a, b = once.finish().scopes[SCOPE], twice.finish().scopes[SCOPE]
+    assert torch.equal(a.errors, b.errors)
+
+
+def test_between_step_evaluations_are_ignored():
+    trajectory, _ = mixture_trajectory(steps=12, channels=8)
+    plain, noisy = Calibrator(CalibrationConfig(intervals=(2, 3))), Calibrator(CalibrationConfig(intervals=(2, 3)))
+    for i in range(12):
+        plain.observe(FEATURE, i, trajectory[i])
+        noisy.observe(FEATURE, i, trajectory[i])
+        noisy.observe(FEATURE, i + 0.5, torch.randn_like(trajectory[i]))
+    assert torch.equal(plain.finish().scopes[SCOPE].errors, noisy.finish().scopes[SCOPE].errors)
+
+
+def test_calibration_is_deterministic(result):
+    again = calibrate()
+    assert as_map(result).equals(as_map(again))
+
+
+def test_too_short_runs_are_explained():
+    trajectory, _ = mixture_trajectory(steps=10, channels=8)
+    cal = Calibrator(CalibrationConfig(intervals=(2, 8)))
+    for i in range(10):
+        cal.observe(FEATURE, i, trajectory[i])
+    with pytest.raises(CalibrationError, match=r"too short for intervals \[8\].*24 steps"):
+        cal.finish()
+
+
+def test_nothing_observed_is_explained():
+    with pytest.raises(CalibrationError, match="nothing was observed"):
+        Calibrator().finish()
+
+
+def test_time_going_back_within_a_run_is_an_error():
+    cal = Calibrator()
+    cal.observe(FEATURE, 3, torch.zeros(4, 8))
+    with pytest.raises(CalibrationError, match="begin_run"):
+        cal.observe(FEATURE, 1, torch.zeros(4, 8))
+
+
+def test_size_change_within_a_run_is_an_error():
+    cal = Calibrator()
+    cal.observe(FEATURE, 0, torch.zeros(4, 8))
+    with pytest.raises(CalibrationError, match="changed size"):
+        cal.observe(FEATURE, 1, torch.zeros(6, 8))
+    with pytest.raises(CalibrationError, match="channels"):
+        cal.observe(FEATURE, 2, torch.zeros(4, 9))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(clusters=0), "clusters"), (dict(clusters=17), "clusters"), (dict(intervals=(1, 2)), "intervals"),
+    (dict(pool=("reuse", "rk4")), "rk4"), (dict(scope="layer"), "scope"), (dict(descriptors="x"), "descriptors"),
+])
+def test_bad_config_is_refused(kwargs, match):
+    with pytest.raises(Exception, match=match):
+        CalibrationConfig(**kwargs)

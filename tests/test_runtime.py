@@ -1,0 +1,151 @@
+"""Per-run caching state: decisions, anchors, predictions, NaN fallback, resets, isolation."""
+
+import pytest
+import torch
+
+from hyca_core.predictor import HybridPredictor
+from hyca_core.runtime import CacheRun, PredictorBank, pooled_scope
+from hyca_core.schedule import Schedule, step_coordinate
+from hyca_core.solvers import solver_weights
+
+
+def bank(solver="taylor1"):
+    return PredictorBank(default=HybridPredictor.uniform(solver))
+
+
+def test_pooled_scope():
+    assert pooled_scope("double_blocks.12.img_attn") == "double_blocks.*.img_attn"
+    assert pooled_scope("single_blocks.3") == "single_blocks.*"
+    assert pooled_scope("stack") == "stack"
+
+
+def test_bank_prefers_exact_feature_then_scope_then_default():
+    exact, scoped, default = (HybridPredictor.uniform(s) for s in ("reuse", "taylor1", "taylor2"))
+    b = PredictorBank({"blocks.0.attn": exact, "blocks.*.attn": scoped}, default)
+    assert b("blocks.0.attn") is exact and b("blocks.5.attn") is scoped and b("other") is default
+    assert b.anchors_needed == 3
+
+
+def test_full_steps_store_and_predicted_steps_forecast():
+    run = CacheRun(Schedule(interval=3, warmup=2), bank("taylor1"))
+    stream = run.stream("cond")
+    line = lambda t: torch.full((2, 4), 1.0 + 0.5 * t)  # noqa: E731
+    outputs = []
+    for step in range(8):
+        if stream.begin(float(step), 8):
+            value = line(step)
+            stream.remember("f", value)
+            value.mul_(0)  # the model reuses its buffer: the anchor must not change
+            outputs.append(line(step))
+        else:
+            outputs.append(stream.predict("f"))
+        assert stream.accept()
+    for step, out in enumerate(outputs):
+        torch.testing.assert_close(out, line(step))  # taylor1 is exact on a line
+    assert stream.stats.full == 4 and stream.stats.predicted == 4
+    assert stream.stats.full_reasons == {"no anchor": 1, "warmup": 1, "interval": 2}
+
+
+def test_prediction_uses_real_uneven_spacing():
+    run = CacheRun(Schedule(interval=4, warmup=2), bank("taylor2"))
+    stream = run.stream("c")
+    values = {t: torch.full((3,), float(t) ** 1.5) for t in range(10)}
+    for t in range(7):
+        if stream.begin(float(t), 10):
+            stream.remember("f", values[t])
+        else:
+            predicted = stream.predict("f")
+        stream.accept()
+    # full at 0, 1, 5: predicting t=6 uses anchors (5, 1, 0) with h1=4, h2=1, k=1
+    wa, wb, wc = solver_weights("taylor2", 1.0, 4.0, 1.0)
+    expected = wa * values[5] + wb * values[1] + wc * values[0]
+    torch.testing.assert_close(predicted, expected)
+
+
+def test_heun_like_evaluations_take_time_from_sigmas():
+    sigmas = [10.0, 6.0, 3.0, 1.5, 0.7, 0.2, 0.0]
+    evaluations = [10.0, 6.0, 6.0, 3.0, 3.0, 1.5, 1.5, 0.7, 0.7, 0.2]
+    run = CacheRun(Schedule(interval=2, warmup=1), bank("reuse"))
+    stream = run.stream("c")
+    decisions = []
+    for sigma in evaluations:
+        t = step_coordinate(sigma, sigmas)
+        full = stream.begin(t, len(sigmas) - 1)
+        if full:
+            stream.remember("f", torch.tensor([t]))
+        else:
+            assert stream.predict("f").item() <= t
+        stream.accept()
+        decisions.append((t, full))
+    assert [t for t, _ in decisions] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+    assert stream.store.times("f")[0] == max(t for t, full in decisions if full)
+
+
+def test_interval_one_never_predicts():
+    run = CacheRun(Schedule(interval=1), bank())
+    stream = run.stream("c")
+    for t in range(10):
+        assert stream.begin(float(t), 10)
+        stream.remember("f", torch.zeros(1))
+        stream.accept()
+    assert stream.stats.predicted == 0
+
+
+def test_non_finite_prediction_is_refused_and_recomputed():
+    run = CacheRun(Schedule(interval=4, warmup=2), bank("taylor1"))
+    stream = run.stream("c")
+    for t in range(2):
+        assert stream.begin(float(t), 10)
+        stream.remember("f", torch.tensor([float(t)]))
+        stream.accept()
+    assert not stream.begin(2.0, 10)
+    assert not stream.accept(torch.tensor([float("nan")]))
+    assert stream.begin(2.0, 10, force_full=True)
+    stream.remember("f", torch.tensor([2.0]))
+    assert stream.accept(torch.tensor([2.0]))
+    assert stream.stats.recomputed == 1 and stream.stats.full == 3 and stream.stats.predicted == 0
+    assert stream.stats.full_reasons["forced"] == 1
+
+
+def test_signature_change_restarts_with_a_full_step():
+    run = CacheRun(Schedule(interval=4, warmup=2), bank())
+    stream = run.stream("c")
+    for t in range(2):
+        assert stream.begin(float(t), 10, signature=(1, 4))
+        stream.remember("f", torch.zeros(1, 4))
+        stream.accept()
+    assert stream.begin(2.0, 10, signature=(2, 4))  # batch size changed mid-run
+    assert stream.stats.resets == 1 and not stream.can_predict("f")
+
+
+def test_streams_are_isolated_and_close_frees_everything():
+    run = CacheRun(Schedule(interval=3, warmup=1), bank())
+    cond, uncond = run.stream(("cond",)), run.stream(("uncond",))
+    for stream, value in ((cond, 1.0), (uncond, -1.0)):
+        stream.begin(0.0, 10)
+        stream.remember("f", torch.full((4,), value))
+        stream.accept()
+    for stream, value in ((cond, 1.0), (uncond, -1.0)):
+        assert not stream.begin(1.0, 10)
+        assert torch.equal(stream.predict("f"), torch.full((4,), value))
+    assert run.stream(("cond",)) is cond
+    assert run.peak_cache_bytes == 2 * 4 * 4
+    run.close()
+    assert not run.streams and cond.store.nbytes == 0
+
+
+def test_capacity_follows_what_the_solvers_read():
+    assert CacheRun(Schedule(), bank("foca")).stream("c").store.capacity == 2
+    assert CacheRun(Schedule(), bank("lagrange2")).stream("c").store.capacity == 3
+    assert CacheRun(Schedule(), bank("reuse")).stream("c").store.capacity == 1
+
+
+def test_predicting_a_feature_never_computed_is_a_clear_error():
+    run = CacheRun(Schedule(interval=3, warmup=1), bank())
+    stream = run.stream("c")
+    stream.begin(0.0, 10)
+    stream.remember("f", torch.zeros(1))
+    stream.accept()
+    stream.begin(1.0, 10)
+    with pytest.raises(KeyError, match="no anchors stored for 'g'"):
+        stream.predict("g")

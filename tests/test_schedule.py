@@ -1,0 +1,80 @@
+"""Schedule: TaylorSeer's full-step pattern, options, and time from sigmas."""
+
+import pytest
+
+from hyca_core.schedule import Schedule, step_coordinate
+
+
+def test_taylorseer_pattern_and_paper_flops():
+    # HyCa's tables: 3 warm-up steps, then one full step every N; 50 steps
+    assert Schedule(interval=7, warmup=3).full_steps(50) == [0, 1, 2, 9, 16, 23, 30, 37, 44]
+    for n, full in [(5, 12), (6, 10), (7, 9), (8, 8)]:
+        assert len(Schedule(interval=n, warmup=3).full_steps(50)) == full
+    assert Schedule(interval=6, warmup=1).full_steps(50) == list(range(0, 50, 6))  # HunyuanVideo's
+    assert Schedule(interval=7, warmup=3).flops_speedup(50) == pytest.approx(50 / 9)
+
+
+def test_interval_one_computes_everything():
+    assert all(Schedule(interval=1).plan(20))
+
+
+def test_cooldown_forces_the_last_steps():
+    plan = Schedule(interval=6, warmup=3, cooldown=2).plan(20)
+    assert plan[18] and plan[19]
+    assert not Schedule(interval=6, warmup=3).plan(20)[19]
+
+
+def test_window_limits_caching():
+    schedule = Schedule(interval=4, warmup=1, start=0.2, end=0.6)
+    plan = schedule.plan(20)
+    assert all(plan[:4]) and all(plan[12:])
+    assert not all(plan[4:12])
+
+
+def test_max_consecutive_caps_predicted_runs():
+    plan = Schedule(interval=8, warmup=1, max_consecutive=2).plan(20)
+    run = longest = 0
+    for full in plan:
+        run = 0 if full else run + 1
+        longest = max(longest, run)
+    assert longest == 2
+
+
+def test_full_reason_names_the_rule():
+    s = Schedule(interval=4, warmup=2, cooldown=1)
+    assert s.full_reason(0.0, 10, None) == "no anchor"
+    assert s.full_reason(1.0, 10, 0.0) == "warmup"
+    assert s.full_reason(3.0, 10, 1.0) is None
+    assert s.full_reason(5.0, 10, 1.0) == "interval"
+    assert s.full_reason(9.0, 10, 8.0) == "cooldown"
+    assert s.full_reason(2.0, 10, 5.0) == "time went back"
+
+
+@pytest.mark.parametrize("kwargs", [dict(interval=0), dict(warmup=-1), dict(start=0.5, end=0.4), dict(end=1.5)])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        Schedule(**kwargs)
+
+
+SIGMAS = [14.6, 7.0, 3.1, 1.2, 0.3, 0.0]
+
+
+def test_step_coordinate_on_and_between_steps():
+    for i, sigma in enumerate(SIGMAS):
+        assert step_coordinate(sigma, SIGMAS) == i
+    assert step_coordinate(5.05, SIGMAS) == pytest.approx(1.5)
+    assert step_coordinate(20.0, SIGMAS) == 0.0  # above the schedule: its start
+
+
+def test_heun_second_evaluation_is_the_next_step():
+    # Heun evaluates at sigma_i and sigma_{i+1}; both map to integer steps, whatever the call count
+    evaluations = [SIGMAS[0], SIGMAS[1], SIGMAS[1], SIGMAS[2], SIGMAS[2], SIGMAS[3]]
+    assert [step_coordinate(s, SIGMAS) for s in evaluations] == [0, 1, 1, 2, 2, 3]
+
+
+def test_float32_sigma_snaps_to_its_step():
+    import torch
+
+    sigmas = torch.linspace(1.0, 0.0, 29, dtype=torch.float32)
+    for i in range(29):
+        assert step_coordinate(float(sigmas[i]), sigmas.tolist()) == i
