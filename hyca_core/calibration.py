@@ -116,6 +116,8 @@ class Calibrator:
         self.config = config
         self.scope_of = scope_of or (pooled_scope if config.scope == "pooled" else (lambda f: f))
         self._pairs = config.pairs
+        # per N: (position of (N, 1) in the pair list, the offsets k = 1..N-1)
+        self._pair_groups = {n: (self._pairs.index((n, 1)), list(range(1, n))) for n in sorted(config.intervals)}
         self._scopes: dict[str, _ScopeStats] = {}
         self._windows: dict[str, _Window] = {}
         self._features: dict[str, int] = {}
@@ -177,16 +179,15 @@ class Calibrator:
         self._in_run = False
         self._runs += int(observed)
 
-    def _scope(self, feature: str, channels: int) -> _ScopeStats:
+    def _scope(self, feature: str, like: torch.Tensor) -> _ScopeStats:
         name = self.scope_of(feature)
+        channels = like.shape[-1]
         stats = self._scopes.get(name)
         if stats is None:
+            # sums live on the features' device (no sync per step) in float64 (they cancel later)
+            zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=like.device)  # noqa: E731
             stats = self._scopes[name] = _ScopeStats(
-                channels,
-                torch.zeros(len(self._pairs), 6, channels, dtype=torch.float64),
-                torch.zeros(len(self._pairs), dtype=torch.float64),
-                torch.zeros(len(DYNAMICS), channels, dtype=torch.float64),
-            )
+                channels, zeros(len(self._pairs), 6, channels), zeros(len(self._pairs)), zeros(len(DYNAMICS), channels))
         elif stats.channels != channels:
             raise CalibrationError(f"scope {name!r} mixes features of {stats.channels} and {channels} channels")
         stats.features.add(feature)
@@ -196,20 +197,22 @@ class Calibrator:
         """Add the statistics whose prediction target is ``target`` (now known to be final)."""
         values = window.values
         current = values[target].float()
-        stats = self._scope(feature, current.shape[-1])
-        for index, (n, k) in enumerate(self._pairs):
-            a, b, c = (values.get(target - k - j * n) for j in range(3))
-            if a is None or b is None or c is None:
+        stats = self._scope(feature, current)
+        for n, (first, ks) in self._pair_groups.items():
+            present = [k for k in ks if all((target - k - j * n) in values for j in range(3))]
+            if not present:
                 continue
-            a, b, c = a.float(), b.float(), c.float()
-            p, q, y = a - b, b - c, current - a
-            sums = torch.stack([(p * p).sum(0), (p * q).sum(0), (q * q).sum(0),
-                                (p * y).sum(0), (q * y).sum(0), (y * y).sum(0)])
-            stats.moments[index] += sums.to("cpu", torch.float64)
-            stats.counts[index] += current.shape[0]
+            a, b, c = (torch.stack([values[target - k - j * n] for k in present]).float() for j in range(3))
+            p, q, y = a - b, b - c, current - a  # [K, rows, D]
+            sums = torch.stack([(p * p).sum(1), (p * q).sum(1), (q * q).sum(1),
+                                (p * y).sum(1), (q * y).sum(1), (y * y).sum(1)], 1)  # [K, 6, D]
+            index = torch.tensor([first + k - 1 for k in present], device=sums.device)
+            stats.moments.index_add_(0, index, sums.to(torch.float64))
+            stats.counts.index_add_(0, index, torch.full((len(present),), float(current.shape[0]),
+                                                         dtype=torch.float64, device=sums.device))
         history = [values.get(target - j) for j in range(4)]
         if all(h is not None for h in history):
-            stats.descriptors += _dynamics(*[h.float() for h in history]).to("cpu", torch.float64)
+            stats.descriptors += _dynamics(*[h.float() for h in history]).to(torch.float64)
             stats.descriptor_steps += 1
 
     # -- choosing --------------------------------------------------------------------------------
@@ -225,12 +228,12 @@ class Calibrator:
                 f"the calibration runs were too short for intervals {sorted(set(short))}: "
                 f"a run needs at least {needed + 1} steps to place three anchors N apart before a target"
             )
-        scopes = {name: self._choose(stats) for name, stats in sorted(self._scopes.items())}
+        scopes = {name: self._choose(_on_cpu(stats)) for name, stats in sorted(self._scopes.items())}
         return CalibrationResult(self.config, scopes, dict(sorted(self._features.items())), self._runs, self._steps)
 
     def _counts_for(self, n: int) -> torch.Tensor:
         index = [i for i, (m, _) in enumerate(self._pairs) if m == n]
-        return torch.stack([s.counts[index] for s in self._scopes.values()])
+        return torch.stack([s.counts[index].cpu() for s in self._scopes.values()])
 
     def _choose(self, stats: _ScopeStats) -> ScopeAssignment:
         cfg = self.config
@@ -298,6 +301,11 @@ class Calibrator:
         relabel = np.empty(clusters, dtype=np.int64)
         relabel[order] = np.arange(clusters)
         return torch.from_numpy(relabel[raw])
+
+
+def _on_cpu(stats: _ScopeStats) -> _ScopeStats:
+    return _ScopeStats(stats.channels, stats.moments.cpu(), stats.counts.cpu(), stats.descriptors.cpu(),
+                       stats.descriptor_steps, stats.features)
 
 
 def _dynamics(v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor) -> torch.Tensor:

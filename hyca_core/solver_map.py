@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -75,6 +76,7 @@ class SolverMap:
     license: str = ""
     pack_version: str = __version__
     format_version: int = FORMAT_VERSION
+    source: str = field(default="<solver map>", compare=False)  # file it was read from, for messages
 
     # -- building --------------------------------------------------------------------------------
     @classmethod
@@ -85,6 +87,7 @@ class SolverMap:
             "runs": result.runs, "steps": result.steps, "clusters": "per_channel" if cfg.per_channel else cfg.clusters,
             "descriptors": cfg.descriptors, "tokens": cfg.tokens, "scope": cfg.scope, "seed": cfg.seed,
         }
+        prov["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
         prov.update(provenance or {})
         arch = dict(architecture)
         arch.setdefault("features", sorted(result.features))
@@ -128,19 +131,24 @@ class SolverMap:
         return min(range(len(self.intervals)), key=lambda i: (abs(self.intervals[i] - interval), self.intervals[i]))
 
     def check_model(self, family: str, architecture: dict) -> None:
-        """Refuse a map made for another model, naming what differs."""
+        """Refuse a map made for another model, naming the file and what differs."""
+
+        def refuse(field_name: str, text: str):
+            raise SolverMapMismatch(f"{self.source}: {field_name}: {text}; calibrate a map for this model "
+                                    "with HyCa Calibrate, or apply HyCa without a map")
+
         if family != self.family:
-            raise SolverMapMismatch(f"this solver map is for model family {self.family!r}, the model is {family!r}")
+            refuse("family", f"the map is for model family {self.family!r}, the model is {family!r}")
         mine, theirs = self.architecture, architecture
         if mine.get("hidden_size") != theirs.get("hidden_size"):
-            raise SolverMapMismatch(f"this solver map is for hidden size {mine.get('hidden_size')}, "
-                                    f"the model has {theirs.get('hidden_size')}")
+            refuse("architecture.hidden_size", f"the map is for hidden size {mine.get('hidden_size')}, "
+                                               f"the model has {theirs.get('hidden_size')}")
         if mine.get("blocks") != theirs.get("blocks"):
-            raise SolverMapMismatch(f"this solver map is for blocks {mine.get('blocks')}, the model has {theirs.get('blocks')}")
+            refuse("architecture.blocks", f"the map is for blocks {mine.get('blocks')}, the model has {theirs.get('blocks')}")
         missing = [f for f in theirs.get("features", []) if f not in self.scopes and pooled_scope(f) not in self.scopes]
         if missing:
-            raise SolverMapMismatch(f"this solver map ({self.granularity} granularity) has no solvers for "
-                                    f"{len(missing)} cached features of the model, e.g. {missing[0]!r}")
+            refuse("scopes", f"the map ({self.granularity} granularity) has no solvers for {len(missing)} cached "
+                             f"features of the model, e.g. {missing[0]!r}")
 
     def equals(self, other: "SolverMap") -> bool:
         """Bit-exact equality of every field and tensor."""
@@ -293,7 +301,7 @@ def _from_parts(source: str, header: dict, tensors: dict[str, torch.Tensor], ver
         pool=tuple(get("pool", list)), intervals=tuple(intervals), warmup=get("warmup", int), scopes=scopes,
         mode=get("mode", str, "choose"), provenance=get("provenance", dict, {}), author=get("author", str, ""),
         description=get("description", str, ""), license=get("license", str, ""),
-        pack_version=get("pack_version", str, ""), format_version=version,
+        pack_version=get("pack_version", str, ""), format_version=version, source=source,
     )
 
 

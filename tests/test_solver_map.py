@@ -83,6 +83,20 @@ def test_map_for_another_model_is_refused(solver_map):
         solver_map.check_model("flux", {**arch, "features": ["double_blocks.0.txt_mlp"]})
 
 
+def test_mismatch_names_the_file_and_the_field(solver_map, tmp_path):
+    path = tmp_path / "shared-by-someone.safetensors"
+    save_solver_map(solver_map, str(path))
+    loaded = load_solver_map(str(path))
+    with pytest.raises(SolverMapMismatch) as info:
+        loaded.check_model("hunyuan_video", {"hidden_size": 16, "blocks": {"double": 2, "single": 1}})
+    assert str(path) in str(info.value) and "family" in str(info.value)
+
+
+def test_provenance_is_dated_and_counts_runs(solver_map):
+    assert len(solver_map.provenance["date"]) == 10 and solver_map.provenance["runs"] == 1
+    assert solver_map.provenance["steps"] == 16
+
+
 # -- bad files ------------------------------------------------------------------------------------
 def saved(solver_map, tmp_path, name="map.safetensors"):
     path = tmp_path / name
