@@ -1,11 +1,17 @@
 """ComfyUI-HyCa: ComfyUI loads this file as the pack's entry point.
 
 The engine lives in ``hyca_core`` (pure PyTorch, importable anywhere); ``nodes`` translates between
-ComfyUI and the engine. Nothing here imports ComfyUI internals at import time.
+ComfyUI and the engine. Nothing ComfyUI-specific is imported until ComfyUI asks for the nodes, so
+importing the pack never fails, whichever model families the installed ComfyUI has.
 """
-
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./web"
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+
+async def comfy_entrypoint():
+    from .nodes.extension import HyCaExtension
+
+    return HyCaExtension()
+
+
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

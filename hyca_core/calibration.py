@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Hashable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -132,8 +132,11 @@ class Calibrator:
         self._windows.clear()
         self._in_run = True
 
-    def observe(self, feature: str, step: float, value: torch.Tensor) -> None:
-        """Record the uncached ``value`` of ``feature`` ([..., D]) at integer ``step``."""
+    def observe(self, feature: str, step: float, value: torch.Tensor, stream: Hashable = None) -> None:
+        """Record the uncached ``value`` of ``feature`` ([..., D]) at integer ``step``.
+
+        ``stream`` separates trajectories that run side by side (cond and uncond evaluated in
+        separate calls): each gets its own window, and all feed the same statistics."""
         if not self._in_run:
             self.begin_run()
         if abs(step - round(step)) > 1e-6:
@@ -145,11 +148,11 @@ class Calibrator:
         if known != channels:
             raise CalibrationError(f"feature {feature!r} had {known} channels, now {channels}")
         flat = value.reshape(-1, channels)
-        window = self._windows.get(feature)
+        window = self._windows.get((stream, feature))
         if window is None:
             count = min(self.config.tokens, flat.shape[0])
             rows = torch.linspace(0, flat.shape[0] - 1, count).round().long().unique()
-            window = self._windows[feature] = _Window(rows.to(flat.device), flat.shape[0])
+            window = self._windows[(stream, feature)] = _Window(rows.to(flat.device), flat.shape[0])
         elif window.total_rows != flat.shape[0]:
             raise CalibrationError(f"feature {feature!r} changed size within a run "
                                    f"({window.total_rows} -> {flat.shape[0]} rows); start a new run for a new size")
@@ -170,7 +173,7 @@ class Calibrator:
         if not self._in_run:
             return
         observed = False
-        for feature, window in self._windows.items():
+        for (_, feature), window in self._windows.items():
             if window.last is not None:
                 self._finalize(feature, window, window.last)
                 self._steps = max(self._steps, window.last + 1)

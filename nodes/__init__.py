@@ -1,8 +1,6 @@
-"""ComfyUI nodes of the pack (HyCa Calibrate, HyCa Solver Map Loader, HyCa Apply).
+"""ComfyUI side of the pack: nodes, wrappers and block replacements.
 
-They translate between ComfyUI and ``hyca_core``; the node classes land with the ComfyUI
-integration (issue 3). Until then the pack registers no nodes.
+``families`` and ``blocks`` import no ComfyUI module and are tested without it; ``patch`` imports
+ComfyUI inside functions only; ``apply``, ``loader``, ``calibrate`` and ``extension`` are the node
+classes, imported by ``comfy_entrypoint`` once ComfyUI is running.
 """
-
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}

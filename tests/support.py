@@ -20,3 +20,20 @@ def small_map(fit: bool = True, channels: int = 16, clusters: int = 2) -> Solver
         provenance={"sampler": "euler", "scheduler": "simple", "seeds": [0], "date": "2026-11-22"},
         author="tests", description="tiny synthetic map", license="CC0-1.0",
     )
+
+
+def load_pack():
+    """Import the repository as the package ``comfyui_hyca``, as ComfyUI imports a custom node pack
+    (so ``nodes`` is ours, not ComfyUI's ``nodes`` module, and relative imports resolve)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "comfyui_hyca"
+    if name not in sys.modules:
+        root = Path(__file__).resolve().parent.parent
+        spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -141,7 +141,7 @@ def test_window_stays_bounded_while_streaming():
     trajectory, _ = mixture_trajectory(steps=40, tokens=64, channels=8)
     for i in range(40):
         cal.observe(FEATURE, i, trajectory[i])
-        window = cal._windows[FEATURE]
+        window = cal._windows[(None, FEATURE)]
         assert len(window.values) <= config.window
         assert all(v.shape == (8, 8) for v in window.values.values())  # token subset only
 
@@ -209,3 +209,19 @@ def test_size_change_within_a_run_is_an_error():
 def test_bad_config_is_refused(kwargs, match):
     with pytest.raises(Exception, match=match):
         CalibrationConfig(**kwargs)
+
+
+def test_streams_side_by_side_keep_separate_windows():
+    cond, _ = mixture_trajectory(steps=20, channels=8, seed=0)
+    uncond, _ = mixture_trajectory(steps=20, channels=8, seed=1)
+    interleaved, separate = Calibrator(CalibrationConfig(intervals=(3,))), Calibrator(CalibrationConfig(intervals=(3,)))
+    for i in range(20):
+        interleaved.observe(FEATURE, i, cond[i], stream="cond")
+        interleaved.observe(FEATURE, i, uncond[i], stream="uncond")
+    for trajectory in (cond, uncond):
+        separate.begin_run()
+        for i in range(20):
+            separate.observe(FEATURE, i, trajectory[i])
+        separate.end_run()
+    a, b = interleaved.finish().scopes[SCOPE], separate.finish().scopes[SCOPE]
+    torch.testing.assert_close(a.errors, b.errors)

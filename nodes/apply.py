@@ -1,0 +1,71 @@
+"""HyCa Apply: patch a MODEL so most sampling steps forecast attention and MLP outputs."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..hyca_core.schedule import Schedule
+from ..hyca_core.solver_map import SolverMapMismatch
+
+from . import families
+from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
+
+SolverMapType = io.Custom("HYCA_SOLVER_MAP")
+
+
+class HyCaApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HyCaApply",
+            display_name="HyCa Apply",
+            category="sampling/HyCa",
+            description="Hybrid feature caching: most steps skip attention and MLP and forecast them per channel "
+                        "with the solver a calibrated map chose (FLUX, Qwen-Image, HunyuanVideo).",
+            inputs=[
+                io.Model.Input("model", tooltip="The FLUX, Qwen-Image(-Edit) or HunyuanVideo model to accelerate."),
+                SolverMapType.Input("solver_map", optional=True,
+                                    tooltip=f"Per-channel solvers from HyCa Calibrate or HyCa Solver Map Loader. "
+                                            f"Without one, every channel uses {DEFAULT_SOLVER}."),
+                io.Int.Input("interval", default=6, min=1, max=20,
+                             tooltip="One full step every N steps; the others are forecast. 1 disables caching. "
+                                     "5-6 is a good start for 50 steps, 2-3 for distilled few-step models."),
+                io.Int.Input("warmup_steps", default=3, min=0, max=100,
+                             tooltip="First steps always computed fully (composition forms here)."),
+                io.Int.Input("cooldown_steps", default=0, min=0, max=100,
+                             tooltip="Last steps always computed fully (fine detail)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Forecast only from this fraction of the steps on."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Forecast only before this fraction of the steps."),
+                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default="module",
+                               tooltip="module: cache each attention/MLP branch (the paper's, best quality). "
+                                       "block: cache each block's residual (survives ComfyUI changes). "
+                                       "stack: cache the whole stack's residual (least memory, for long videos)."),
+                io.Combo.Input("cache_device", options=["auto", "gpu", "cpu"], default="auto",
+                               tooltip="Where anchors are kept. cpu offloads them to RAM (slower, saves VRAM)."),
+                io.Boolean.Input("enabled", default=True, tooltip="Off returns the model unchanged."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
+        )
+
+    @classmethod
+    def execute(cls, model, interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity,
+                cache_device, enabled, solver_map=None) -> io.NodeOutput:
+        if not enabled:
+            return io.NodeOutput(model)
+        if start_percent > end_percent:
+            raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})")
+        diffusion_model = diffusion_model_of(model)
+        family = families.detect(diffusion_model)
+        if solver_map is not None:
+            if solver_map.granularity != granularity:
+                raise SolverMapMismatch(
+                    f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
+                    f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
+            solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
+        schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
+                            start=start_percent, end=end_percent)
+        patched = model.clone()
+        install(patched, ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device))
+        return io.NodeOutput(patched)

@@ -1,0 +1,146 @@
+"""Per-block replacements for ComfyUI's ``patches_replace["dit"]`` protocol.
+
+ComfyUI calls a replacement as ``patch(args, {"original_block": fn})`` where ``args`` holds the
+block inputs (``img``, ``txt``, ``vec``, ``pe``, ``transformer_options``, ...) and ``fn(args)``
+runs the real block, returning ``{"img": ..., "txt": ...}``. This module only relies on that
+protocol and on the evaluation context the DIFFUSION_MODEL wrapper puts into
+``transformer_options``, so it is tested with plain PyTorch modules, no ComfyUI needed.
+
+A full evaluation runs the original block unchanged (bit-identical output) and stores copies of the
+cached features; a predicted evaluation skips attention and MLP and forecasts them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .families import FEATURE_PREFIX, Family
+
+log = logging.getLogger("hyca")
+
+CONTEXT_KEY = "hyca_eval"  # transformer_options key of the current EvalContext
+VERIFY_RTOL = {torch.float32: 1e-4, torch.float64: 1e-7}
+VERIFY_RTOL_LOW = 2e-2  # bf16 / fp16
+
+
+@dataclass
+class EvalContext:
+    """What the blocks of one model evaluation need: set per call, gone after it."""
+
+    stream: Any  # hyca_core.runtime.CacheStream, or a calibration tap with the same protocol
+    full: bool
+    granularity: str  # "module", "block" or "stack"
+    family: Family
+    diffusion_model: torch.nn.Module
+    verify: bool = False  # first full evaluation at module granularity: check our rebuild
+    mismatch: Optional[str] = None  # set when the check failed
+    scratch: dict = field(default_factory=dict)
+
+
+def context(args: dict) -> Optional[EvalContext]:
+    options = args.get("transformer_options") or {}
+    return options.get(CONTEXT_KEY)
+
+
+class BlockPatch:
+    """The replacement of one block (kind, index); stateless, so clones of a model share it."""
+
+    def __init__(self, family: Family, kind: str, index: int, first: bool, last: bool):
+        self.family, self.kind, self.index = family, kind, index
+        self.first, self.last = first, last
+        self.prefix = f"{FEATURE_PREFIX[kind]}.{index}"
+        self.outputs = family.outputs[kind]
+        self.adapter = family.adapters[kind]
+        self.attr = dict(family.blocks)[kind]
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        original = extra["original_block"]
+        ctx = context(args)
+        if ctx is None:
+            return original(args)
+        run = {"module": self._module, "block": self._block, "stack": self._stack}[ctx.granularity]
+        return run(ctx, args, original)
+
+    def block_module(self, ctx: EvalContext) -> torch.nn.Module:
+        return getattr(ctx.diffusion_model, self.attr)[self.index]
+
+    # -- block: each block's residual ------------------------------------------------------------
+    def _block(self, ctx, args, original):
+        stream = ctx.stream
+        if ctx.full:
+            inputs = {k: args[k].clone() for k in self.outputs}  # blocks update their inputs in place
+            out = original(args)
+            for k in self.outputs:
+                stream.remember(f"{self.prefix}.{k}", out[k] - inputs[k])
+            return out
+        device = args["img"].device
+        return {k: args[k] + stream.predict(f"{self.prefix}.{k}", device=device) for k in self.outputs}
+
+    # -- stack: the residual of the whole block stack --------------------------------------------
+    def _stack(self, ctx, args, original):
+        if self.first:
+            ctx.scratch["stack_input"] = self.family.stack_input(args)  # a new tensor: a copy
+        if ctx.full:
+            out = original(args)
+            if self.last:
+                ctx.stream.remember("stack", out["img"] - ctx.scratch["stack_input"])
+            return out
+        if not self.last:
+            return {k: args[k] for k in self.outputs}  # skipped: the input passes through
+        out = {k: args[k] for k in self.outputs}
+        out["img"] = ctx.scratch["stack_input"] + ctx.stream.predict("stack", device=args["img"].device)
+        return out
+
+    # -- module: pre-gate attention / MLP branch outputs -----------------------------------------
+    def _module(self, ctx, args, original):
+        block = self.block_module(ctx)
+        stream = ctx.stream
+        if not ctx.full:
+            device = args["img"].device
+            predicted = {b.name: stream.predict(f"{self.prefix}.{b.name}", device=device) for b in self.adapter.branches}
+            return self.adapter.rebuild(block, args, predicted)
+        inputs = {k: args[k].clone() for k in self.outputs} if ctx.verify else None
+        seen: set = set()
+        kept: Optional[dict] = {} if ctx.verify else None
+        handles = []
+        try:
+            for branch in self.adapter.branches:
+                hook = self._capture(branch, stream, seen, kept)
+                handles.append(block.get_submodule(branch.module).register_forward_hook(hook))
+            out = original(args)
+        finally:
+            for handle in handles:
+                handle.remove()  # never leave state on the shared model
+        missing = [b.name for b in self.adapter.branches if b.name not in seen]
+        if missing:
+            ctx.mismatch = f"{self.prefix}: branch modules {missing} did not run"
+        elif ctx.verify and ctx.mismatch is None:
+            self._verify(ctx, block, args, inputs, kept, out)
+        return out
+
+    def _capture(self, branch, stream, seen, kept):
+        name = f"{self.prefix}.{branch.name}"
+
+        def hook(module, inputs, output):
+            value = output[branch.output_index] if branch.output_index is not None else output
+            stream.remember(name, value)  # copies now: the block may gate it in place right after
+            seen.add(branch.name)
+            if kept is not None:
+                kept[branch.name] = value.clone()
+        return hook
+
+    def _verify(self, ctx, block, args, inputs, captured, out):
+        rebuilt = self.adapter.rebuild(block, {**args, **inputs}, captured)
+        for k in self.outputs:
+            expected, got = out[k].float(), rebuilt[k].float()
+            tol = VERIFY_RTOL.get(out[k].dtype, VERIFY_RTOL_LOW)
+            scale = expected.abs().max().clamp_min(1e-6)
+            error = float((expected - got).abs().max() / scale)
+            if not error <= tol:
+                ctx.mismatch = (f"{self.prefix}.{k}: the module-level forward differs from ComfyUI's block "
+                                f"(max relative error {error:.2e})")
+                return

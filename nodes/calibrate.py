@@ -1,0 +1,181 @@
+"""HyCa Calibrate: sample the uncached model, stream its features into the calibration, write a map."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from comfy_api.latest import io
+
+from ..hyca_core.calibration import CalibrationConfig, Calibrator
+from ..hyca_core.solver_map import SolverMap, save_solver_map
+
+from . import families, map_folder
+from .apply import SolverMapType
+from .blocks import EvalContext
+from .patch import diffusion_model_of, install
+
+log = logging.getLogger("hyca")
+
+
+class CalibrationTap:
+    """Stream protocol for calibration: every evaluation is full, features go to the calibrator."""
+
+    def __init__(self, calibrator: Calibrator, key):
+        self.calibrator, self.key, self.name = calibrator, key, str(key)
+        self.time = 0.0
+
+    def begin(self, t, n_steps, signature=None, force_full=False) -> bool:
+        self.time = t
+        return True
+
+    def remember(self, feature, value) -> None:
+        self.calibrator.observe(feature, self.time, value, stream=self.key)
+
+    def accept(self, output=None) -> bool:
+        return True
+
+    def reset(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    family: families.Family
+    granularity: str
+    calibrator: Calibrator
+
+    def start(self, sigmas, diffusion_model) -> "CalibrationState":
+        return CalibrationState(self, diffusion_model)
+
+
+class CalibrationState:
+    def __init__(self, config: CalibrateConfig, diffusion_model):
+        self.config, self.diffusion_model = config, diffusion_model
+        self.taps: dict = {}
+        config.calibrator.begin_run()
+
+    def stream(self, key, name):
+        return self.taps.setdefault(key, CalibrationTap(self.config.calibrator, key))
+
+    def context(self, stream, full) -> EvalContext:
+        return EvalContext(stream, True, self.config.granularity, self.config.family, self.diffusion_model)
+
+    def after(self, ctx: EvalContext) -> None:
+        if ctx.mismatch is not None:
+            raise RuntimeError(f"HyCa Calibrate: {ctx.mismatch}; calibrate at block granularity instead")
+
+    def close(self):
+        self.config.calibrator.end_run()
+        return []
+
+
+def parse_intervals(text: str) -> tuple[int, ...]:
+    """'2-8' or '3,4,6' or '2-4, 6' -> sorted distinct intervals."""
+    values = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                values.update(range(lo, hi + 1))
+            else:
+                values.add(int(part))
+        except ValueError:
+            raise ValueError(f"intervals: cannot read {part!r}; write e.g. '2-8' or '3,4,6'") from None
+    if not values or min(values) < 2 or max(values) > 20:
+        raise ValueError(f"intervals must lie in 2..20, got {text!r}")
+    return tuple(sorted(values))
+
+
+class HyCaCalibrate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="HyCaCalibrate",
+            display_name="HyCa Calibrate",
+            category="sampling/HyCa",
+            description="Run the uncached model once (or a few seeds), measure how every feature channel evolves, "
+                        "and write a solver map choosing the best forecaster per channel cluster.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to calibrate (without HyCa Apply)."),
+                io.Conditioning.Input("positive", tooltip="A typical prompt for this model."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (used when cfg > 1)."),
+                io.Latent.Input("latent_image", tooltip="The latent to denoise, at a typical resolution."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the first calibration run; further runs use seed+1, seed+2, ..."),
+                io.Int.Input("steps", default=30, min=4, max=1000,
+                             tooltip="Sampling steps; use the count you deploy with (at least 3x the largest interval)."),
+                io.Float.Input("cfg", default=3.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance, as in your workflow."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="Sampler, as in your workflow."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="Scheduler, as in your workflow."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Denoise, as in your workflow."),
+                io.Int.Input("runs", default=1, min=1, max=16, tooltip="How many seeds to calibrate on (more = more robust map)."),
+                io.Int.Input("clusters", default=2, min=0, max=16,
+                             tooltip="Channel clusters, each with its own solver (the paper uses 2). 0 = one solver per channel."),
+                io.String.Input("intervals", default="2-8", tooltip="Intervals N to choose solvers for, e.g. '2-8' or '4,5,6'."),
+                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default="module",
+                               tooltip="Must match the granularity HyCa Apply will use."),
+                io.String.Input("name", default="my-model", tooltip="Saved as models/hyca/<name>.safetensors."),
+                io.String.Input("description", default="", optional=True, tooltip="Free text stored in the map, for sharing."),
+            ],
+            outputs=[
+                SolverMapType.Output(display_name="solver_map", tooltip="The calibrated map, also saved to disk."),
+                io.Latent.Output(display_name="LATENT", tooltip="The first calibration run's result (uncached)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
+                clusters, intervals, granularity, name, description="") -> io.NodeOutput:
+        import comfy.sample
+        import comfy.utils
+
+        path = map_folder.save_path(name)
+        interval_list = parse_intervals(intervals)
+        if steps < 3 * max(interval_list):
+            raise ValueError(f"steps ({steps}) must be at least 3x the largest interval ({max(interval_list)}) "
+                             "so anchors N apart exist before a target")
+        diffusion_model = diffusion_model_of(model)
+        family = families.detect(diffusion_model)
+        calibrator = Calibrator(CalibrationConfig(clusters=max(clusters, 1), per_channel=clusters == 0,
+                                                  intervals=interval_list))
+        patched = model.clone()
+        install(patched, CalibrateConfig(family, granularity, calibrator))
+
+        latent = latent_image["samples"]
+        latent = comfy.sample.fix_empty_latent_channels(patched, latent)
+        pbar = comfy.utils.ProgressBar(steps * runs)
+        first = None
+        for run in range(runs):
+            noise = comfy.sample.prepare_noise(latent, seed + run, latent_image.get("batch_index"))
+
+            def callback(step, x0, x, total, run=run):
+                pbar.update_absolute(run * steps + step + 1, steps * runs)
+
+            samples = comfy.sample.sample(
+                patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=denoise,
+                noise_mask=latent_image.get("noise_mask"), callback=callback,
+                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed + run)
+            if first is None:
+                first = samples
+        provenance = {
+            "steps": steps, "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
+            "seeds": [seed + r for r in range(runs)], "latent_shape": list(latent.shape),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        }
+        solver_map = SolverMap.from_calibration(
+            calibrator.finish(), family=family.name, granularity=granularity, warmup=3,
+            architecture=families.architecture(diffusion_model, family, granularity),
+            provenance=provenance, description=description or "")
+        save_solver_map(solver_map, path)
+        solver_map.source = path
+        log.info("HyCa Calibrate: wrote %s", path)
+        out = latent_image.copy()
+        out["samples"] = first
+        return io.NodeOutput(solver_map, out)

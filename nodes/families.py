@@ -1,0 +1,176 @@
+"""Model families HyCa knows: how to recognise them, their blocks, and their branch outputs.
+
+Nothing here imports ComfyUI: a family is described by the attribute names of ComfyUI's modules
+(which follow the reference implementations), so this file is testable with plain PyTorch modules.
+
+`module` granularity needs per-family code: which sub-modules produce the pre-gate branch outputs
+(captured with forward hooks on a full step) and how a block combines predicted branches with its
+modulation on a predicted step (`rebuild`). `block` and `stack` granularity need none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+GRANULARITIES = ("module", "block", "stack")
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+def _gate(x: torch.Tensor, gate: torch.Tensor, modulation_dims=None) -> torch.Tensor:
+    """``x * gate`` as ComfyUI's ``apply_mod`` computes it (per token range when modulation_dims
+    is given: HunyuanVideo's per-frame modulation). ``x`` is ours, so in-place is fine."""
+    if modulation_dims is None:
+        return x * gate
+    for start, end, index in modulation_dims:
+        x[:, start:end] *= gate[:, index]
+    return x
+
+
+def _fp16_guard(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float16:
+        return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+    return x
+
+
+@dataclass(frozen=True)
+class Branch:
+    name: str  # feature suffix, e.g. "img_attn"
+    module: str  # dotted path inside the block of the module whose output is the branch
+    output_index: Optional[int] = None  # that module returns a tuple: take this item
+
+
+@dataclass(frozen=True)
+class ModuleAdapter:
+    """How one kind of block splits into branches, and how it rebuilds from (predicted) branches."""
+
+    branches: tuple[Branch, ...]
+    rebuild: Callable[[torch.nn.Module, dict, dict], dict]
+
+
+def _flux_double_rebuild(block, args, f):
+    img_mod1, img_mod2 = block.img_mod(args["vec"])
+    txt_mod1, txt_mod2 = block.txt_mod(args["vec"])
+    dims_img, dims_txt = args.get("modulation_dims_img"), args.get("modulation_dims_txt")
+    img = args["img"] + _gate(f["img_attn"], img_mod1.gate, dims_img)
+    img = img + _gate(f["img_mlp"], img_mod2.gate, dims_img)
+    txt = args["txt"] + _gate(f["txt_attn"], txt_mod1.gate, dims_txt)
+    txt = txt + _gate(f["txt_mlp"], txt_mod2.gate, dims_txt)
+    return {"img": img, "txt": _fp16_guard(txt)}
+
+
+def _flux_single_rebuild(block, args, f):
+    mod, _ = block.modulation(args["vec"])
+    return {"img": _fp16_guard(args["img"] + _gate(f["total"], mod.gate, args.get("modulation_dims")))}
+
+
+FLUX_DOUBLE = ModuleAdapter(
+    (Branch("img_attn", "img_attn.proj"), Branch("img_mlp", "img_mlp"),
+     Branch("txt_attn", "txt_attn.proj"), Branch("txt_mlp", "txt_mlp")),
+    _flux_double_rebuild,
+)
+FLUX_SINGLE = ModuleAdapter((Branch("total", "linear2"),), _flux_single_rebuild)
+
+
+def _qwen_rebuild(block, args, f):
+    img_mod1, img_mod2 = block.img_mod(args["vec"]).chunk(2, dim=-1)
+    txt_mod1, txt_mod2 = block.txt_mod(args["vec"]).chunk(2, dim=-1)
+    gate = lambda mod: mod.chunk(3, dim=-1)[2].unsqueeze(1)  # noqa: E731  (shift, scale, gate)
+    img = args["img"] + gate(img_mod1) * f["img_attn"]
+    txt = args["txt"] + gate(txt_mod1) * f["txt_attn"]
+    img = torch.addcmul(img, gate(img_mod2), f["img_mlp"])
+    txt = torch.addcmul(txt, gate(txt_mod2), f["txt_mlp"])
+    return {"img": img, "txt": txt}
+
+
+QWEN_BLOCK = ModuleAdapter(
+    (Branch("img_attn", "attn", 0), Branch("txt_attn", "attn", 1), Branch("img_mlp", "img_mlp"),
+     Branch("txt_mlp", "txt_mlp")),
+    _qwen_rebuild,
+)
+
+
+def _flux_stack_input(first: dict) -> torch.Tensor:
+    return torch.cat((first["txt"], first["img"]), 1)  # single blocks see cat(txt, img)
+
+
+def _hunyuan_stack_input(first: dict) -> torch.Tensor:
+    return torch.cat((first["img"], first["txt"]), 1)  # single blocks see cat(img, txt)
+
+
+def _qwen_stack_input(first: dict) -> torch.Tensor:
+    return first["img"]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    class_name: str  # ComfyUI's diffusion model class
+    blocks: tuple[tuple[str, str], ...]  # (patches_replace block name, attribute of the block list)
+    adapters: dict  # block name -> ModuleAdapter
+    outputs: dict  # block name -> keys the block returns
+    stack_input: Callable[[dict], torch.Tensor]  # the first block's input laid out as the last block sees it
+
+
+FAMILIES = {
+    f.class_name: f
+    for f in (
+        Family("flux", "Flux", (("double_block", "double_blocks"), ("single_block", "single_blocks")),
+               {"double_block": FLUX_DOUBLE, "single_block": FLUX_SINGLE},
+               {"double_block": ("img", "txt"), "single_block": ("img",)}, _flux_stack_input),
+        Family("hunyuan_video", "HunyuanVideo", (("double_block", "double_blocks"), ("single_block", "single_blocks")),
+               {"double_block": FLUX_DOUBLE, "single_block": FLUX_SINGLE},
+               {"double_block": ("img", "txt"), "single_block": ("img",)}, _hunyuan_stack_input),
+        Family("qwen_image", "QwenImageTransformer2DModel", (("double_block", "transformer_blocks"),),
+               {"double_block": QWEN_BLOCK}, {"double_block": ("img", "txt")}, _qwen_stack_input),
+    )
+}
+
+FEATURE_PREFIX = {"double_block": "double_blocks", "single_block": "single_blocks"}
+
+
+def detect(diffusion_model: torch.nn.Module) -> Family:
+    for cls in type(diffusion_model).__mro__:
+        family = FAMILIES.get(cls.__name__)
+        if family is not None:
+            return family
+    known = ", ".join(f"{f.name} ({f.class_name})" for f in FAMILIES.values())
+    raise UnsupportedModel(f"HyCa does not support {type(diffusion_model).__name__} models yet; supported: {known}")
+
+
+def block_counts(diffusion_model: torch.nn.Module, family: Family) -> dict[str, int]:
+    return {FEATURE_PREFIX[kind]: len(getattr(diffusion_model, attr)) for kind, attr in family.blocks}
+
+
+def hidden_size(diffusion_model: torch.nn.Module) -> int:
+    for attr in ("hidden_size", "inner_dim"):
+        value = getattr(diffusion_model, attr, None)
+        if isinstance(value, int):
+            return value
+    raise UnsupportedModel(f"cannot tell the hidden size of {type(diffusion_model).__name__}")
+
+
+def feature_names(family: Family, counts: dict[str, int], granularity: str) -> list[str]:
+    """Every cached feature of a model at a granularity, in block order."""
+    if granularity == "stack":
+        return ["stack"]
+    names = []
+    for kind, _ in family.blocks:
+        prefix = FEATURE_PREFIX[kind]
+        for i in range(counts[prefix]):
+            if granularity == "module":
+                names += [f"{prefix}.{i}.{b.name}" for b in family.adapters[kind].branches]
+            else:
+                names += [f"{prefix}.{i}.{key}" for key in family.outputs[kind]]
+    return names
+
+
+def architecture(diffusion_model: torch.nn.Module, family: Family, granularity: str) -> dict:
+    counts = block_counts(diffusion_model, family)
+    return {"hidden_size": hidden_size(diffusion_model), "blocks": counts,
+            "features": feature_names(family, counts, granularity)}

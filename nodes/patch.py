@@ -1,0 +1,204 @@
+"""Installing HyCa on a ComfyUI ModelPatcher: keyed wrappers and per-block replacements.
+
+- ``OUTER_SAMPLE`` wrapper: builds a fresh per-run state (``RunState``) from the node's config and
+  the run's sigmas, and clears it in ``finally`` (interrupted runs leave nothing behind); logs the
+  run report.
+- ``DIFFUSION_MODEL`` wrapper: per model call, turns the current sigma into a step coordinate,
+  picks the stream of the call's cond uuids, decides full or predicted, and hands the blocks an
+  ``EvalContext`` through ``transformer_options``. A predicted call whose output is not finite is
+  recomputed fully.
+- ``patches_replace["dit"]``: one ``BlockPatch`` per block.
+
+ComfyUI modules are imported inside functions only, never when the pack is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..hyca_core.runtime import CacheRun, PredictorBank
+from ..hyca_core.schedule import Schedule, step_coordinate
+from ..hyca_core.solver_map import SolverMap, uniform_predictors
+
+from . import families
+from .blocks import CONTEXT_KEY, BlockPatch, EvalContext
+
+log = logging.getLogger("hyca")
+
+CONFIG_KEY = "hyca"  # transformer_options: the node's (immutable) config
+RUN_KEY = "hyca_run"  # transformer_options of the cloned model_options: the per-run state
+WRAPPER_KEY = "hyca"
+DEFAULT_SOLVER = "taylor1"  # without a map: TaylorSeer order 1, the TaylorSeer code's default
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    family: families.Family
+    granularity: str
+    schedule: Schedule
+    solver_map: Optional[SolverMap] = None
+    mode: Optional[str] = None  # "choose" / "fit"; None: the map's own
+    cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
+
+    def start(self, sigmas, diffusion_model) -> "RunState":
+        return RunState(self, diffusion_model)
+
+    def predictors(self) -> PredictorBank:
+        fallback = uniform_predictors(DEFAULT_SOLVER)
+        if self.solver_map is None:
+            return fallback
+        bank = self.solver_map.predictors(self.schedule.interval, self.mode)
+        bank.default = fallback.default  # features the map lacks (after a fallback to block)
+        return bank
+
+
+@dataclass
+class RunState:
+    """Everything one sampling run caches; created by OUTER_SAMPLE, closed in its finally."""
+
+    config: ApplyConfig
+    diffusion_model: Any
+    granularity: str = ""
+    verified: bool = False
+    notes: list = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    run: CacheRun = None
+
+    def __post_init__(self):
+        self.granularity = self.config.granularity
+        self.verified = self.granularity != "module"
+        device = {"cpu": "cpu"}.get(self.config.cache_device)
+        self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device)
+
+    def stream(self, key, name):
+        stream = self.run.stream(key)
+        stream.name = name
+        return stream
+
+    def context(self, stream, full: bool) -> EvalContext:
+        verify = full and not self.verified
+        return EvalContext(stream, full, self.granularity, self.config.family, self.diffusion_model, verify=verify)
+
+    def after(self, ctx: EvalContext) -> None:
+        """Act on what the blocks found during one evaluation."""
+        if ctx.verify and ctx.mismatch is None:
+            self.verified = True
+        if ctx.mismatch is not None:
+            message = f"HyCa: {ctx.mismatch}; falling back to block granularity for this run"
+            log.warning(message)
+            self.notes.append(message)
+            self.granularity = "block"
+            self.verified = True
+            for stream in self.run.streams.values():
+                stream.reset()  # module anchors are useless to block patches: start over
+
+    def report(self) -> list[dict]:
+        seconds = time.perf_counter() - self.started
+        rows = []
+        for stream in self.run.streams.values():
+            s = stream.stats
+            rows.append({
+                "cond": stream.name, "full": s.full, "predicted": s.predicted, "recomputed": s.recomputed,
+                "resets": s.resets, "flops_speedup": s.flops_speedup, "seconds": seconds,
+                "peak_cache_bytes": stream.store.peak_nbytes, "granularity": self.granularity,
+            })
+        return rows
+
+    def close(self) -> list[dict]:
+        rows = self.report()
+        for row in rows:
+            log.info("HyCa [%s, %s]: %d full + %d predicted evaluations (%.2fx FLOPs bound), %.1f s, "
+                     "peak cache %.1f MiB%s", row["cond"], row["granularity"], row["full"], row["predicted"],
+                     row["flops_speedup"], row["seconds"], row["peak_cache_bytes"] / 2 ** 20,
+                     f", {row['recomputed']} recomputed after NaN" if row["recomputed"] else "")
+        for note in self.notes:
+            log.info(note)
+        self.run.close()
+        return rows
+
+
+def _transformer_options(args, kwargs) -> dict:
+    options = kwargs.get("transformer_options")
+    if isinstance(options, dict):
+        return options
+    for value in reversed(args):
+        if isinstance(value, dict) and ("sigmas" in value or CONFIG_KEY in value or RUN_KEY in value):
+            return value
+    return {}
+
+
+def _cond_name(options: dict) -> str:
+    labels = {0: "positive", 1: "negative"}
+    return "+".join(labels.get(c, str(c)) for c in options.get("cond_or_uncond", [])) or "model"
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    """Fresh per-run state for every sampling run, cleared whatever happens."""
+    import comfy.model_patcher
+
+    guider = executor.class_obj
+    original = guider.model_options
+    guider.model_options = comfy.model_patcher.create_model_options_clone(original)
+    options = guider.model_options["transformer_options"]
+    state = options[CONFIG_KEY].start(args[3], guider.model_patcher.model.diffusion_model)
+    options[RUN_KEY] = state
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        state.close()
+        guider.model_options = original
+
+
+def diffusion_model_wrapper(executor, *args, **kwargs):
+    options = _transformer_options(args, kwargs)
+    state: Optional[RunState] = options.get(RUN_KEY)
+    sample_sigmas = options.get("sample_sigmas")
+    if state is None or sample_sigmas is None or options.get("sigmas") is None:
+        return executor(*args, **kwargs)
+    x = args[0]
+    sigmas = [float(s) for s in sample_sigmas]
+    t = step_coordinate(float(options["sigmas"].max()), sigmas)
+    n_steps = len(sigmas) - 1
+    uuids = tuple(options.get("uuids") or ())
+    stream = state.stream(uuids, _cond_name(options))
+    signature = (tuple(x.shape), x.dtype, x.device)
+    full = stream.begin(t, n_steps, signature)
+    try:
+        ctx = options[CONTEXT_KEY] = state.context(stream, full)
+        out = executor(*args, **kwargs)
+        state.after(ctx)
+        if not stream.accept(None if full else out):
+            stream.begin(t, n_steps, signature, force_full=True)
+            ctx = options[CONTEXT_KEY] = state.context(stream, True)
+            out = executor(*args, **kwargs)
+            state.after(ctx)
+            stream.accept()
+        return out
+    finally:
+        options.pop(CONTEXT_KEY, None)
+
+
+def install(model_patcher, config) -> None:
+    """Patch a (cloned) ModelPatcher: config, wrappers and a replacement for every block."""
+    import comfy.patcher_extension
+
+    diffusion_model = model_patcher.model.diffusion_model
+    family = config.family
+    model_patcher.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = config
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    kinds = [(kind, len(getattr(diffusion_model, attr))) for kind, attr in family.blocks]
+    for k, (kind, count) in enumerate(kinds):
+        for i in range(count):
+            first = k == 0 and i == 0
+            last = k == len(kinds) - 1 and i == count - 1
+            model_patcher.set_model_patch_replace(BlockPatch(family, kind, i, first, last), "dit", kind, i)
+
+
+def diffusion_model_of(model_patcher) -> torch.nn.Module:
+    return model_patcher.model.diffusion_model

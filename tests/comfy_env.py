@@ -1,0 +1,101 @@
+"""Finding a real ComfyUI for the integration tests, and building tiny random-weight models with it.
+
+ComfyUI is found through ``COMFYUI_PATH``, or two folders up when this pack sits in
+``ComfyUI/custom_nodes/``. Without one, ``require_comfyui()`` skips the calling test module with
+the reason. Models are built through ComfyUI's own classes (``comfy.supported_models``) with
+fan-in-scaled random weights: with tiny weights every block is nearly the identity and caching
+errors would be invisible.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def comfyui_path():
+    candidates = [os.environ.get("COMFYUI_PATH"), str(ROOT.parent.parent)]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "comfy" / "model_patcher.py").is_file():
+            return str(Path(candidate).resolve())
+    return None
+
+
+def require_comfyui():
+    path = comfyui_path()
+    if path is None:
+        pytest.skip("no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout (see README, 'Integration tests')",
+                    allow_module_level=True)
+    try:
+        import torchvision  # noqa: F401  (ComfyUI imports it; the CPU-only CI torch has none)
+    except ImportError:
+        pytest.skip("ComfyUI needs torchvision, which this Python lacks: run the integration tests with "
+                    "ComfyUI's own Python (see README, 'Integration tests')", allow_module_level=True)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import comfy.options
+
+    if "comfy.cli_args" not in sys.modules:
+        argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401
+        sys.argv = argv
+    return path
+
+
+FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64,
+            mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=3, axes_dim=[8, 12, 12], theta=10000,
+            patch_size=2, qkv_bias=True, guidance_embed=True)
+QWEN = dict(image_model="qwen_image", in_channels=64, out_channels=16, num_layers=3, attention_head_dim=32,
+            num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(8, 12, 12), patch_size=2)
+HUNYUAN = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32,
+               hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12],
+               theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False)
+
+CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN)}
+
+
+def build(family: str, seed: int = 0, dtype=None):
+    """A tiny random ModelPatcher of a family, on the CPU."""
+    import torch
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    class_name, config = CONFIGS[family]
+    supported = getattr(comfy.supported_models, class_name)(dict(config))
+    supported.set_inference_dtype(dtype or torch.float32, None)
+    model = supported.get_model({})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.diffusion_model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * p.shape[1] ** -0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def conditioning(family: str, seed: int = 1, tokens: int = 8):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    extra = {"guidance": 3.5}
+    if family in ("flux", "hunyuan_video"):
+        extra["pooled_output"] = torch.randn(1, 32, generator=g)
+    return [[torch.randn(1, tokens, 32, generator=g), extra]]
+
+
+def latent(family: str, batch: int = 1, size: int = 16, frames: int = 3):
+    import torch
+
+    if family == "hunyuan_video":
+        return torch.zeros(batch, 16, frames, size, size)
+    if family == "qwen_image":
+        return torch.zeros(batch, 16, 1, size, size)  # Qwen-Image uses a video VAE: one frame
+    return torch.zeros(batch, 16, size, size)
