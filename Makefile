@@ -1,7 +1,7 @@
 # Two entry points, both self-installing on a fresh machine (pip only).
 PYTHON ?= python3
 
-.PHONY: demo test deps bench
+.PHONY: demo test deps bench test-comfyui
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
@@ -15,3 +15,8 @@ test: deps
 
 bench: deps
 	$(PYTHON) -m hyca_core.bench
+
+# Integration tests against a real ComfyUI: COMFYUI_PATH=/path/to/ComfyUI COMFY_PYTHON=/path/to/its/python
+test-comfyui:
+	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
+	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_comfy_integration.py

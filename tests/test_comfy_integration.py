@@ -1,0 +1,285 @@
+"""HyCa inside a real ComfyUI: tiny random-weight FLUX, Qwen-Image and HunyuanVideo models built
+with ComfyUI's own classes, sampled with ``comfy.sample.sample`` on the CPU.
+
+Skipped with the reason when no ComfyUI is found (set COMFYUI_PATH; see README).
+"""
+
+import importlib
+import logging
+
+import pytest
+import torch
+from comfy_env import build, conditioning, latent, require_comfyui
+from support import load_pack
+
+require_comfyui()
+
+import comfy.model_management  # noqa: E402
+import comfy.sample  # noqa: E402
+
+pack = load_pack()
+apply_node = importlib.import_module("comfyui_hyca.nodes.apply")
+loader_node = importlib.import_module("comfyui_hyca.nodes.loader")
+calibrate_node = importlib.import_module("comfyui_hyca.nodes.calibrate")
+families = importlib.import_module("comfyui_hyca.nodes.families")
+patch = importlib.import_module("comfyui_hyca.nodes.patch")
+map_folder = importlib.import_module("comfyui_hyca.nodes.map_folder")
+solver_map_mod = importlib.import_module("comfyui_hyca.hyca_core.solver_map")
+
+FAMILIES = ["flux", "qwen_image", "hunyuan_video"]
+STEPS = 16
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def setup(family):
+    model = build(family)
+    return dict(family=family, model=model, pos=conditioning(family, 1), neg=conditioning(family, 2),
+                latent=latent(family))
+
+
+def sample(model, s, steps=STEPS, sampler="euler", cfg=2.0, seed=0, lat=None, callback=None):
+    lat = s["latent"] if lat is None else lat
+    noise = comfy.sample.prepare_noise(lat, seed)
+    return comfy.sample.sample(model, noise, steps, cfg, sampler, "simple", s["pos"], s["neg"], lat, seed=seed,
+                               disable_pbar=True, callback=callback)
+
+
+def hyca(model, interval=4, warmup=3, granularity="module", solver_map=None, enabled=True, cooldown=0,
+         start=0.0, end=1.0, cache_device="auto"):
+    out = apply_node.HyCaApply.execute(model, interval, warmup, cooldown, start, end, granularity, cache_device,
+                                       enabled, solver_map=solver_map)
+    return out.result[0]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    return sample(setup["model"], setup)
+
+
+def reports(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "hyca" and "evaluations" in r.getMessage()]
+
+
+# -- identity -------------------------------------------------------------------------------------
+def test_disabled_returns_the_model_unchanged(setup, reference):
+    model = hyca(setup["model"], enabled=False)
+    assert model is setup["model"]
+    assert torch.equal(sample(model, setup), reference)
+
+
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_interval_one_is_bit_identical(setup, reference, granularity):
+    assert torch.equal(sample(hyca(setup["model"], interval=1, granularity=granularity), setup), reference)
+
+
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_full_steps_reproduce_the_uncached_model(setup, granularity):
+    def denoised(model):
+        seen = []
+        sample(model, setup, callback=lambda step, x0, x, total: seen.append(x0.clone()))
+        return seen
+
+    plain = denoised(setup["model"])
+    cached = denoised(hyca(setup["model"], interval=4, warmup=3, granularity=granularity))
+    for step in range(3):  # warm-up: every evaluation full, nothing predicted yet
+        assert torch.equal(plain[step], cached[step]), step
+    assert not torch.equal(plain[4], cached[4])  # step 3 was predicted: the trajectory moved
+
+
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_predictions_stay_close_to_the_uncached_output(setup, reference, granularity):
+    out = sample(hyca(setup["model"], interval=3, granularity=granularity), setup)
+    snr = 10 * torch.log10(reference.var() / (out - reference).pow(2).mean())
+    assert torch.isfinite(out).all() and snr > 10, float(snr)
+
+
+# -- skipping -------------------------------------------------------------------------------------
+def heavy_modules(diffusion_model):
+    """Modules that only attention/MLP computation runs (QKV projections, MLPs, fused linears)."""
+    names = ("img_attn.qkv", "txt_attn.qkv", "img_mlp", "txt_mlp", "linear1", "attn.to_q", "attn.add_q_proj")
+    return [m for n, m in diffusion_model.named_modules() if any(n.endswith(x) for x in names)]
+
+
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_predicted_steps_skip_attention_and_mlp(setup, granularity, caplog):
+    model = hyca(setup["model"], interval=4, warmup=3, granularity=granularity)
+    modules = heavy_modules(model.model.diffusion_model)
+    calls = []
+    handles = [m.register_forward_hook(lambda *a: calls.append(1)) for m in modules]
+    try:
+        with caplog.at_level(logging.INFO, logger="hyca"):
+            sample(model, setup)
+    finally:
+        for h in handles:
+            h.remove()
+    schedule = patch.Schedule(interval=4, warmup=3)
+    full = len(schedule.full_steps(STEPS))
+    assert len(calls) == full * len(modules)  # cond and uncond batched in one call per step
+    (line,) = reports(caplog)
+    assert f"{full} full + {STEPS - full} predicted" in line and "FLOPs bound" in line and "peak cache" in line
+
+
+# -- ComfyUI behaviours ---------------------------------------------------------------------------
+def test_split_cond_and_uncond_calls_get_their_own_state(setup, caplog, monkeypatch):
+    model = hyca(setup["model"])
+    batched = sample(model, setup)
+    # ComfyUI batches conds only when memory allows: make it look short, one call per cond
+    monkeypatch.setattr(setup["model"].model, "memory_required", lambda *a, **k: 1e30)
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        split = sample(model, setup)
+    lines = reports(caplog)
+    assert len(lines) == 2 and any("[positive" in x for x in lines) and any("[negative" in x for x in lines)
+    torch.testing.assert_close(split, batched, rtol=1e-3, atol=1e-3)
+
+
+def test_batch_of_two_matches_two_single_runs(setup):
+    model = hyca(setup["model"])
+    two = sample(model, setup, lat=torch.cat([setup["latent"]] * 2))
+    noise = comfy.sample.prepare_noise(torch.cat([setup["latent"]] * 2), 0)
+    singles = [comfy.sample.sample(model, noise[i:i + 1], STEPS, 2.0, "euler", "simple", setup["pos"], setup["neg"],
+                                   setup["latent"], seed=0, disable_pbar=True) for i in range(2)]
+    torch.testing.assert_close(two, torch.cat(singles), rtol=1e-3, atol=1e-3)
+
+
+def test_heun_takes_time_from_sigmas(setup, caplog):
+    model = hyca(setup["model"], interval=4, warmup=3)
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        out = sample(model, setup, steps=10, sampler="heun")
+    (line,) = reports(caplog)
+    full, predicted = (int(x) for x in line.split(": ")[1].split(" full + ")[0:1] + [line.split(" full + ")[1].split(" ")[0]])
+    assert full + predicted == 2 * 10 - 1  # Heun: two evaluations per step, one on the last
+    assert predicted > 0 and torch.isfinite(out).all()
+
+
+def test_runs_do_not_leak_into_each_other(setup):
+    model = hyca(setup["model"])
+    alone = sample(model, setup, steps=12)
+    sample(model, setup, steps=STEPS)  # another KSampler with other steps
+    sample(model, setup, lat=latent(setup["family"], size=24))  # another resolution
+    assert torch.equal(sample(model, setup, steps=12), alone)
+    options = model.model_options["transformer_options"]
+    assert patch.RUN_KEY not in options and "hyca_eval" not in options
+
+
+def test_interrupted_run_leaves_no_state(setup):
+    model = hyca(setup["model"])
+    clean = sample(model, setup)
+
+    def interrupt(step, *_):
+        if step == 6:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(model, setup, callback=interrupt)
+    assert patch.RUN_KEY not in model.model_options["transformer_options"]
+    assert torch.equal(sample(model, setup), clean)
+
+
+def test_nan_prediction_is_recomputed_fully(setup, monkeypatch, caplog):
+    model = hyca(setup["model"], interval=4, warmup=3)
+    clean = sample(model, setup)
+    predictor = importlib.import_module("comfyui_hyca.hyca_core.predictor")
+    original = predictor.HybridPredictor.predict
+    monkeypatch.setattr(predictor.HybridPredictor, "predict",
+                        lambda self, *a, **k: original(self, *a, **k) * float("nan"))
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        out = sample(model, setup)
+    assert torch.isfinite(out).all()
+    reference = sample(setup["model"], setup)
+    assert torch.equal(out, reference)  # every prediction refused: all steps computed fully
+    assert any("recomputed after NaN" in x for x in reports(caplog))
+    assert not torch.equal(clean, reference)
+
+
+def test_module_forward_mismatch_falls_back_to_block(setup, monkeypatch, caplog, reference):
+    adapters = families.FAMILIES
+    family = next(f for f in adapters.values() if f.name == setup["family"])
+    kind, adapter = next(iter(family.adapters.items()))
+
+    def wrong(block, args, f):
+        out = adapter.rebuild(block, args, f)
+        return {k: v * 1.5 for k, v in out.items()}
+
+    monkeypatch.setitem(family.adapters, kind, families.ModuleAdapter(adapter.branches, wrong))
+    model = hyca(setup["model"], interval=4, granularity="module")
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        out = sample(model, setup)
+    messages = [r.getMessage() for r in caplog.records if r.name == "hyca"]
+    assert any("falling back to block granularity" in m for m in messages)
+    assert any(", block]" in m for m in messages)
+    expected = sample(hyca(setup["model"], interval=4, granularity="block"), setup)
+    assert torch.equal(out, expected)
+
+
+def test_cpu_cache_device_gives_the_same_result(setup):
+    model_gpu = hyca(setup["model"], cache_device="auto")
+    model_cpu = hyca(setup["model"], cache_device="cpu")
+    assert torch.equal(sample(model_gpu, setup), sample(model_cpu, setup))
+
+
+# -- maps -----------------------------------------------------------------------------------------
+@pytest.fixture
+def maps_dir(tmp_path, monkeypatch):
+    import folder_paths
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "hyca", ([str(tmp_path)], {".safetensors"}))
+    return tmp_path
+
+
+def test_calibrate_loader_apply_round_trip(setup, maps_dir, reference):
+    fam = setup["family"]
+    node = calibrate_node.HyCaCalibrate.execute(
+        setup["model"], setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 24, 2.0, "euler", "simple",
+        1.0, 1, 2, "2-6", "module", f"tiny-{fam}", "test map")
+    solver_map, calibrated_latent = node.result
+    path = maps_dir / f"tiny-{fam}.safetensors"
+    assert path.is_file() and solver_map.family == fam
+    uncached = sample(setup["model"], setup, steps=24)
+    assert torch.equal(calibrated_latent["samples"], uncached)  # calibration samples the uncached model
+    assert map_folder.list_maps() == [path.name]
+    loaded = loader_node.HyCaSolverMapLoader.execute(path.name).result[0]
+    assert loaded.equals(solver_map)
+    with_map = sample(hyca(setup["model"], interval=4, solver_map=loaded), setup, steps=24)
+    without = sample(hyca(setup["model"], interval=4), setup, steps=24)
+    err = lambda out: float((out - uncached).pow(2).mean())  # noqa: E731
+    assert torch.isfinite(with_map).all()
+    assert err(with_map) < 2 * err(without)  # a calibrated map is at least in the same league
+
+
+def test_map_for_another_family_is_refused(setup):
+    from support import small_map
+
+    other = "qwen_image" if setup["family"] != "qwen_image" else "flux"
+    m = importlib.import_module("comfyui_hyca.hyca_core.solver_map").SolverMap
+    foreign = small_map()
+    foreign = m(**{**foreign.__dict__, "family": other})
+    with pytest.raises(solver_map_mod.SolverMapMismatch, match=f"family '{other}', the model is '{setup['family']}'"):
+        hyca(setup["model"], solver_map=foreign)
+
+
+def test_map_of_another_granularity_is_refused(setup):
+    from support import small_map
+
+    m = small_map()
+    m.family = setup["family"]
+    with pytest.raises(solver_map_mod.SolverMapMismatch, match="granularity"):
+        hyca(setup["model"], solver_map=m, granularity="block")
+
+
+def test_broken_map_fails_the_loader_with_the_validator_message(maps_dir):
+    (maps_dir / "broken.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="broken.safetensors: file: not a readable safetensors file"):
+        loader_node.HyCaSolverMapLoader.execute("broken.safetensors")
+
+
+def test_unsupported_model_is_reported_at_use():
+    class NotADiT(torch.nn.Module):
+        pass
+
+    with pytest.raises(families.UnsupportedModel, match="does not support NotADiT"):
+        families.detect(NotADiT())
