@@ -62,6 +62,7 @@ class AnchorStore:
         A value at the newest anchor's time replaces it (a second evaluation at the same sigma);
         a value earlier than the newest anchor, or of another shape or dtype, restarts the history.
         """
+        value = value.detach()
         ring = self._rings.setdefault(key, _Ring())
         dtype = self.dtype or value.dtype
         device = self.device or value.device

@@ -133,6 +133,7 @@ class BlockPatch:
                 kept[branch.name] = value.clone()
         return hook
 
+    @torch.no_grad()
     def _verify(self, ctx, block, args, inputs, captured, out):
         rebuilt = self.adapter.rebuild(block, {**args, **inputs}, captured)
         for k in self.outputs:
