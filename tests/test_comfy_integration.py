@@ -283,3 +283,91 @@ def test_unsupported_model_is_reported_at_use():
 
     with pytest.raises(families.UnsupportedModel, match="does not support NotADiT"):
         families.detect(NotADiT())
+
+
+# -- conditioning extras: reference latents, LoRA, ControlNet ---------------------------------------
+def snr(out, ref):
+    return float(10 * torch.log10(ref.var() / (out - ref).pow(2).mean().clamp_min(1e-30)))
+
+
+def with_extra(s, **extra):
+    pos = [[s["pos"][0][0], {**s["pos"][0][1], **extra}]]
+    return {**s, "pos": pos}
+
+
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_reference_latents_kontext_and_qwen_edit(setup, granularity):
+    if setup["family"] == "hunyuan_video":
+        pytest.skip("reference latents are a FLUX Kontext / Qwen-Image-Edit feature")
+    g = torch.Generator().manual_seed(5)
+    ref_latent = torch.randn(setup["latent"].shape, generator=g)
+    s = with_extra(setup, reference_latents=[ref_latent])
+    plain = sample(setup["model"], s)
+    assert not torch.equal(plain, sample(setup["model"], setup))  # the reference does reach the model
+    assert torch.equal(sample(hyca(setup["model"], interval=1, granularity=granularity), s), plain)
+    cached = sample(hyca(setup["model"], interval=3, granularity=granularity), s)
+    assert torch.isfinite(cached).all() and snr(cached, plain) > 10
+
+
+def test_lora_patches_keep_working(setup):
+    model = setup["model"].clone()
+    key = next(k for k in model.model_state_dict() if k.endswith(".weight") and "blocks.0." in k and ("qkv" in k or "to_q" in k))
+    weight = model.model_state_dict()[key]
+    g = torch.Generator().manual_seed(7)
+    model.add_patches({key: (torch.randn(weight.shape, generator=g) * 0.3,)}, 1.0)
+    lora_only = sample(model, setup)
+    assert not torch.equal(lora_only, sample(setup["model"], setup))
+    assert torch.equal(sample(hyca(model, interval=1), setup), lora_only)  # HyCa on top of a LoRA
+    hyca_then_lora = hyca(setup["model"], interval=1).clone()
+    hyca_then_lora.add_patches({key: (torch.randn(weight.shape, generator=torch.Generator().manual_seed(7)) * 0.3,)}, 1.0)
+    assert torch.equal(sample(hyca_then_lora, setup), lora_only)  # a LoRA on top of HyCa
+    assert snr(sample(hyca(model, interval=3), setup), lora_only) > 10
+
+
+class FakeControlNet:
+    """A ControlNet stand-in that returns fixed residuals scaled by sigma, through ComfyUI's
+    ControlBase protocol (so the sampler wires it exactly like a real one)."""
+
+    def __new__(cls, residuals):
+        import comfy.controlnet
+
+        class Control(comfy.controlnet.ControlBase):
+            def __init__(self, residuals):
+                super().__init__()
+                self.residuals = residuals
+
+            def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+                scale = float(t.max())
+                return {key: [r * scale for r in value] for key, value in self.residuals.items()}
+
+            def copy(self):
+                c = Control(self.residuals)
+                self.copy_to(c)
+                return c
+
+            def get_models(self):
+                return []
+
+            def inference_memory_requirements(self, dtype):
+                return 0
+
+        control = Control(residuals)
+        control.set_cond_hint(torch.zeros(1, 3, 8, 8))
+        return control
+
+
+def test_controlnet_residuals_keep_working(setup):
+    if setup["family"] == "hunyuan_video":
+        pytest.skip("ControlNet is tested for FLUX and Qwen-Image")
+    tokens = 64  # 16x16 latent, patch 2
+    g = torch.Generator().manual_seed(9)
+    residuals = {"input": [torch.randn(1, tokens, 64, generator=g) * 0.5 for _ in range(2)], "output": []}
+    if setup["family"] == "flux":
+        residuals["output"] = [torch.randn(1, tokens, 64, generator=g) * 0.5 for _ in range(2)]
+    s = with_extra(setup, control=FakeControlNet(residuals))
+    controlled = sample(setup["model"], s)
+    assert not torch.equal(controlled, sample(setup["model"], setup))
+    for granularity in families.GRANULARITIES:
+        assert torch.equal(sample(hyca(setup["model"], interval=1, granularity=granularity), s), controlled)
+        cached = sample(hyca(setup["model"], interval=3, granularity=granularity), s)
+        assert snr(cached, controlled) > 10, granularity
