@@ -11,9 +11,17 @@ PACK_MAPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
 
+_registered = False
+
+
 def register() -> None:
+    """Once per process; called before every use, since not every ComfyUI version runs on_load."""
+    global _registered
+    if _registered:
+        return
     import folder_paths
 
+    _registered = True
     folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER), is_default=True)
     folder_paths.add_model_folder_path(FOLDER, PACK_MAPS)
     folder_paths.folder_names_and_paths[FOLDER][1].add(".safetensors")
@@ -22,12 +30,14 @@ def register() -> None:
 def list_maps() -> list[str]:
     import folder_paths
 
+    register()
     return folder_paths.get_filename_list(FOLDER)
 
 
 def map_path(name: str) -> str:
     import folder_paths
 
+    register()
     return folder_paths.get_full_path_or_raise(FOLDER, name)
 
 
@@ -35,6 +45,7 @@ def save_path(name: str) -> str:
     """``models/hyca/<name>.safetensors`` (the first hyca folder), for a plain file name."""
     import folder_paths
 
+    register()
     name = name.strip()
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]

@@ -227,6 +227,7 @@ def test_cpu_cache_device_gives_the_same_result(setup):
 def maps_dir(tmp_path, monkeypatch):
     import folder_paths
 
+    map_folder.register()  # the pack's registration first, then point the folder at tmp_path
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "hyca", ([str(tmp_path)], {".safetensors"}))
     return tmp_path
 

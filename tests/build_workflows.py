@@ -1,0 +1,171 @@
+"""Write example_workflows/*.json: FLUX.1-dev text-to-image, Qwen-Image-Edit and HunyuanVideo
+text-to-video, each as a calibrate and an apply variant, in ComfyUI's workflow format.
+
+    python tests/build_workflows.py
+
+Only core ComfyUI nodes plus ours. Widget values follow each node's input order (a seed widget
+with control_after_generate carries one extra value, as ComfyUI saves it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent.parent / "example_workflows"
+
+
+class Graph:
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def node(self, type_, inputs=(), outputs=(), widgets=(), title=None, x=0, y=0, width=320):
+        node = {
+            "id": len(self.nodes) + 1, "type": type_, "pos": [x, y], "size": [width, 60 + 26 * (len(widgets) + len(inputs))],
+            "flags": {}, "order": len(self.nodes), "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
+            "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
+            "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets),
+        }
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node
+
+    def link(self, source, slot, target, input_name):
+        index = next(i for i, inp in enumerate(target["inputs"]) if inp["name"] == input_name)
+        link_id = len(self.links) + 1
+        type_ = source["outputs"][slot]["type"]
+        self.links.append([link_id, source["id"], slot, target["id"], index, type_])
+        source["outputs"][slot]["links"].append(link_id)
+        target["inputs"][index]["link"] = link_id
+
+    def dump(self, path: Path, note: str):
+        data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {}, "extra": {"hyca_note": note}, "version": 0.4}
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+CALIBRATE_IO = dict(
+    inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+    outputs=[("solver_map", "HYCA_SOLVER_MAP"), ("LATENT", "LATENT")],
+)
+APPLY_IO = dict(inputs=[("model", "MODEL"), ("solver_map", "HYCA_SOLVER_MAP")], outputs=[("MODEL", "MODEL")])
+KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                           ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
+
+
+def calibrate_widgets(steps, cfg, sampler, scheduler, name, intervals="2-8", description=""):
+    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, granularity, name, description
+    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, "module", name, description]
+
+
+def apply_widgets(interval, warmup):
+    # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled
+    return [interval, warmup, 0, 0.0, 1.0, "module", "auto", True]
+
+
+def flux(variant):
+    g = Graph()
+    unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["flux1-dev.safetensors", "default"], y=0)
+    clip = g.node("DualCLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], y=130)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["ae.safetensors"], y=290)
+    text = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                  widgets=["a red fox in a snowy forest at dawn, detailed fur, soft light"], x=360, y=0)
+    guidance = g.node("FluxGuidance", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")], widgets=[3.5], x=720, y=0)
+    negative = g.node("ConditioningZeroOut", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")], x=720, y=120)
+    empty = g.node("EmptySD3LatentImage", outputs=[("LATENT", "LATENT")], widgets=[1024, 1024, 1], x=360, y=220)
+    g.link(clip, 0, text, "clip")
+    g.link(text, 0, guidance, "conditioning")
+    g.link(text, 0, negative, "conditioning")
+    return g, unet, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6, warmup=3)
+
+
+def qwen_edit(variant):
+    g = Graph()
+    unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["qwen_image_edit_fp8_e4m3fn.safetensors", "default"], y=0)
+    shift = g.node("ModelSamplingAuraFlow", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")], widgets=[3.1], x=360, y=0)
+    clip = g.node("CLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", "default"], y=130)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["qwen_image_vae.safetensors"], y=290)
+    image = g.node("LoadImage", outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=["example.png", "image"], y=400)
+    scale = g.node("ImageScaleToTotalPixels", inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")], widgets=["lanczos", 1.0], x=360, y=400)
+    positive = g.node("TextEncodeQwenImageEdit", inputs=[("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE")],
+                      outputs=[("CONDITIONING", "CONDITIONING")], widgets=["make it a watercolor painting"], x=720, y=130)
+    negative = g.node("TextEncodeQwenImageEdit", inputs=[("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE")],
+                      outputs=[("CONDITIONING", "CONDITIONING")], widgets=[""], x=720, y=330)
+    encode = g.node("VAEEncode", inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[("LATENT", "LATENT")], x=720, y=530)
+    g.link(unet, 0, shift, "model")
+    g.link(image, 0, scale, "image")
+    for node in (positive, negative):
+        g.link(clip, 0, node, "clip")
+        g.link(vae, 0, node, "vae")
+        g.link(scale, 0, node, "image")
+    g.link(scale, 0, encode, "pixels")
+    g.link(vae, 0, encode, "vae")
+    return g, shift, vae, positive, negative, encode, dict(steps=50, cfg=4.0, sampler="euler", scheduler="simple", interval=6, warmup=3)
+
+
+def hunyuan(variant):
+    g = Graph()
+    unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["hunyuan_video_t2v_720p_bf16.safetensors", "default"], y=0)
+    shift = g.node("ModelSamplingSD3", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")], widgets=[7.0], x=360, y=0)
+    clip = g.node("DualCLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors", "hunyuan_video", "default"], y=130)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["hunyuan_video_vae_bf16.safetensors"], y=290)
+    text = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                  widgets=["a paper boat drifting down a rainy street, cinematic"], x=360, y=130)
+    guidance = g.node("FluxGuidance", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")], widgets=[6.0], x=720, y=130)
+    negative = g.node("ConditioningZeroOut", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")], x=720, y=250)
+    empty = g.node("EmptyHunyuanLatentVideo", outputs=[("LATENT", "LATENT")], widgets=[848, 480, 33, 1], x=360, y=330)
+    g.link(unet, 0, shift, "model")
+    g.link(clip, 0, text, "clip")
+    g.link(text, 0, guidance, "conditioning")
+    g.link(text, 0, negative, "conditioning")
+    return g, shift, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6, warmup=1)
+
+
+def finish(g, model, vae, positive, negative, latent, s, variant, name, video):
+    x = 1100
+    if variant == "calibrate":
+        sampler = g.node("HyCaCalibrate", **CALIBRATE_IO, x=x, y=0, width=360,
+                         widgets=calibrate_widgets(s["steps"], s["cfg"], s["sampler"], s["scheduler"], name,
+                                                   description=f"{name}: calibrated with the example workflow"))
+    else:
+        loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"], x=x, y=0)
+        apply = g.node("HyCaApply", **APPLY_IO, widgets=apply_widgets(s["interval"], s["warmup"]), x=x, y=120)
+        g.link(model, 0, apply, "model")
+        g.link(loader, 0, apply, "solver_map")
+        model = apply
+        sampler = g.node("KSampler", **KSAMPLER_IO, x=x + 380, y=0,
+                         widgets=[0, "fixed", s["steps"], s["cfg"], s["sampler"], s["scheduler"], 1.0])
+    g.link(model, 0, sampler, "model")
+    g.link(positive, 0, sampler, "positive")
+    g.link(negative, 0, sampler, "negative")
+    g.link(latent, 0, sampler, "latent_image")
+    slot = 1 if variant == "calibrate" else 0
+    if video:
+        decode = g.node("VAEDecodeTiled", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
+                        widgets=[256, 64, 64, 8], x=x + 760, y=0)
+    else:
+        decode = g.node("VAEDecode", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], x=x + 760, y=0)
+    g.link(sampler, slot, decode, "samples")
+    g.link(vae, 0, decode, "vae")
+    save = g.node("SaveImage", inputs=[("images", "IMAGE")], widgets=[f"hyca/{name}-{variant}"], x=x + 1100, y=0)
+    g.link(decode, 0, save, "images")
+
+
+def main():
+    OUT.mkdir(exist_ok=True)
+    specs = [("flux-dev-t2i", flux, "flux-dev", False), ("qwen-image-edit", qwen_edit, "qwen-image-edit", False),
+             ("hunyuan-video-t2v", hunyuan, "hunyuan-video", True)]
+    for stem, build, name, video in specs:
+        for variant in ("calibrate", "apply"):
+            g, model, vae, positive, negative, latent, settings = build(variant)
+            finish(g, model, vae, positive, negative, latent, settings, variant, name, video)
+            note = ("Run once: HyCa Calibrate samples the uncached model and writes models/hyca/{0}.safetensors."
+                    if variant == "calibrate" else
+                    "Needs models/hyca/{0}.safetensors from the calibrate workflow (or any shared map for this model).")
+            g.dump(OUT / f"hyca-{stem}-{variant}.json", note.format(name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Every example workflow: links connect, and (with a real ComfyUI) node types exist and widget
+values fit their inputs."""
+
+import asyncio
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+from comfy_env import comfyui_path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def test_there_is_a_calibrate_and_an_apply_workflow_per_family():
+    names = {p.stem for p in WORKFLOWS}
+    for family in ("flux-dev-t2i", "qwen-image-edit", "hunyuan-video-t2v"):
+        assert {f"hyca-{family}-calibrate", f"hyca-{family}-apply"} <= names
+
+
+def test_generator_and_files_agree(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tests" / "build_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", tmp_path)
+    module.main()
+    for path in WORKFLOWS:
+        assert json.loads((tmp_path / path.name).read_text()) == json.loads(path.read_text()), path.name
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_links_connect(path):
+    data = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in data["nodes"]}
+    assert len(nodes) == len(data["nodes"]) and data["last_node_id"] == max(nodes)
+    seen = set()
+    for link_id, source, slot, target, index, type_ in data["links"]:
+        assert link_id not in seen
+        seen.add(link_id)
+        out = nodes[source]["outputs"][slot]
+        inp = nodes[target]["inputs"][index]
+        assert link_id in out["links"] and inp["link"] == link_id
+        assert out["type"] == inp["type"] == type_, (path.name, link_id)
+    for node in nodes.values():
+        for inp in node["inputs"]:
+            assert inp["link"] is None or inp["link"] in seen
+    hyca = [n for n in nodes.values() if n["type"].startswith("HyCa")]
+    assert hyca and all(i["link"] is not None for n in hyca for i in n["inputs"] if i["name"] != "solver_map")
+
+
+@pytest.fixture(scope="module")
+def node_classes():
+    if comfyui_path() is None:
+        pytest.skip("no ComfyUI found: node types and widget ranges are checked against a real ComfyUI (COMFYUI_PATH)")
+    from comfy_env import require_comfyui
+    from support import load_pack
+
+    require_comfyui()
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    load_pack()
+    extension = asyncio.run(importlib.import_module("comfyui_hyca").comfy_entrypoint())
+    classes = dict(nodes.NODE_CLASS_MAPPINGS)
+    for cls in asyncio.run(extension.get_node_list()):
+        classes[cls.GET_SCHEMA().node_id] = cls
+    return classes
+
+
+def widget_inputs(cls):
+    spec = cls.INPUT_TYPES()
+    out = []
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            kind = value[0]
+            options = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
+            if isinstance(kind, list):
+                out.append((name, "COMBO", {**options, "options": kind}))
+            elif str(kind) in WIDGET_TYPES and not options.get("forceInput"):
+                out.append((name, str(kind), options))
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_node_types_exist_and_widget_values_fit(path, node_classes):
+    data = json.loads(path.read_text())
+    for node in data["nodes"]:
+        cls = node_classes.get(node["type"])
+        assert cls is not None, f"{path.name}: unknown node type {node['type']}"
+        values = list(node["widgets_values"])
+        for name, kind, options in widget_inputs(cls):
+            assert values, f"{path.name}: {node['type']} lacks a value for {name}"
+            value = values.pop(0)
+            if options.get("control_after_generate"):
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+            where = f"{path.name}: {node['type']}.{name} = {value!r}"
+            if kind in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), where
+                assert options.get("min", value) <= value <= options.get("max", value), where
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool), where
+            elif kind == "STRING":
+                assert isinstance(value, str), where
+            elif kind == "COMBO" and options.get("options") and not name.endswith(("_name", "name1", "name2", "image")):
+                assert value in options["options"], where  # file lists are the user's: not checked
+        if node["type"] == "LoadImage" and values:
+            values.pop(0)  # the "image" upload widget ComfyUI saves after the file name
+        assert not values, f"{path.name}: {node['type']} has extra widget values {values}"
