@@ -96,6 +96,17 @@ class AnchorStore:
             buffers = [b.to(device, non_blocking=True) for b in buffers]
         return list(buffers), list(ring.times)
 
+    def move_to(self, device: torch.device | str) -> None:
+        """Keep every anchor, present and future, on ``device`` (e.g. offload to the CPU mid-run)."""
+        self.device = torch.device(device)
+        for ring in self._rings.values():
+            moved = []
+            for buffer in ring.buffers:
+                target = self._allocate(buffer, buffer.dtype, self.device)
+                target.copy_(buffer, non_blocking=True)
+                moved.append(target)
+            ring.buffers[:] = moved
+
     def clear(self) -> None:
         self._rings.clear()
         self.nbytes = 0

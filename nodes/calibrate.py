@@ -170,7 +170,7 @@ class HyCaCalibrate(io.ComfyNode):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
         solver_map = SolverMap.from_calibration(
-            calibrator.finish(), family=family.name, granularity=granularity, warmup=3,
+            calibrator.finish(), family=family.name, granularity=granularity, warmup=family.warmup,
             architecture=families.architecture(diffusion_model, family, granularity),
             provenance=provenance, description=description or "")
         save_solver_map(solver_map, path)

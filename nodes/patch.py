@@ -68,6 +68,8 @@ class RunState:
     notes: list = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     run: CacheRun = None
+    placed: bool = False  # cache_device "auto" has decided where anchors live
+    free_memory: Any = None  # device -> free bytes; ComfyUI's by default
 
     def __post_init__(self):
         self.granularity = self.config.granularity
@@ -86,6 +88,8 @@ class RunState:
 
     def after(self, ctx: EvalContext) -> None:
         """Act on what the blocks found during one evaluation."""
+        if ctx.full and self.config.cache_device == "auto" and not self.placed:
+            self.place(ctx.stream)
         if ctx.verify and ctx.mismatch is None:
             self.verified = True
         if ctx.mismatch is not None:
@@ -96,6 +100,28 @@ class RunState:
             self.verified = True
             for stream in self.run.streams.values():
                 stream.reset()  # module anchors are useless to block patches: start over
+
+    def place(self, stream) -> None:
+        """cache_device "auto": after the first full evaluation the size of one anchor set is
+        known; if every stream's full set of anchors would not fit comfortably in free GPU memory,
+        offload anchors to the CPU for this run."""
+        store = stream.store
+        device = next((b.device for ring in store._rings.values() for b in ring.buffers), None)
+        if device is None or device.type == "cpu":
+            self.placed = True
+            return
+        free = (self.free_memory or _comfy_free_memory)(device)
+        streams = max(len(self.run.streams), 2)  # cond + uncond unless known otherwise
+        needed = anchors_still_needed(store.nbytes, store.capacity, streams)
+        self.placed = True
+        if needed > FREE_MEMORY_SHARE * free:
+            message = (f"HyCa: anchors need about {needed / 2 ** 30:.1f} GiB more, {free / 2 ** 30:.1f} GiB is free: "
+                       "keeping them in CPU memory for this run (set cache_device to gpu or cpu to choose)")
+            log.info(message)
+            self.notes.append(message)
+            self.run.cache_device = "cpu"
+            for s in self.run.streams.values():
+                s.store.move_to("cpu")
 
     def report(self) -> list[dict]:
         seconds = time.perf_counter() - self.started
@@ -120,6 +146,20 @@ class RunState:
             log.info(note)
         self.run.close()
         return rows
+
+
+FREE_MEMORY_SHARE = 0.5  # anchors may take at most this share of free GPU memory under "auto"
+
+
+def anchors_still_needed(one_set_bytes: int, capacity: int, streams: int) -> int:
+    """Bytes the anchors of a run will still allocate once one evaluation's set is stored."""
+    return one_set_bytes * capacity * streams - one_set_bytes
+
+
+def _comfy_free_memory(device) -> int:
+    import comfy.model_management
+
+    return comfy.model_management.get_free_memory(device)
 
 
 def _transformer_options(args, kwargs) -> dict:

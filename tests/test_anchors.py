@@ -95,3 +95,12 @@ def test_clear_frees_everything():
 def test_capacity_is_validated():
     with pytest.raises(ValueError):
         AnchorStore(capacity=4)
+
+
+def test_move_to_keeps_anchors_and_future_pushes_follow():
+    store = AnchorStore()
+    store.push("f", 0.0, torch.ones(3))
+    store.move_to("cpu")
+    store.push("f", 1.0, torch.full((3,), 2.0))
+    values, times = store.anchors("f")
+    assert times == [1.0, 0.0] and values[1][0].item() == 1.0 and store.device == torch.device("cpu")

@@ -241,3 +241,19 @@ def test_family_features_and_architecture(model):
                                     "double_blocks.0.txt_attn", "double_blocks.0.txt_mlp"]
     assert families.feature_names(family, arch["blocks"], "block")[-1] == "single_blocks.1.img"
     assert families.feature_names(family, arch["blocks"], "stack") == ["stack"]
+
+
+def test_auto_cache_device_budget():
+    # one evaluation's features: 1 GiB; 3 anchors for cond and uncond: 5 GiB still to come
+    assert patch.anchors_still_needed(2 ** 30, 3, 2) == 5 * 2 ** 30
+    assert patch.FREE_MEMORY_SHARE * 8 * 2 ** 30 < patch.anchors_still_needed(2 ** 30, 3, 2)  # 8 GiB free: offload
+    assert patch.FREE_MEMORY_SHARE * 16 * 2 ** 30 > patch.anchors_still_needed(2 ** 30, 3, 2)  # 16 GiB free: stay
+
+
+def test_cpu_run_is_never_moved(model):
+    options = replacements(model, "block")
+    options[patch.RUN_KEY].free_memory = lambda device: 0  # would offload anything on a GPU
+    for step in range(3):
+        evaluate(model, options, step)
+    state = options[patch.RUN_KEY]
+    assert state.placed and state.run.cache_device is None and not state.notes
