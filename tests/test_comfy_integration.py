@@ -372,3 +372,20 @@ def test_controlnet_residuals_keep_working(setup):
         assert torch.equal(sample(hyca(setup["model"], interval=1, granularity=granularity), s), controlled)
         cached = sample(hyca(setup["model"], interval=3, granularity=granularity), s)
         assert snr(cached, controlled) > 10, granularity
+
+
+def test_comfyui_loader_registers_the_three_nodes():
+    import asyncio
+    from pathlib import Path
+
+    import nodes
+
+    root = Path(__file__).resolve().parent.parent
+    assert asyncio.run(nodes.load_custom_node(str(root), module_parent="custom_nodes"))
+    for node_id, display in (("HyCaCalibrate", "HyCa Calibrate"), ("HyCaSolverMapLoader", "HyCa Solver Map Loader"),
+                             ("HyCaApply", "HyCa Apply")):
+        cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+        schema = cls.GET_SCHEMA()
+        assert schema.display_name == display
+        assert all(i.tooltip for i in schema.inputs), node_id  # every input explains itself
+    assert nodes.EXTENSION_WEB_DIRS  # WEB_DIRECTORY was picked up
