@@ -46,7 +46,7 @@ class CalibrateConfig:
     granularity: str
     calibrator: Calibrator
 
-    def start(self, sigmas, diffusion_model) -> "CalibrationState":
+    def start(self, diffusion_model) -> "CalibrationState":
         return CalibrationState(self, diffusion_model)
 
 
@@ -119,6 +119,9 @@ class HyCaCalibrate(io.ComfyNode):
                 io.Int.Input("clusters", default=2, min=0, max=16,
                              tooltip="Channel clusters, each with its own solver (the paper uses 2). 0 = one solver per channel."),
                 io.String.Input("intervals", default="2-8", tooltip="Intervals N to choose solvers for, e.g. '2-8' or '4,5,6'."),
+                io.Boolean.Input("fit", default=False,
+                                 tooltip="Beyond the paper: also fit least-squares weights per cluster and use them "
+                                         "where anchors are exactly N apart. Calibrate on several runs when on."),
                 io.Combo.Input("granularity", options=list(families.GRANULARITIES), default="module",
                                tooltip="Must match the granularity HyCa Apply will use."),
                 io.String.Input("name", default="my-model", tooltip="Saved as models/hyca/<name>.safetensors."),
@@ -132,7 +135,7 @@ class HyCaCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
-                clusters, intervals, granularity, name, description="") -> io.NodeOutput:
+                clusters, intervals, fit, granularity, name, description="") -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
 
@@ -172,7 +175,7 @@ class HyCaCalibrate(io.ComfyNode):
         solver_map = SolverMap.from_calibration(
             calibrator.finish(), family=family.name, granularity=granularity, warmup=family.warmup,
             architecture=families.architecture(diffusion_model, family, granularity),
-            provenance=provenance, description=description or "")
+            provenance=provenance, mode="fit" if fit else "choose", description=description or "")
         save_solver_map(solver_map, path)
         solver_map.source = path
         log.info("HyCa Calibrate: wrote %s", path)

@@ -45,7 +45,7 @@ class ApplyConfig:
     mode: Optional[str] = None  # "choose" / "fit"; None: the map's own
     cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
 
-    def start(self, sigmas, diffusion_model) -> "RunState":
+    def start(self, diffusion_model) -> "RunState":
         return RunState(self, diffusion_model)
 
     def predictors(self) -> PredictorBank:
@@ -185,7 +185,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     original = guider.model_options
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
     options = guider.model_options["transformer_options"]
-    state = options[CONFIG_KEY].start(args[3], guider.model_patcher.model.diffusion_model)
+    state = options[CONFIG_KEY].start(guider.model_patcher.model.diffusion_model)
     options[RUN_KEY] = state
     try:
         return executor(*args, **kwargs)

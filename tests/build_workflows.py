@@ -56,8 +56,8 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
 
 
 def calibrate_widgets(steps, cfg, sampler, scheduler, name, intervals="2-8", description=""):
-    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, granularity, name, description
-    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, "module", name, description]
+    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, fit, granularity, name, description
+    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, False, "module", name, description]
 
 
 def apply_widgets(interval, warmup):

@@ -145,7 +145,7 @@ def replacements(model, granularity, interval=3, warmup=2):
             first, last = k == 0 and i == 0, k == len(kinds) - 1 and i == count - 1
             options["patches_replace"]["dit"][(kind, i)] = blocks.BlockPatch(family, kind, i, first, last)
     config = patch.ApplyConfig(family, granularity, Schedule(interval=interval, warmup=warmup))
-    options[patch.RUN_KEY] = config.start(SIGMAS, model)
+    options[patch.RUN_KEY] = config.start(model)
     return options
 
 
