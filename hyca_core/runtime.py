@@ -14,6 +14,7 @@ Use per evaluation::
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections import Counter
@@ -31,6 +32,7 @@ log = logging.getLogger("hyca")
 _BLOCK_INDEX = re.compile(r"\.\d+(?=\.|$)")
 
 
+@functools.lru_cache(maxsize=8192)  # called per feature per predicted step
 def pooled_scope(feature: str) -> str:
     """The scope a feature shares with the same feature of every other block:
     ``double_blocks.7.img_attn`` -> ``double_blocks.*.img_attn``."""

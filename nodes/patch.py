@@ -201,7 +201,7 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
     if state is None or sample_sigmas is None or options.get("sigmas") is None:
         return executor(*args, **kwargs)
     x = args[0]
-    sigmas = [float(s) for s in sample_sigmas]
+    sigmas = sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor) else [float(s) for s in sample_sigmas]
     t = step_coordinate(float(options["sigmas"].max()), sigmas)
     n_steps = len(sigmas) - 1
     uuids = tuple(options.get("uuids") or ())
