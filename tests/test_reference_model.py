@@ -1,0 +1,124 @@
+"""The reference MMDiT: shapes, determinism, the patches_replace protocol, and (with a real
+ComfyUI) identical outputs from the same weights in ComfyUI's own Flux class."""
+
+import pytest
+import torch
+
+from hyca_core.reference import Flux, FluxConfig
+
+CONFIG = FluxConfig(hidden_size=64, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=(8, 12, 12), guidance_embed=True)
+
+
+def inputs(batch=2, size=16, tokens=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(x=torch.randn(batch, 16, size, size, generator=g), timestep=torch.rand(batch, generator=g),
+                context=torch.randn(batch, tokens, 32, generator=g), y=torch.randn(batch, 32, generator=g),
+                guidance=torch.full((batch,), 3.5))
+
+
+def randomized(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.1))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomized(Flux(CONFIG))
+
+
+def test_output_has_the_latent_shape(model):
+    with torch.no_grad():
+        for size in (16, 24):
+            assert model(**inputs(size=size)).shape == (2, 16, size, size)
+
+
+def test_deterministic(model):
+    with torch.no_grad():
+        assert torch.equal(model(**inputs()), model(**inputs()))
+
+
+def test_samples_in_a_batch_are_independent(model):
+    both = inputs(batch=2)
+    with torch.no_grad():
+        out = model(**both)
+        first = model(**{k: v[:1] for k, v in both.items()})
+    torch.testing.assert_close(out[:1], first, rtol=1e-4, atol=1e-5)
+
+
+def test_block_replacements_are_called_with_comfyui_arguments(model):
+    seen = []
+
+    def spy(args, extra):
+        seen.append(sorted(k for k in args if k != "transformer_options"))
+        return extra["original_block"](args)
+
+    replace = {(kind, i): spy for kind, n in (("double_block", 2), ("single_block", 2)) for i in range(n)}
+    with torch.no_grad():
+        plain = model(**inputs())
+        patched = model(**inputs(), transformer_options={"patches_replace": {"dit": replace}})
+    assert torch.equal(plain, patched)
+    assert seen == [["img", "pe", "txt", "vec"]] * 2 + [["img", "pe", "vec"]] * 2
+
+
+def test_rejects_inconsistent_rope_axes():
+    with pytest.raises(ValueError, match="axes_dim"):
+        Flux(FluxConfig(hidden_size=64, num_heads=2, axes_dim=(8, 8, 8)))
+
+
+def test_same_weights_same_outputs_in_comfyui_flux(model):
+    from comfy_env import comfyui_path
+
+    if comfyui_path() is None:
+        pytest.skip("no ComfyUI found: weight compatibility is checked against ComfyUI's Flux (set COMFYUI_PATH)")
+    from comfy_env import require_comfyui
+
+    require_comfyui()
+    import comfy.supported_models
+
+    supported = comfy.supported_models.Flux(CONFIG.comfy_unet_config())
+    supported.set_inference_dtype(torch.float32, None)
+    comfy_flux = supported.get_model({}).diffusion_model
+    missing, unexpected = comfy_flux.load_state_dict(model.state_dict(), strict=True)
+    assert not missing and not unexpected
+    args = inputs()
+    with torch.no_grad():
+        ours = model(**args)
+        theirs = comfy_flux(args["x"], args["timestep"], args["context"], y=args["y"], guidance=args["guidance"])
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("granularity", ["module", "block", "stack"])
+def test_every_hyca_granularity_runs_on_it_without_comfyui(model, granularity):
+    import importlib
+
+    from support import load_pack
+
+    load_pack()
+    families = importlib.import_module("comfyui_hyca.nodes.families")
+    blocks = importlib.import_module("comfyui_hyca.nodes.blocks")
+    patch = importlib.import_module("comfyui_hyca.nodes.patch")
+    schedule = importlib.import_module("comfyui_hyca.hyca_core.schedule").Schedule(interval=3, warmup=2)
+    family = families.detect(model)
+    assert family.name == "flux"
+    replace = {}
+    kinds = [("double_block", 2), ("single_block", 2)]
+    for k, (kind, n) in enumerate(kinds):
+        for i in range(n):
+            replace[(kind, i)] = blocks.BlockPatch(family, kind, i, k == 0 and i == 0, k == 1 and i == n - 1)
+    state = patch.ApplyConfig(family, granularity, schedule).start(model)
+    sigmas = torch.linspace(1.0, 0.0, 9)
+    with torch.no_grad():
+        for step in range(8):
+            args = inputs(seed=step)
+            args["timestep"] = sigmas[step].expand(2)
+            options = {"patches_replace": {"dit": replace}, patch.RUN_KEY: state, "sigmas": sigmas[step:step + 1],
+                       "sample_sigmas": sigmas, "uuids": ["c"], "cond_or_uncond": [0]}
+            out = patch.diffusion_model_wrapper(lambda *a, **k: model(**args, transformer_options=options), args["x"], options)
+            stream = state.run.streams[("c",)]
+            if stream.full:
+                assert torch.equal(out, model(**args)), step
+            assert torch.isfinite(out).all()
+    assert stream.stats.predicted == 4 and state.granularity == granularity  # module rebuild matched
