@@ -165,8 +165,10 @@ class DoubleStreamBlock(nn.Module):
         txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1]:]
         img = img + self.img_attn.proj(img_attn) * img_mod1.gate
         img = img + self.img_mlp(torch.addcmul(img_mod2.shift, _layer_norm(img), 1 + img_mod2.scale)) * img_mod2.gate
-        txt += self.txt_attn.proj(txt_attn) * txt_mod1.gate  # in place, as ComfyUI's block
-        txt += self.txt_mlp(torch.addcmul(txt_mod2.shift, _layer_norm(txt), 1 + txt_mod2.scale)) * txt_mod2.gate
+        # ComfyUI's block updates txt in place; so does this one at inference (autograd cannot)
+        add = torch.Tensor.add if torch.is_grad_enabled() else torch.Tensor.add_
+        txt = add(txt, self.txt_attn.proj(txt_attn) * txt_mod1.gate)
+        txt = add(txt, self.txt_mlp(torch.addcmul(txt_mod2.shift, _layer_norm(txt), 1 + txt_mod2.scale)) * txt_mod2.gate)
         return img, txt
 
 
@@ -188,8 +190,8 @@ class SingleStreamBlock(nn.Module):
         q, k, v = _split_heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
         output = self.linear2(torch.cat((attention(q, k, v, pe), self.mlp_act(mlp)), 2))
-        x += output * mod.gate
-        return x
+        add = torch.Tensor.add if torch.is_grad_enabled() else torch.Tensor.add_
+        return add(x, output * mod.gate)
 
 
 class LastLayer(nn.Module):
