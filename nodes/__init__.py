@@ -1,6 +1,6 @@
-"""ComfyUI side of the pack: nodes, wrappers and block replacements.
+"""ComfyUI side of the pack: node classes, ComfyUI wrappers, the map folder.
 
-``families`` and ``blocks`` import no ComfyUI module and are tested without it; ``patch`` imports
-ComfyUI inside functions only; ``apply``, ``loader``, ``calibrate`` and ``extension`` are the node
-classes, imported by ``comfy_entrypoint`` once ComfyUI is running.
+``patch`` imports ComfyUI inside functions only; ``apply``, ``loader``, ``calibrate`` and
+``extension`` are the node classes, imported by ``comfy_entrypoint`` once ComfyUI is running. The
+block replacements and per-run session they install are ComfyUI-free and live in ``hyca_core``.
 """

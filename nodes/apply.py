@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..hyca_core import families
 from ..hyca_core.schedule import Schedule
 from ..hyca_core.solver_map import SolverMapMismatch
-
-from . import families
 from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
 
 SolverMapType = io.Custom("HYCA_SOLVER_MAP")

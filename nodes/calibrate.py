@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 
 from comfy_api.latest import io
 
+from ..hyca_core import families
+from ..hyca_core.blocks import EvalContext
 from ..hyca_core.calibration import CalibrationConfig, Calibrator
 from ..hyca_core.solver_map import SolverMap, save_solver_map
-
-from . import families, map_folder
+from . import map_folder
 from .apply import SolverMapType
-from .blocks import EvalContext
 from .patch import diffusion_model_of, install
 
 log = logging.getLogger("hyca")

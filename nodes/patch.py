@@ -1,12 +1,9 @@
 """Installing HyCa on a ComfyUI ModelPatcher: keyed wrappers and per-block replacements.
 
 - ``OUTER_SAMPLE`` wrapper: builds a fresh per-run state (``RunState``) from the node's config and
-  the run's sigmas, and clears it in ``finally`` (interrupted runs leave nothing behind); logs the
-  run report.
-- ``DIFFUSION_MODEL`` wrapper: per model call, turns the current sigma into a step coordinate,
-  picks the stream of the call's cond uuids, decides full or predicted, and hands the blocks an
-  ``EvalContext`` through ``transformer_options``. A predicted call whose output is not finite is
-  recomputed fully.
+  clears it in ``finally`` (interrupted runs leave nothing behind); logs the run report.
+- ``DIFFUSION_MODEL`` wrapper: hands each model call to ``hyca_core.session.evaluate`` (time from
+  sigmas, stream per cond uuids, full or predicted, NaN -> full recompute).
 - ``patches_replace["dit"]``: one ``BlockPatch`` per block.
 
 ComfyUI modules are imported inside functions only, never when the pack is imported.
@@ -14,167 +11,20 @@ ComfyUI modules are imported inside functions only, never when the pack is impor
 
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
 import torch
 
-from ..hyca_core.runtime import CacheRun, PredictorBank
-from ..hyca_core.schedule import Schedule, step_coordinate
-from ..hyca_core.solver_map import SolverMap, uniform_predictors
+from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and tests)
+    CONFIG_KEY, DEFAULT_SOLVER, FREE_MEMORY_SHARE, RUN_KEY, ApplyConfig, RunState, Schedule, anchors_still_needed,
+    block_patches, evaluate, transformer_options,
+)
 
-from . import families
-from .blocks import CONTEXT_KEY, BlockPatch, EvalContext
-
-log = logging.getLogger("hyca")
-
-CONFIG_KEY = "hyca"  # transformer_options: the node's (immutable) config
-RUN_KEY = "hyca_run"  # transformer_options of the cloned model_options: the per-run state
 WRAPPER_KEY = "hyca"
-DEFAULT_SOLVER = "taylor1"  # without a map: TaylorSeer order 1, the TaylorSeer code's default
-
-
-@dataclass(frozen=True)
-class ApplyConfig:
-    family: families.Family
-    granularity: str
-    schedule: Schedule
-    solver_map: Optional[SolverMap] = None
-    mode: Optional[str] = None  # "choose" / "fit"; None: the map's own
-    cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
-
-    def start(self, diffusion_model) -> "RunState":
-        return RunState(self, diffusion_model)
-
-    def predictors(self) -> PredictorBank:
-        fallback = uniform_predictors(DEFAULT_SOLVER)
-        if self.solver_map is None:
-            return fallback
-        bank = self.solver_map.predictors(self.schedule.interval, self.mode)
-        bank.default = fallback.default  # features the map lacks (after a fallback to block)
-        return bank
-
-
-@dataclass
-class RunState:
-    """Everything one sampling run caches; created by OUTER_SAMPLE, closed in its finally."""
-
-    config: ApplyConfig
-    diffusion_model: Any
-    granularity: str = ""
-    verified: bool = False
-    notes: list = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
-    run: CacheRun = None
-    placed: bool = False  # cache_device "auto" has decided where anchors live
-    free_memory: Any = None  # device -> free bytes; ComfyUI's by default
-
-    def __post_init__(self):
-        self.granularity = self.config.granularity
-        self.verified = self.granularity != "module"
-        device = {"cpu": "cpu"}.get(self.config.cache_device)
-        self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device)
-
-    def stream(self, key, name):
-        stream = self.run.stream(key)
-        stream.name = name
-        return stream
-
-    def context(self, stream, full: bool) -> EvalContext:
-        verify = full and not self.verified
-        return EvalContext(stream, full, self.granularity, self.config.family, self.diffusion_model, verify=verify)
-
-    def after(self, ctx: EvalContext) -> None:
-        """Act on what the blocks found during one evaluation."""
-        if ctx.full and self.config.cache_device == "auto" and not self.placed:
-            self.place(ctx.stream)
-        if ctx.verify and ctx.mismatch is None:
-            self.verified = True
-        if ctx.mismatch is not None:
-            message = f"HyCa: {ctx.mismatch}; falling back to block granularity for this run"
-            log.warning(message)
-            self.notes.append(message)
-            self.granularity = "block"
-            self.verified = True
-            for stream in self.run.streams.values():
-                stream.reset()  # module anchors are useless to block patches: start over
-
-    def place(self, stream) -> None:
-        """cache_device "auto": after the first full evaluation the size of one anchor set is
-        known; if every stream's full set of anchors would not fit comfortably in free GPU memory,
-        offload anchors to the CPU for this run."""
-        store = stream.store
-        device = next((b.device for ring in store._rings.values() for b in ring.buffers), None)
-        if device is None or device.type == "cpu":
-            self.placed = True
-            return
-        free = (self.free_memory or _comfy_free_memory)(device)
-        streams = max(len(self.run.streams), 2)  # cond + uncond unless known otherwise
-        needed = anchors_still_needed(store.nbytes, store.capacity, streams)
-        self.placed = True
-        if needed > FREE_MEMORY_SHARE * free:
-            message = (f"HyCa: anchors need about {needed / 2 ** 30:.1f} GiB more, {free / 2 ** 30:.1f} GiB is free: "
-                       "keeping them in CPU memory for this run (set cache_device to gpu or cpu to choose)")
-            log.info(message)
-            self.notes.append(message)
-            self.run.cache_device = "cpu"
-            for s in self.run.streams.values():
-                s.store.move_to("cpu")
-
-    def report(self) -> list[dict]:
-        seconds = time.perf_counter() - self.started
-        rows = []
-        for stream in self.run.streams.values():
-            s = stream.stats
-            rows.append({
-                "cond": stream.name, "full": s.full, "predicted": s.predicted, "recomputed": s.recomputed,
-                "resets": s.resets, "flops_speedup": s.flops_speedup, "seconds": seconds,
-                "peak_cache_bytes": stream.store.peak_nbytes, "granularity": self.granularity,
-            })
-        return rows
-
-    def close(self) -> list[dict]:
-        rows = self.report()
-        for row in rows:
-            log.info("HyCa [%s, %s]: %d full + %d predicted evaluations (%.2fx FLOPs bound), %.1f s, "
-                     "peak cache %.1f MiB%s", row["cond"], row["granularity"], row["full"], row["predicted"],
-                     row["flops_speedup"], row["seconds"], row["peak_cache_bytes"] / 2 ** 20,
-                     f", {row['recomputed']} recomputed after NaN" if row["recomputed"] else "")
-        for note in self.notes:
-            log.info(note)
-        self.run.close()
-        return rows
-
-
-FREE_MEMORY_SHARE = 0.5  # anchors may take at most this share of free GPU memory under "auto"
-
-
-def anchors_still_needed(one_set_bytes: int, capacity: int, streams: int) -> int:
-    """Bytes the anchors of a run will still allocate once one evaluation's set is stored."""
-    return one_set_bytes * capacity * streams - one_set_bytes
 
 
 def _comfy_free_memory(device) -> int:
     import comfy.model_management
 
     return comfy.model_management.get_free_memory(device)
-
-
-def _transformer_options(args, kwargs) -> dict:
-    options = kwargs.get("transformer_options")
-    if isinstance(options, dict):
-        return options
-    for value in reversed(args):
-        if isinstance(value, dict) and ("sigmas" in value or CONFIG_KEY in value or RUN_KEY in value):
-            return value
-    return {}
-
-
-def _cond_name(options: dict) -> str:
-    labels = {0: "positive", 1: "negative"}
-    return "+".join(labels.get(c, str(c)) for c in options.get("cond_or_uncond", [])) or "model"
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
@@ -186,6 +36,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
     options = guider.model_options["transformer_options"]
     state = options[CONFIG_KEY].start(guider.model_patcher.model.diffusion_model)
+    state.free_memory = _comfy_free_memory
     options[RUN_KEY] = state
     try:
         return executor(*args, **kwargs)
@@ -195,49 +46,18 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
-    options = _transformer_options(args, kwargs)
-    state: Optional[RunState] = options.get(RUN_KEY)
-    sample_sigmas = options.get("sample_sigmas")
-    if state is None or sample_sigmas is None or options.get("sigmas") is None:
-        return executor(*args, **kwargs)
-    x = args[0]
-    sigmas = sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor) else [float(s) for s in sample_sigmas]
-    t = step_coordinate(float(options["sigmas"].max()), sigmas)
-    n_steps = len(sigmas) - 1
-    uuids = tuple(options.get("uuids") or ())
-    stream = state.stream(uuids, _cond_name(options))
-    signature = (tuple(x.shape), x.dtype, x.device)
-    full = stream.begin(t, n_steps, signature)
-    try:
-        ctx = options[CONTEXT_KEY] = state.context(stream, full)
-        out = executor(*args, **kwargs)
-        state.after(ctx)
-        if not stream.accept(None if full else out):
-            stream.begin(t, n_steps, signature, force_full=True)
-            ctx = options[CONTEXT_KEY] = state.context(stream, True)
-            out = executor(*args, **kwargs)
-            state.after(ctx)
-            stream.accept()
-        return out
-    finally:
-        options.pop(CONTEXT_KEY, None)
+    return evaluate(executor, args, kwargs, transformer_options(args, kwargs))
 
 
 def install(model_patcher, config) -> None:
     """Patch a (cloned) ModelPatcher: config, wrappers and a replacement for every block."""
     import comfy.patcher_extension
 
-    diffusion_model = model_patcher.model.diffusion_model
-    family = config.family
     model_patcher.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = config
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
-    kinds = [(kind, len(getattr(diffusion_model, attr))) for kind, attr in family.blocks]
-    for k, (kind, count) in enumerate(kinds):
-        for i in range(count):
-            first = k == 0 and i == 0
-            last = k == len(kinds) - 1 and i == count - 1
-            model_patcher.set_model_patch_replace(BlockPatch(family, kind, i, first, last), "dit", kind, i)
+    for (kind, i), patch in block_patches(model_patcher.model.diffusion_model, config.family).items():
+        model_patcher.set_model_patch_replace(patch, "dit", kind, i)
 
 
 def diffusion_model_of(model_patcher) -> torch.nn.Module:

@@ -5,19 +5,15 @@ names, modulation objects with ``.gate``, blocks that update ``txt`` in place, a
 that calls ``patches_replace["dit"][("double_block", i)](args, {"original_block": fn})``.
 """
 
-import importlib
 from dataclasses import dataclass
 
 import pytest
 import torch
-from support import load_pack
 from torch import nn
 
-load_pack()
-blocks = importlib.import_module("comfyui_hyca.nodes.blocks")
-families = importlib.import_module("comfyui_hyca.nodes.families")
-patch = importlib.import_module("comfyui_hyca.nodes.patch")
-Schedule = importlib.import_module("comfyui_hyca.hyca_core.schedule").Schedule
+from hyca_core import blocks, families
+from hyca_core import session as patch
+from hyca_core.schedule import Schedule
 
 D = 16
 
@@ -138,12 +134,7 @@ def inputs(step, batch=1):
 
 def replacements(model, granularity, interval=3, warmup=2):
     family = families.detect(model)
-    options = {"patches_replace": {"dit": {}}}
-    kinds = [(kind, len(getattr(model, attr))) for kind, attr in family.blocks]
-    for k, (kind, count) in enumerate(kinds):
-        for i in range(count):
-            first, last = k == 0 and i == 0, k == len(kinds) - 1 and i == count - 1
-            options["patches_replace"]["dit"][(kind, i)] = blocks.BlockPatch(family, kind, i, first, last)
+    options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
     config = patch.ApplyConfig(family, granularity, Schedule(interval=interval, warmup=warmup))
     options[patch.RUN_KEY] = config.start(model)
     return options
@@ -152,7 +143,7 @@ def replacements(model, granularity, interval=3, warmup=2):
 def evaluate(model, options, step, uuids=("c",), batch=1):
     img, txt, vec = inputs(step, batch)
     call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=list(uuids), cond_or_uncond=[0])
-    return patch.diffusion_model_wrapper(lambda *a, **k: model(img, txt, vec, call), img, call)
+    return patch.evaluate(lambda *a, **k: model(img, txt, vec, call), (img,), {}, call)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +193,7 @@ def test_predicted_steps_never_write_into_their_inputs(model, granularity):
         img, txt, vec = inputs(step)
         copies = (img.clone(), txt.clone())
         call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
-        patch.diffusion_model_wrapper(lambda *a, **k: model(img, txt, vec, call), img, call)
+        patch.evaluate(lambda *a, **k: model(img, txt, vec, call), (img,), {}, call)
         if step == 2:  # predicted
             assert torch.equal(img, copies[0]) and torch.equal(txt, copies[1])
 
@@ -222,7 +213,7 @@ def test_without_run_state_blocks_run_unchanged(model):
     options.pop(patch.RUN_KEY)
     img, txt, vec = inputs(0)
     call = dict(options, sigmas=SIGMAS[:1], sample_sigmas=SIGMAS)
-    assert torch.equal(patch.diffusion_model_wrapper(lambda *a, **k: model(img, txt, vec, call), img, call),
+    assert torch.equal(patch.evaluate(lambda *a, **k: model(img, txt, vec, call), (img,), {}, call),
                        reference(model, 0))
 
 

@@ -92,22 +92,14 @@ def test_same_weights_same_outputs_in_comfyui_flux(model):
 
 @pytest.mark.parametrize("granularity", ["module", "block", "stack"])
 def test_every_hyca_granularity_runs_on_it_without_comfyui(model, granularity):
-    import importlib
+    from hyca_core import families
+    from hyca_core import session as patch
+    from hyca_core.schedule import Schedule
 
-    from support import load_pack
-
-    load_pack()
-    families = importlib.import_module("comfyui_hyca.nodes.families")
-    blocks = importlib.import_module("comfyui_hyca.nodes.blocks")
-    patch = importlib.import_module("comfyui_hyca.nodes.patch")
-    schedule = importlib.import_module("comfyui_hyca.hyca_core.schedule").Schedule(interval=3, warmup=2)
+    schedule = Schedule(interval=3, warmup=2)
     family = families.detect(model)
     assert family.name == "flux"
-    replace = {}
-    kinds = [("double_block", 2), ("single_block", 2)]
-    for k, (kind, n) in enumerate(kinds):
-        for i in range(n):
-            replace[(kind, i)] = blocks.BlockPatch(family, kind, i, k == 0 and i == 0, k == 1 and i == n - 1)
+    replace = patch.block_patches(model, family)
     state = patch.ApplyConfig(family, granularity, schedule).start(model)
     sigmas = torch.linspace(1.0, 0.0, 9)
     with torch.no_grad():
@@ -116,7 +108,7 @@ def test_every_hyca_granularity_runs_on_it_without_comfyui(model, granularity):
             args["timestep"] = sigmas[step].expand(2)
             options = {"patches_replace": {"dit": replace}, patch.RUN_KEY: state, "sigmas": sigmas[step:step + 1],
                        "sample_sigmas": sigmas, "uuids": ["c"], "cond_or_uncond": [0]}
-            out = patch.diffusion_model_wrapper(lambda *a, **k: model(**args, transformer_options=options), args["x"], options)
+            out = patch.evaluate(lambda *a, **k: model(**args, transformer_options=options), (args["x"],), {}, options)
             stream = state.run.streams[("c",)]
             if stream.full:
                 assert torch.equal(out, model(**args)), step

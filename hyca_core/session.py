@@ -1,0 +1,209 @@
+"""One sampling run of a cached model, through the ``patches_replace["dit"]`` protocol.
+
+``ApplyConfig`` is what HyCa Apply fixes once; ``RunState`` is what one sampling run caches;
+``evaluate`` wraps one model call (decide full or predicted from the sigma, pick the cond's stream,
+recompute fully if a prediction produced NaN). Pure PyTorch: ComfyUI's wrappers in ``nodes/patch``
+and the reference benchmark both drive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from . import families
+from .blocks import CONTEXT_KEY, BlockPatch, EvalContext
+from .runtime import CacheRun, PredictorBank
+from .schedule import Schedule, step_coordinate
+from .solver_map import SolverMap, uniform_predictors
+
+log = logging.getLogger("hyca")
+
+CONFIG_KEY = "hyca"  # transformer_options: the node's (immutable) config
+RUN_KEY = "hyca_run"  # transformer_options of the cloned model_options: the per-run state
+WRAPPER_KEY = "hyca"
+DEFAULT_SOLVER = "taylor1"  # without a map: TaylorSeer order 1, the TaylorSeer code's default
+
+
+@dataclass(frozen=True)
+class ApplyConfig:
+    family: families.Family
+    granularity: str
+    schedule: Schedule
+    solver_map: Optional[SolverMap] = None
+    mode: Optional[str] = None  # "choose" / "fit"; None: the map's own
+    cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
+
+    def start(self, diffusion_model) -> "RunState":
+        return RunState(self, diffusion_model)
+
+    def predictors(self) -> PredictorBank:
+        fallback = uniform_predictors(DEFAULT_SOLVER)
+        if self.solver_map is None:
+            return fallback
+        bank = self.solver_map.predictors(self.schedule.interval, self.mode)
+        bank.default = fallback.default  # features the map lacks (after a fallback to block)
+        return bank
+
+
+@dataclass
+class RunState:
+    """Everything one sampling run caches; created by OUTER_SAMPLE, closed in its finally."""
+
+    config: ApplyConfig
+    diffusion_model: Any
+    granularity: str = ""
+    verified: bool = False
+    notes: list = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+    run: CacheRun = None
+    placed: bool = False  # cache_device "auto" has decided where anchors live
+    free_memory: Any = None  # device -> free bytes; torch's view of the GPU by default
+
+    def __post_init__(self):
+        self.granularity = self.config.granularity
+        self.verified = self.granularity != "module"
+        device = {"cpu": "cpu"}.get(self.config.cache_device)
+        self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device)
+
+    def stream(self, key, name):
+        stream = self.run.stream(key)
+        stream.name = name
+        return stream
+
+    def context(self, stream, full: bool) -> EvalContext:
+        verify = full and not self.verified
+        return EvalContext(stream, full, self.granularity, self.config.family, self.diffusion_model, verify=verify)
+
+    def after(self, ctx: EvalContext) -> None:
+        """Act on what the blocks found during one evaluation."""
+        if ctx.full and self.config.cache_device == "auto" and not self.placed:
+            self.place(ctx.stream)
+        if ctx.verify and ctx.mismatch is None:
+            self.verified = True
+        if ctx.mismatch is not None:
+            message = f"HyCa: {ctx.mismatch}; falling back to block granularity for this run"
+            log.warning(message)
+            self.notes.append(message)
+            self.granularity = "block"
+            self.verified = True
+            for stream in self.run.streams.values():
+                stream.reset()  # module anchors are useless to block patches: start over
+
+    def place(self, stream) -> None:
+        """cache_device "auto": after the first full evaluation the size of one anchor set is
+        known; if every stream's full set of anchors would not fit comfortably in free GPU memory,
+        offload anchors to the CPU for this run."""
+        store = stream.store
+        device = next((b.device for ring in store._rings.values() for b in ring.buffers), None)
+        if device is None or device.type == "cpu":
+            self.placed = True
+            return
+        free = (self.free_memory or _torch_free_memory)(device)
+        streams = max(len(self.run.streams), 2)  # cond + uncond unless known otherwise
+        needed = anchors_still_needed(store.nbytes, store.capacity, streams)
+        self.placed = True
+        if needed > FREE_MEMORY_SHARE * free:
+            message = (f"HyCa: anchors need about {needed / 2 ** 30:.1f} GiB more, {free / 2 ** 30:.1f} GiB is free: "
+                       "keeping them in CPU memory for this run (set cache_device to gpu or cpu to choose)")
+            log.info(message)
+            self.notes.append(message)
+            self.run.cache_device = "cpu"
+            for s in self.run.streams.values():
+                s.store.move_to("cpu")
+
+    def report(self) -> list[dict]:
+        seconds = time.perf_counter() - self.started
+        rows = []
+        for stream in self.run.streams.values():
+            s = stream.stats
+            rows.append({
+                "cond": stream.name, "full": s.full, "predicted": s.predicted, "recomputed": s.recomputed,
+                "resets": s.resets, "flops_speedup": s.flops_speedup, "seconds": seconds,
+                "peak_cache_bytes": stream.store.peak_nbytes, "granularity": self.granularity,
+            })
+        return rows
+
+    def close(self) -> list[dict]:
+        rows = self.report()
+        for row in rows:
+            log.info("HyCa [%s, %s]: %d full + %d predicted evaluations (%.2fx FLOPs bound), %.1f s, "
+                     "peak cache %.1f MiB%s", row["cond"], row["granularity"], row["full"], row["predicted"],
+                     row["flops_speedup"], row["seconds"], row["peak_cache_bytes"] / 2 ** 20,
+                     f", {row['recomputed']} recomputed after NaN" if row["recomputed"] else "")
+        for note in self.notes:
+            log.info(note)
+        self.run.close()
+        return rows
+
+
+FREE_MEMORY_SHARE = 0.5  # anchors may take at most this share of free GPU memory under "auto"
+
+
+def anchors_still_needed(one_set_bytes: int, capacity: int, streams: int) -> int:
+    """Bytes the anchors of a run will still allocate once one evaluation's set is stored."""
+    return one_set_bytes * capacity * streams - one_set_bytes
+
+
+def _torch_free_memory(device) -> int:
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 1 << 62
+
+
+def transformer_options(args, kwargs) -> dict:
+    options = kwargs.get("transformer_options")
+    if isinstance(options, dict):
+        return options
+    for value in reversed(args):
+        if isinstance(value, dict) and ("sigmas" in value or CONFIG_KEY in value or RUN_KEY in value):
+            return value
+    return {}
+
+
+def _cond_name(options: dict) -> str:
+    labels = {0: "positive", 1: "negative"}
+    return "+".join(labels.get(c, str(c)) for c in options.get("cond_or_uncond", [])) or "model"
+
+
+def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
+    """Run one model call (``executor(*args, **kwargs)``) under the run state in ``options``."""
+    state: Optional[RunState] = options.get(RUN_KEY)
+    sample_sigmas = options.get("sample_sigmas")
+    if state is None or sample_sigmas is None or options.get("sigmas") is None:
+        return executor(*args, **kwargs)
+    x = args[0]
+    sigmas = sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor) else [float(s) for s in sample_sigmas]
+    t = step_coordinate(float(options["sigmas"].max()), sigmas)
+    n_steps = len(sigmas) - 1
+    uuids = tuple(options.get("uuids") or ())
+    stream = state.stream(uuids, _cond_name(options))
+    signature = (tuple(x.shape), x.dtype, x.device)
+    full = stream.begin(t, n_steps, signature)
+    try:
+        ctx = options[CONTEXT_KEY] = state.context(stream, full)
+        out = executor(*args, **kwargs)
+        state.after(ctx)
+        if not stream.accept(None if full else out):
+            stream.begin(t, n_steps, signature, force_full=True)
+            ctx = options[CONTEXT_KEY] = state.context(stream, True)
+            out = executor(*args, **kwargs)
+            state.after(ctx)
+            stream.accept()
+        return out
+    finally:
+        options.pop(CONTEXT_KEY, None)
+
+
+def block_patches(diffusion_model: torch.nn.Module, family: families.Family):
+    """One ``BlockPatch`` per block: ``{(block name, index): patch}``, first and last marked."""
+    kinds = [(kind, len(getattr(diffusion_model, attr))) for kind, attr in family.blocks]
+    patches = {}
+    for k, (kind, count) in enumerate(kinds):
+        for i in range(count):
+            first = k == 0 and i == 0
+            last = k == len(kinds) - 1 and i == count - 1
+            patches[(kind, i)] = BlockPatch(family, kind, i, first, last)
+    return patches
