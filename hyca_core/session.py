@@ -17,6 +17,7 @@ import torch
 
 from . import families
 from .blocks import CONTEXT_KEY, BlockPatch, EvalContext
+from .calibration import Calibrator
 from .runtime import CacheRun, PredictorBank
 from .schedule import Schedule, step_coordinate
 from .solver_map import SolverMap, uniform_predictors
@@ -37,12 +38,13 @@ class ApplyConfig:
     solver_map: Optional[SolverMap] = None
     mode: Optional[str] = None  # "choose" / "fit"; None: the map's own
     cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
+    solver: str = DEFAULT_SOLVER  # every channel's solver when there is no map
 
     def start(self, diffusion_model) -> "RunState":
         return RunState(self, diffusion_model)
 
     def predictors(self) -> PredictorBank:
-        fallback = uniform_predictors(DEFAULT_SOLVER)
+        fallback = uniform_predictors(self.solver)
         if self.solver_map is None:
             return fallback
         bank = self.solver_map.predictors(self.schedule.interval, self.mode)
@@ -142,6 +144,58 @@ class RunState:
 
 
 FREE_MEMORY_SHARE = 0.5  # anchors may take at most this share of free GPU memory under "auto"
+
+
+class CalibrationTap:
+    """Stream protocol for calibration: every evaluation is full, features go to the calibrator."""
+
+    def __init__(self, calibrator: Calibrator, key):
+        self.calibrator, self.key, self.name = calibrator, key, str(key)
+        self.time = 0.0
+
+    def begin(self, t, n_steps, signature=None, force_full=False) -> bool:
+        self.time = t
+        return True
+
+    def remember(self, feature, value) -> None:
+        self.calibrator.observe(feature, self.time, value, stream=self.key)
+
+    def accept(self, output=None) -> bool:
+        return True
+
+    def reset(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    family: families.Family
+    granularity: str
+    calibrator: Calibrator
+
+    def start(self, diffusion_model) -> "CalibrationState":
+        return CalibrationState(self, diffusion_model)
+
+
+class CalibrationState:
+    def __init__(self, config: CalibrateConfig, diffusion_model):
+        self.config, self.diffusion_model = config, diffusion_model
+        self.taps: dict = {}
+        config.calibrator.begin_run()
+
+    def stream(self, key, name):
+        return self.taps.setdefault(key, CalibrationTap(self.config.calibrator, key))
+
+    def context(self, stream, full) -> EvalContext:
+        return EvalContext(stream, True, self.config.granularity, self.config.family, self.diffusion_model)
+
+    def after(self, ctx: EvalContext) -> None:
+        if ctx.mismatch is not None:
+            raise RuntimeError(f"HyCa calibration: {ctx.mismatch}; calibrate at block granularity instead")
+
+    def close(self):
+        self.config.calibrator.end_run()
+        return []
 
 
 def anchors_still_needed(one_set_bytes: int, capacity: int, streams: int) -> int:

@@ -3,72 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from comfy_api.latest import io
 
 from ..hyca_core import families
-from ..hyca_core.blocks import EvalContext
 from ..hyca_core.calibration import CalibrationConfig, Calibrator
+from ..hyca_core.session import CalibrateConfig
 from ..hyca_core.solver_map import SolverMap, save_solver_map
 from . import map_folder
 from .apply import SolverMapType
 from .patch import diffusion_model_of, install
 
 log = logging.getLogger("hyca")
-
-
-class CalibrationTap:
-    """Stream protocol for calibration: every evaluation is full, features go to the calibrator."""
-
-    def __init__(self, calibrator: Calibrator, key):
-        self.calibrator, self.key, self.name = calibrator, key, str(key)
-        self.time = 0.0
-
-    def begin(self, t, n_steps, signature=None, force_full=False) -> bool:
-        self.time = t
-        return True
-
-    def remember(self, feature, value) -> None:
-        self.calibrator.observe(feature, self.time, value, stream=self.key)
-
-    def accept(self, output=None) -> bool:
-        return True
-
-    def reset(self) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class CalibrateConfig:
-    family: families.Family
-    granularity: str
-    calibrator: Calibrator
-
-    def start(self, diffusion_model) -> "CalibrationState":
-        return CalibrationState(self, diffusion_model)
-
-
-class CalibrationState:
-    def __init__(self, config: CalibrateConfig, diffusion_model):
-        self.config, self.diffusion_model = config, diffusion_model
-        self.taps: dict = {}
-        config.calibrator.begin_run()
-
-    def stream(self, key, name):
-        return self.taps.setdefault(key, CalibrationTap(self.config.calibrator, key))
-
-    def context(self, stream, full) -> EvalContext:
-        return EvalContext(stream, True, self.config.granularity, self.config.family, self.diffusion_model)
-
-    def after(self, ctx: EvalContext) -> None:
-        if ctx.mismatch is not None:
-            raise RuntimeError(f"HyCa Calibrate: {ctx.mismatch}; calibrate at block granularity instead")
-
-    def close(self):
-        self.config.calibrator.end_run()
-        return []
 
 
 def parse_intervals(text: str) -> tuple[int, ...]:
