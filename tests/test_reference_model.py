@@ -114,3 +114,21 @@ def test_every_hyca_granularity_runs_on_it_without_comfyui(model, granularity):
                 assert torch.equal(out, model(**args)), step
             assert torch.isfinite(out).all()
     assert stream.stats.predicted == 4 and state.granularity == granularity  # module rebuild matched
+
+
+def test_bundled_weights_draw_what_the_prompt_asks():
+    from hyca_core.reference.data import POSITIONS, Scene, decode, render
+    from hyca_core.reference.pipeline import load_reference, sample
+
+    model = load_reference()
+    wanted = [Scene("circle", "red", "large", "center", "dark"), Scene("square", "blue", "small", "top left", "gray"),
+              Scene("triangle", "yellow", "large", "bottom right", "dark")]
+    images = decode(sample(model, [s.prompt for s in wanted], seed=123, steps=24, cfg=3.0))
+    for scene, image in zip(wanted, images):
+        target = render(scene)
+        # the right colour where the prompt puts the shape, and the right background far from it
+        cx, cy = POSITIONS[scene.position]
+        centre = image[:, int(cy * 32), int(cx * 32)]
+        assert (centre - target[:, int(cy * 32), int(cx * 32)]).abs().max() < 0.25, scene.prompt
+        corner = (0, 31) if cx < 0.5 else (31, 0)
+        assert (image[:, corner[0], corner[1]] - target[:, corner[0], corner[1]]).abs().max() < 0.25, scene.prompt
