@@ -48,6 +48,11 @@ class AnchorStore:
     def __len__(self) -> int:
         return len(self._rings)
 
+    @property
+    def storage_device(self) -> Optional[torch.device]:
+        """Where the stored anchors live (None while empty)."""
+        return next((b.device for ring in self._rings.values() for b in ring.buffers), None)
+
     def count(self, key: Hashable) -> int:
         ring = self._rings.get(key)
         return len(ring.buffers) if ring else 0

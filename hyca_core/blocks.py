@@ -62,8 +62,7 @@ class BlockPatch:
         ctx = context(args)
         if ctx is None:
             return original(args)
-        run = {"module": self._module, "block": self._block, "stack": self._stack}[ctx.granularity]
-        return run(ctx, args, original)
+        return getattr(self, "_" + ctx.granularity)(ctx, args, original)
 
     def block_module(self, ctx: EvalContext) -> torch.nn.Module:
         return getattr(ctx.diffusion_model, self.attr)[self.index]

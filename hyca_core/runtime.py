@@ -99,10 +99,6 @@ class CacheStream:
     def full(self) -> bool:
         return self._full
 
-    @property
-    def time(self) -> float:
-        return self._t
-
     def begin(self, t: float, n_steps: int, signature: Hashable = None, force_full: bool = False) -> bool:
         """Start an evaluation at step coordinate ``t``; True if it must be computed fully.
 

@@ -101,7 +101,7 @@ class RunState:
         known; if every stream's full set of anchors would not fit comfortably in free GPU memory,
         offload anchors to the CPU for this run."""
         store = stream.store
-        device = next((b.device for ring in store._rings.values() for b in ring.buffers), None)
+        device = store.storage_device
         if device is None or device.type == "cpu":
             self.placed = True
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
+import random
 import time
 
 import torch
@@ -43,13 +43,11 @@ def init_weights(model: Flux, seed: int) -> None:
 
 
 def batch(rng, encoder, size, drop):
-    import random
-
     scenes = [Scene.sample(rng) for _ in range(size)]
     images = torch.stack([render(s) for s in scenes])
     prompts = [("" if rng.random() < drop else s.prompt) for s in scenes]
     context, pooled = encoder(prompts)
-    return encode(images), context, pooled, random
+    return encode(images), context, pooled
 
 
 def main(argv=None) -> int:
@@ -62,9 +60,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=WEIGHTS)
     args = parser.parse_args(argv)
-
-    import random
-
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     encoder = TextEncoder()
@@ -85,7 +80,7 @@ def main(argv=None) -> int:
         lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x0, context, pooled, _ = batch(rng, encoder, args.batch, drop=0.1)
+        x0, context, pooled = batch(rng, encoder, args.batch, drop=0.1)
         noise = torch.randn_like(x0)
         sigma = torch.sigmoid(torch.randn(x0.shape[0]))  # logit-normal, as SD3/FLUX training
         s = sigma.view(-1, 1, 1, 1)
