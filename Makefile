@@ -1,7 +1,7 @@
 # Two entry points, both self-installing on a fresh machine (pip only).
 PYTHON ?= python3
 
-.PHONY: demo test deps bench test-comfyui
+.PHONY: demo test deps bench bench-engine test-comfyui
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
@@ -13,7 +13,13 @@ demo: deps
 test: deps
 	$(PYTHON) -m pytest
 
+# The reference benchmark (BENCHMARKS.md; about 20 min on 2 cores) with its plot (matplotlib)
 bench: deps
+	@$(PYTHON) -m pip install -q -e ".[bench]"
+	$(PYTHON) -m hyca_core.reference.benchmark --out bench_out
+
+# Hybrid vs uniform weighted-sum cost on full-size FLUX features
+bench-engine: deps
 	$(PYTHON) -m hyca_core.bench
 
 # Integration tests against a real ComfyUI: COMFYUI_PATH=/path/to/ComfyUI COMFY_PYTHON=/path/to/its/python

@@ -5,12 +5,19 @@ Feed the fully computed value of every cached feature at every step of one or mo
 trajectory. ``finish`` then clusters the channels of each feature scope by their dynamics and
 picks, per cluster and per deployment interval N, the solver with the least squared error.
 
-Errors are measured *at the deployment spacing*: anchors N steps apart, targets at every offset
-k = 1..N-1, at every anchor position the runs offer. Every solver's weights sum to 1, so with
-``p = a - b``, ``q = b - c`` and ``y = target - a`` its error is a quadratic form in
-``(w_a - 1, -w_c)`` over six per-channel sums (``sum p*p``, ``p*q``, ``q*q``, ``p*y``, ``q*y``,
-``y*y``). Those sums are all the calibrator keeps: they give the error of every solver, and the
-least-squares ``fit`` weights, for any grouping of channels chosen afterwards.
+Errors are measured *on the deployment schedule*: for each interval N the calibrator replays the
+default schedule (``warmup`` full steps, then one every N) over the observed steps, and scores each
+predicted step from exactly the anchors the cache would hold there. Right after warm-up those are
+1 step apart (``h1 = h2 = 1``), one window later they are uneven (``h1 = N``, ``h2 = 1``), and only
+then N apart; each such situation is a ``Slot`` ``(N, k, h1, h2, anchors held)``. Scoring only the
+even spacing would pick three-point extrapolators whose weights explode at the uneven ones.
+
+Every solver's weights sum to 1, so with ``p = a - b``, ``q = b - c`` and ``y = target - a`` its
+error is a quadratic form in ``(w_a - 1, -w_c)`` over six per-channel sums (``sum p*p``, ``p*q``,
+``q*q``, ``p*y``, ``q*y``, ``y*y``) per slot. Those sums are all the calibrator keeps: they give the
+error of every solver, and the least-squares ``fit`` weights, for any grouping of channels chosen
+afterwards. With fewer than three anchors held the missing differences are zero (the solvers fall
+back to two-point or reuse formulas, which ignore them).
 
 To bound memory the window holds a fixed, evenly spaced subset of ``tokens`` rows of each feature
 (the statistics are per channel averages over rows, so a subset estimates them without bias).
@@ -18,6 +25,7 @@ To bound memory the window holds a fixed, evenly spaced subset of ``tokens`` row
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Sequence
@@ -26,8 +34,9 @@ import numpy as np
 import torch
 
 from .runtime import pooled_scope
+from .schedule import Schedule
 from .solver_map import ScopeAssignment
-from .solvers import DEFAULT_POOL, get_solver
+from .solvers import DEFAULT_POOL, get_solver, solver_weights
 
 DESCRIPTOR_SETS = ("dynamics", "errors", "both")
 DYNAMICS = ("log_d1", "log_d2", "log_d3", "log_curvature", "log_jerk", "log_energy", "spectral_flatness")
@@ -49,6 +58,7 @@ class CalibrationConfig:
     scope: str = "pooled"  # "pooled": one partition per feature kind across blocks; "feature": per feature
     descriptors: str = "both"  # what k-means sees: "dynamics" (the paper's), "errors", or "both"
     seed: int = 0
+    warmup: int = 3  # warm-up full steps of the schedule the map will be deployed with
     window_dtype: Optional[torch.dtype] = None  # None keeps the feature's dtype
     window_device: Optional[str] = None  # None keeps the feature's device
 
@@ -69,11 +79,20 @@ class CalibrationConfig:
             raise CalibrationError(f"descriptors must be one of {DESCRIPTOR_SETS}, got {self.descriptors!r}")
         if self.tokens < 4:
             raise CalibrationError("tokens must be >= 4")
+        if self.warmup < 0:
+            raise CalibrationError(f"warmup must be >= 0, got {self.warmup}")
 
     @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """Every (N, k) the statistics cover, in a fixed order."""
-        return [(n, k) for n in sorted(self.intervals) for k in range(1, n)]
+    def slots(self) -> list["Slot"]:
+        """Every situation the deployment schedules meet, in a fixed order (by N, then first use)."""
+        found = []
+        for n in sorted(self.intervals):
+            # after warm-up and two regular windows every later window repeats the last geometry
+            for target in range(max(self.warmup, 1) + 4 * n):
+                slot = Slot.at(n, self.warmup, target)
+                if slot is not None and slot not in found:
+                    found.append(slot)
+        return found
 
     @property
     def window(self) -> int:
@@ -81,11 +100,49 @@ class CalibrationConfig:
         return max(3 * max(self.intervals), 4)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A predicted step as the cache meets it: interval N, offset k past the newest anchor, the
+    spacings between the anchors held (1 where fewer are held) and how many are held (1..3)."""
+
+    interval: int
+    k: int
+    h1: int
+    h2: int
+    available: int
+
+    @property
+    def regular(self) -> bool:
+        return self.available == 3 and self.h1 == self.h2 == self.interval
+
+    @classmethod
+    def at(cls, interval: int, warmup: int, target: int) -> Optional["Slot"]:
+        anchors = deployment_anchors(interval, warmup, target)
+        if not anchors:
+            return None
+        h1 = anchors[0] - anchors[1] if len(anchors) > 1 else 1
+        h2 = anchors[1] - anchors[2] if len(anchors) > 2 else 1
+        return cls(interval, target - anchors[0], h1, h2, len(anchors))
+
+    def weights(self, solver: str) -> tuple[float, float, float]:
+        return solver_weights(solver, self.k, self.h1, self.h2, self.available)
+
+
+@functools.lru_cache(maxsize=4096)
+def deployment_anchors(interval: int, warmup: int, target: int) -> tuple[int, ...]:
+    """Steps of the anchors (newest first, at most three) the default schedule holds when it
+    predicts step ``target``; empty when ``target`` is computed fully."""
+    full = Schedule(interval=interval, warmup=warmup).full_steps(target + 1)
+    if full[-1] == target:
+        return ()
+    return tuple(reversed(full[-3:]))
+
+
 @dataclass
 class _ScopeStats:
     channels: int
-    moments: torch.Tensor  # float64 [P, 6, D]: sums of pp, pq, qq, py, qy, yy
-    counts: torch.Tensor  # float64 [P]: rows summed per channel
+    moments: torch.Tensor  # float64 [P, 6, D] per slot: sums of pp, pq, qq, py, qy, yy
+    counts: torch.Tensor  # float64 [P]: rows summed per channel, per slot
     descriptors: torch.Tensor  # float64 [len(DYNAMICS), D]: sums over observed steps
     descriptor_steps: int = 0
     features: set = field(default_factory=set)
@@ -115,9 +172,9 @@ class Calibrator:
                  scope_of: Optional[Callable[[str], str]] = None):
         self.config = config
         self.scope_of = scope_of or (pooled_scope if config.scope == "pooled" else (lambda f: f))
-        self._pairs = config.pairs
-        # per N: (position of (N, 1) in the pair list, the offsets k = 1..N-1)
-        self._pair_groups = {n: (self._pairs.index((n, 1)), list(range(1, n))) for n in sorted(config.intervals)}
+        self._slots = config.slots
+        self._slot_index = {slot: i for i, slot in enumerate(self._slots)}
+        self._by_interval = {n: [i for i, s in enumerate(self._slots) if s.interval == n] for n in config.intervals}
         self._scopes: dict[str, _ScopeStats] = {}
         self._windows: dict[str, _Window] = {}
         self._features: dict[str, int] = {}
@@ -190,7 +247,7 @@ class Calibrator:
             # sums live on the features' device (no sync per step) in float64 (they cancel later)
             zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=like.device)  # noqa: E731
             stats = self._scopes[name] = _ScopeStats(
-                channels, zeros(len(self._pairs), 6, channels), zeros(len(self._pairs)), zeros(len(DYNAMICS), channels))
+                channels, zeros(len(self._slots), 6, channels), zeros(len(self._slots)), zeros(len(DYNAMICS), channels))
         elif stats.channels != channels:
             raise CalibrationError(f"scope {name!r} mixes features of {stats.channels} and {channels} channels")
         stats.features.add(feature)
@@ -201,18 +258,22 @@ class Calibrator:
         values = window.values
         current = values[target].float()
         stats = self._scope(feature, current)
-        for n, (first, ks) in self._pair_groups.items():
-            present = [k for k in ks if all((target - k - j * n) in values for j in range(3))]
-            if not present:
-                continue
-            a, b, c = (torch.stack([values[target - k - j * n] for k in present]).float() for j in range(3))
+        index, anchors = [], []
+        for n in sorted(self.config.intervals):
+            held = deployment_anchors(n, self.config.warmup, target)
+            if not held or any(step not in values for step in held):
+                continue  # computed fully here, or the run did not show the anchors' steps
+            index.append(self._slot_index[Slot.at(n, self.config.warmup, target)])
+            anchors.append(held + (held[-1],) * (3 - len(held)))  # missing anchors: differences of 0
+        if index:
+            a, b, c = (torch.stack([values[steps[j]] for steps in anchors]).float() for j in range(3))
             p, q, y = a - b, b - c, current - a  # [K, rows, D]
             sums = torch.stack([(p * p).sum(1), (p * q).sum(1), (q * q).sum(1),
                                 (p * y).sum(1), (q * y).sum(1), (y * y).sum(1)], 1)  # [K, 6, D]
-            index = torch.tensor([first + k - 1 for k in present], device=sums.device)
-            stats.moments.index_add_(0, index, sums.to(torch.float64))
-            stats.counts.index_add_(0, index, torch.full((len(present),), float(current.shape[0]),
-                                                         dtype=torch.float64, device=sums.device))
+            at = torch.tensor(index, device=sums.device)
+            stats.moments.index_add_(0, at, sums.to(torch.float64))
+            stats.counts.index_add_(0, at, torch.full((len(index),), float(current.shape[0]),
+                                                      dtype=torch.float64, device=sums.device))
         history = [values.get(target - j) for j in range(4)]
         if all(h is not None for h in history):
             stats.descriptors += _dynamics(*[h.float() for h in history]).to(torch.float64)
@@ -224,53 +285,74 @@ class Calibrator:
         self.end_run()
         if not self._scopes:
             raise CalibrationError("nothing was observed: run the uncached model with calibration attached first")
-        short = [n for n, k in self._pairs if k == 1 and not self._counts_for(n).any()]
+        short = [n for n in sorted(self.config.intervals) if not self._counts_for(n).any()]
         if short:
-            needed = 3 * max(short) - 1
+            first = next(t for t in range(10**6) if deployment_anchors(max(short), self.config.warmup, t))
             raise CalibrationError(
-                f"the calibration runs were too short for intervals {sorted(set(short))}: "
-                f"a run needs at least {needed + 1} steps to place three anchors N apart before a target"
+                f"the calibration runs were too short for intervals {short}: with warm-up "
+                f"{self.config.warmup} a run needs at least {first + 1} steps to predict one"
             )
         scopes = {name: self._choose(_on_cpu(stats)) for name, stats in sorted(self._scopes.items())}
         return CalibrationResult(self.config, scopes, dict(sorted(self._features.items())), self._runs, self._steps)
 
     def _counts_for(self, n: int) -> torch.Tensor:
-        index = [i for i, (m, _) in enumerate(self._pairs) if m == n]
+        index = self._by_interval[n]
         return torch.stack([s.counts[index].cpu() for s in self._scopes.values()])
 
     def _choose(self, stats: _ScopeStats) -> ScopeAssignment:
         cfg = self.config
-        pool_weights = _pool_weights(cfg.pool, self._pairs)  # [S, P, 3]
+        pool_weights = _pool_weights(cfg.pool, self._slots)  # [S, P, 3]
         per_channel_err = _pool_error(pool_weights, stats.moments)  # [S, P, D]
         if cfg.per_channel:
             labels = torch.arange(stats.channels)
         else:
             labels = self._cluster(stats, per_channel_err)
         clusters = int(labels.max()) + 1
-        grouped = torch.zeros(len(self._pairs), 6, clusters, dtype=torch.float64)
+        grouped = torch.zeros(len(self._slots), 6, clusters, dtype=torch.float64)
         grouped.index_add_(2, labels, stats.moments)
         sizes = torch.bincount(labels, minlength=clusters).to(torch.float64)
-        pair_err = _pool_error(pool_weights, grouped)  # [S, P, C]
+        slot_err = _pool_error(pool_weights, grouped)  # [S, P, C]
 
         intervals = sorted(cfg.intervals)
         errors = torch.zeros(len(cfg.pool) + int(cfg.fit), clusters, len(intervals), dtype=torch.float64)
         choices = torch.zeros(len(intervals), clusters, dtype=torch.int32)
         fitted: dict[int, torch.Tensor] = {}
         if cfg.fit:
-            fit_w, fit_err = _fit(grouped, pool_weights, pair_err)  # [P, C, 3], [P, C]
+            fit_w, fit_err = _fit(grouped, pool_weights, slot_err)  # [P, C, 3], [P, C]
         for i, n in enumerate(intervals):
-            index = [j for j, (m, _) in enumerate(self._pairs) if m == n]
-            elements = stats.counts[index].sum() * sizes  # [C]
-            errors[: len(cfg.pool), :, i] = pair_err[:, index].sum(1) / elements.clamp_min(1)
-            choices[i] = errors[: len(cfg.pool), :, i].argmin(0).to(torch.int32)
+            index = self._by_interval[n]
+            elements = (stats.counts[index].sum() * sizes).clamp_min(1)  # [C]
+            errors[: len(cfg.pool), :, i] = slot_err[:, index].sum(1) / elements
+            choice = errors[: len(cfg.pool), :, i].argmin(0)
+            choices[i] = choice.to(torch.int32)
             if cfg.fit:
-                errors[-1, :, i] = fit_err[index].sum(0) / elements.clamp_min(1)
-                table = torch.zeros(clusters, n, 3, dtype=torch.float64)
-                table[:, 0, 0] = 1.0  # k = 0 is the anchor itself
-                table[:, 1:] = fit_w[index].permute(1, 0, 2)
-                fitted[n] = table.to(torch.float32)
+                fitted[n], errors[-1, :, i] = self._fitted_rule(n, choice, fit_w, fit_err, slot_err, stats.counts)
+                errors[-1, :, i] /= elements
         features = sorted(stats.features)
         return ScopeAssignment(labels.to(torch.int32), choices, errors.to(torch.float32), fitted, features)
+
+    def _fitted_rule(self, n, choice, fit_w, fit_err, slot_err, counts):
+        """The fitted table for N ([C, N, 3]) and its summed error over N's slots ([C]).
+
+        A ``FittedRule`` applies its table only where the anchors are N apart and falls back to the
+        cluster's chosen solver elsewhere; its error is scored the same way. An offset no run showed
+        at the regular spacing gets the chosen solver's weights."""
+        clusters = choice.numel()
+        columns = torch.arange(clusters)
+        table = torch.zeros(clusters, n, 3, dtype=torch.float64)
+        table[:, 0, 0] = 1.0  # k = 0 is the anchor itself
+        for c in range(clusters):
+            solver = self.config.pool[int(choice[c])]
+            table[c, 1:] = torch.tensor([get_solver(solver).weights(k, n, n) for k in range(1, n)], dtype=torch.float64)
+        total = torch.zeros(clusters, dtype=torch.float64)
+        for j in self._by_interval[n]:
+            slot = self._slots[j]
+            if slot.regular and counts[j] > 0:
+                table[:, slot.k] = fit_w[j]
+                total += fit_err[j]
+            else:
+                total += slot_err[choice, j, columns]
+        return table.to(torch.float32), total
 
     def _cluster(self, stats: _ScopeStats, per_channel_err: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -278,9 +360,9 @@ class Calibrator:
         if cfg.descriptors in ("dynamics", "both") and stats.descriptor_steps:
             columns.append((stats.descriptors / stats.descriptor_steps).t())
         if cfg.descriptors in ("errors", "both"):
-            columns.append(_error_profile(per_channel_err, self._pairs, cfg.intervals))
+            columns.append(_error_profile(per_channel_err, self._by_interval))
         if not columns:  # "dynamics" asked, but no run had four consecutive steps
-            columns.append(_error_profile(per_channel_err, self._pairs, cfg.intervals))
+            columns.append(_error_profile(per_channel_err, self._by_interval))
         x = torch.cat(columns, 1).numpy()
         x = x[:, np.isfinite(x).all(0)]
         std = x.std(0)
@@ -328,8 +410,8 @@ def _dynamics(v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, v3: torch.Te
     ])
 
 
-def _pool_weights(pool: Sequence[str], pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
-    return torch.tensor([[get_solver(s).weights(k, n, n) for n, k in pairs] for s in pool], dtype=torch.float64)
+def _pool_weights(pool: Sequence[str], slots: Sequence[Slot]) -> torch.Tensor:
+    return torch.tensor([[slot.weights(s) for slot in slots] for s in pool], dtype=torch.float64)
 
 
 def _squared_error(alpha: torch.Tensor, beta: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
@@ -348,7 +430,7 @@ def _pool_error(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
 
 
 def _fit(moments: torch.Tensor, pool_weights: torch.Tensor, pool_err: torch.Tensor):
-    """Least-squares weights per (N, k) pair and group, constrained to sum to 1: [P, G, 3], [P, G].
+    """Least-squares weights per slot and group, constrained to sum to 1: [P, G, 3], [P, G].
 
     Where rounding makes the fit worse than a pool solver, that solver's weights are kept, so the
     fit is never worse than the best fixed solver on the calibration data."""
@@ -363,18 +445,17 @@ def _fit(moments: torch.Tensor, pool_weights: torch.Tensor, pool_err: torch.Tens
     best, best_index = pool_err.min(0)  # [P, G]
     worse = ~(err <= best)  # also catches NaN from a degenerate system
     if worse.any():
-        pairs = torch.arange(pool_weights.shape[1]).unsqueeze(1)
-        weights = torch.where(worse.unsqueeze(-1), pool_weights[best_index, pairs], weights)
+        slots = torch.arange(pool_weights.shape[1]).unsqueeze(1)
+        weights = torch.where(worse.unsqueeze(-1), pool_weights[best_index, slots], weights)
         err = torch.where(worse, best, err)
     return weights, err
 
 
-def _error_profile(per_channel_err: torch.Tensor, pairs, intervals) -> torch.Tensor:
+def _error_profile(per_channel_err: torch.Tensor, by_interval: dict[int, list[int]]) -> torch.Tensor:
     """Per channel, each solver's log error relative to the channel's best, averaged over N: [D, S]."""
     rows = []
-    for n in sorted(intervals):
-        index = [j for j, (m, _) in enumerate(pairs) if m == n]
-        e = per_channel_err[:, index].sum(1)  # [S, D]
+    for n in sorted(by_interval):
+        e = per_channel_err[:, by_interval[n]].sum(1)  # [S, D]
         rows.append((e + _TINY).log() - (e.min(0).values + _TINY).log())
     return torch.stack(rows).mean(0).t()
 

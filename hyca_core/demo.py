@@ -1,94 +1,82 @@
-"""Engine demo: calibrate a solver map on synthetic DiT-like features and compare it with every
-uniform solver on held-out samples.
+"""Demo: HyCa on the bundled reference FLUX-style model, on the CPU, no ComfyUI needed.
 
-    python -m hyca_core.demo [--out demo_out]
+    python -m hyca_core.demo [--out demo_out] [--steps 50] [--pairs 8]
 
-The features mix smooth and oscillating channels (``hyca_core.synthetic``), as the HyCa paper
-observes in real DiTs. The demo calibrates on two runs, writes the map, then replays four unseen
-samples through the cache at intervals N = 3..8 (50 steps, 3 warm-up steps) and prints the feature
-signal-to-noise ratio of each method against the true features. No model weights are needed.
+1. calibrates a solver map (module granularity, 2 clusters) on two uncached sampling runs of
+   calibration prompts, writes it and prints its summary;
+2. samples held-out prompts uncached, with fewer steps, with TaylorSeer and with HyCa at N = 4 and 6
+   (warm-up 3), and prints full evaluations, FLOPs-bound and wall-clock speedup, PSNR and SSIM
+   against the uncached images;
+3. writes ``grid-N6.png``: one row per prompt; columns uncached, HyCa, TaylorSeer, fewer steps.
+
+The full benchmark (every solver, interval and granularity) is ``python -m hyca_core.reference.benchmark``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
 import torch
 
-from .calibration import CalibrationConfig, Calibrator
-from .predictor import HybridPredictor
+from .reference.benchmark import Bench, Setting, calibrate
+from .reference.data import scenes
+from .reference.pipeline import WEIGHTS, load_reference
+from .reference.png import write_png
 from .schedule import Schedule
-from .solver_map import SolverMap, load_solver_map, save_solver_map, summarize
-from .solvers import DEFAULT_POOL
-from .synthetic import mixture_trajectory, replay
+from .solver_map import load_solver_map, save_solver_map, summarize
 
-FEATURES = ("double_blocks.0.img_attn", "double_blocks.1.img_attn", "single_blocks.0.total")
-UNIFORM = DEFAULT_POOL
-STEPS, WARMUP, CHANNELS, TOKENS = 50, 3, 64, 64
-
-
-def trajectories(seed: int) -> dict[str, torch.Tensor]:
-    # each feature is its own "layer": same channel kinds, different sample variation
-    return {f: mixture_trajectory(STEPS, TOKENS, CHANNELS, seed=seed * 10 + i)[0] for i, f in enumerate(FEATURES)}
-
-
-def snr_db(predicted: torch.Tensor, truth: torch.Tensor) -> float:
-    mse = float((predicted.double() - truth.double()).pow(2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(float(truth.double().var()) / mse)
+INTERVALS = (4, 6)
+COLUMNS = ("uncached", "HyCa", "TaylorSeer", "fewer steps")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hyca_core.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="folder for the solver map")
+    parser.add_argument("--out", default="demo_out", help="folder for the solver map and the image grid")
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, as in the paper)")
+    parser.add_argument("--pairs", type=int, default=8, help="held-out prompts (default 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats, median taken (default 3)")
+    parser.add_argument("--weights", default=WEIGHTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-
-    calibrator = Calibrator(CalibrationConfig(clusters=2, intervals=(3, 4, 5, 6, 7, 8)))
-    for seed in (0, 1):
-        calibrator.begin_run()
-        for feature, values in trajectories(seed).items():
-            for step in range(STEPS):
-                calibrator.observe(feature, step, values[step])
-        calibrator.end_run()
-    solver_map = SolverMap.from_calibration(
-        calibrator.finish(), family="synthetic", granularity="module", warmup=WARMUP,
-        architecture={"hidden_size": CHANNELS, "blocks": {"double": 2, "single": 1}},
-        provenance={"steps": STEPS, "seeds": [0, 1], "source": "hyca_core.synthetic"},
-        description="demo map for synthetic smooth + oscillating channels", license="CC0-1.0")
+    torch.manual_seed(0)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "synthetic-demo.safetensors")
-    save_solver_map(solver_map, path)
-    solver_map = load_solver_map(path)
-    print(summarize(solver_map, path))
 
-    held_out = [trajectories(seed) for seed in (100, 101, 102, 103)]
-    methods = [*UNIFORM, "HyCa", "HyCa fit"]
-    print(f"\nfeature SNR in dB against the uncached features, 4 unseen samples, {STEPS} steps, warm-up {WARMUP}")
-    print(f"{'N':>2} {'full':>4} {'FLOPs':>6}  " + "".join(f"{m:>10}" for m in methods))
-    for n in range(3, 9):
-        schedule = Schedule(interval=n, warmup=WARMUP)
-        row = []
-        for method in methods:
-            if method in UNIFORM:
-                bank = lambda _f, p=HybridPredictor.uniform(method): p  # noqa: E731
-            else:
-                bank = solver_map.predictors(n, "fit" if method == "HyCa fit" else "choose")
-            predicted, truth = [], []
-            for sample in held_out:
-                for feature, values in sample.items():
-                    predicted.append(replay(values, schedule, bank(feature)))
-                    truth.append(values)
-            row.append(snr_db(torch.stack(predicted), torch.stack(truth)))
-        full = len(schedule.full_steps(STEPS))
-        best_uniform = max(row[: len(UNIFORM)])
-        marks = "".join(f"{v:>9.2f}{'*' if i >= len(UNIFORM) and v > best_uniform else ' '}" for i, v in enumerate(row))
-        print(f"{n:>2} {full:>4} {STEPS / full:>5.2f}x  {marks}")
-    print("* beats every uniform solver.  "
-          f"Done in {time.perf_counter() - started:.1f} s; map written to {path}")
+    model = load_reference(args.weights)
+    setting = Setting(steps=args.steps, pairs=args.pairs, calibration_runs=2, repeats=args.repeats)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"reference model: {params / 1e6:.1f}M parameters, {setting.steps} Euler steps, CFG {setting.cfg}, "
+          f"warm-up {setting.warmup}, {torch.get_num_threads()} CPU threads")
+
+    print("\n1. calibrating on 2 uncached runs of 8 calibration prompts ...", flush=True)
+    solver_map = calibrate(model, setting, "module", clusters=2, fit=False)
+    path = os.path.join(args.out, "reference-flux-module.safetensors")
+    save_solver_map(solver_map, path)
+    print(summarize(load_solver_map(path), path))
+
+    print(f"\n2. sampling {setting.pairs} held-out prompts ...", flush=True)
+    bench = Bench(model, setting, [s.prompt for s in scenes(777, setting.pairs)], echo=False)
+    shown = []
+    for n in INTERVALS:
+        schedule = Schedule(interval=n, warmup=setting.warmup)
+        shown.append(bench.fewer_steps(n, schedule))
+        shown.append(bench.cached("TaylorSeer", "module", n, schedule, solver="taylor2"))
+        shown.append(bench.cached("HyCa", "module", n, schedule, solver_map=solver_map, mode="choose"))
+    print(f"\n{'method':<12} {'N':>2} {'full evals':>10} {'FLOPs':>7} {'wall':>7} {'PSNR dB':>8} {'SSIM':>6}")
+    for r in [bench.rows[0], *shown]:
+        print(f"{r['method']:<12} {r['N'] if r['method'] != 'uncached' else '-':>2} {r['full']:>10} "
+              f"{r['flops_speedup']:>6.2f}x {r['wall_speedup']:>6.2f}x {r['psnr']:>8.2f} {r['ssim']:>6.3f}")
+    print("speedups against the uncached run in this process; PSNR/SSIM of the decoded images against it.")
+
+    grid_path = os.path.join(args.out, "grid-N6.png")
+    write_png(grid_path, bench.grid([("uncached", "-", 1), ("HyCa", "module", 6), ("TaylorSeer", "module", 6),
+                                     ("fewer steps", "-", 6)]))
+    print(f"\n3. wrote {grid_path}: rows are prompts, columns {', '.join(COLUMNS)} (N = 6)")
+    for i, prompt in enumerate(bench.prompts[:4]):
+        print(f"   row {i + 1}: {prompt}")
+    print(f"\ndone in {time.perf_counter() - started:.0f} s")
     return 0
 
 

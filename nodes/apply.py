@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from ..hyca_core import families
@@ -10,6 +12,7 @@ from ..hyca_core.solver_map import SolverMapMismatch
 from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
 
 SolverMapType = io.Custom("HYCA_SOLVER_MAP")
+log = logging.getLogger("hyca")
 
 
 class HyCaApply(io.ComfyNode):
@@ -63,6 +66,10 @@ class HyCaApply(io.ComfyNode):
                     f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
                     f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
             solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
+            if solver_map.warmup != warmup_steps:
+                log.warning("HyCa Apply: %s was calibrated for warmup_steps=%d, this node uses %d; solvers were "
+                            "chosen for the other warm-up's anchor spacings", solver_map.source, solver_map.warmup,
+                            warmup_steps)
         schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                             start=start_percent, end=end_percent)
         patched = model.clone()

@@ -55,8 +55,9 @@ class HyCaCalibrate(io.ComfyNode):
                 io.Latent.Input("latent_image", tooltip="The latent to denoise, at a typical resolution."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="Seed of the first calibration run; further runs use seed+1, seed+2, ..."),
-                io.Int.Input("steps", default=30, min=4, max=1000,
-                             tooltip="Sampling steps; use the count you deploy with (at least 3x the largest interval)."),
+                io.Int.Input("steps", default=30, min=2, max=1000,
+                             tooltip="Sampling steps: use the count you deploy with. Solvers are scored on exactly "
+                                     "the anchors HyCa Apply will hold at these steps."),
                 io.Float.Input("cfg", default=3.5, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance, as in your workflow."),
                 io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="Sampler, as in your workflow."),
@@ -66,6 +67,9 @@ class HyCaCalibrate(io.ComfyNode):
                 io.Int.Input("clusters", default=2, min=0, max=16,
                              tooltip="Channel clusters, each with its own solver (the paper uses 2). 0 = one solver per channel."),
                 io.String.Input("intervals", default="2-8", tooltip="Intervals N to choose solvers for, e.g. '2-8' or '4,5,6'."),
+                io.Int.Input("warmup_steps", default=3, min=0, max=100,
+                             tooltip="The warm-up HyCa Apply will use: solvers are scored with its anchors "
+                                     "(1 step apart right after warm-up, N apart later)."),
                 io.Boolean.Input("fit", default=False,
                                  tooltip="Beyond the paper: also fit least-squares weights per cluster and use them "
                                          "where anchors are exactly N apart. Calibrate on several runs when on."),
@@ -82,19 +86,19 @@ class HyCaCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
-                clusters, intervals, fit, granularity, name, description="") -> io.NodeOutput:
+                clusters, intervals, warmup_steps, fit, granularity, name, description="") -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
 
         path = map_folder.save_path(name)
         interval_list = parse_intervals(intervals)
-        if steps < 3 * max(interval_list):
-            raise ValueError(f"steps ({steps}) must be at least 3x the largest interval ({max(interval_list)}) "
-                             "so anchors N apart exist before a target")
+        if steps <= warmup_steps:
+            raise ValueError(f"steps ({steps}) must exceed warmup_steps ({warmup_steps}): "
+                             "calibration scores the steps HyCa Apply would forecast, and warm-up forecasts none")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
         calibrator = Calibrator(CalibrationConfig(clusters=max(clusters, 1), per_channel=clusters == 0,
-                                                  intervals=interval_list))
+                                                  intervals=interval_list, warmup=warmup_steps))
         patched = model.clone()
         install(patched, CalibrateConfig(family, granularity, calibrator))
 
@@ -120,7 +124,7 @@ class HyCaCalibrate(io.ComfyNode):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
         solver_map = SolverMap.from_calibration(
-            calibrator.finish(), family=family.name, granularity=granularity, warmup=family.warmup,
+            calibrator.finish(), family=family.name, granularity=granularity, warmup=warmup_steps,
             architecture=families.architecture(diffusion_model, family, granularity),
             provenance=provenance, mode="fit" if fit else "choose", description=description or "")
         save_solver_map(solver_map, path)

@@ -55,9 +55,10 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
                            ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
 
 
-def calibrate_widgets(steps, cfg, sampler, scheduler, name, intervals="2-8", description=""):
-    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, fit, granularity, name, description
-    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, False, "module", name, description]
+def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description=""):
+    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps, fit,
+    # granularity, name, description
+    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, False, "module", name, description]
 
 
 def apply_widgets(interval, warmup):
@@ -127,7 +128,7 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video):
     x = 1100
     if variant == "calibrate":
         sampler = g.node("HyCaCalibrate", **CALIBRATE_IO, x=x, y=0, width=360,
-                         widgets=calibrate_widgets(s["steps"], s["cfg"], s["sampler"], s["scheduler"], name,
+                         widgets=calibrate_widgets(s["steps"], s["cfg"], s["sampler"], s["scheduler"], name, s["warmup"],
                                                    description=f"{name}: calibrated with the example workflow"))
     else:
         loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"], x=x, y=0)

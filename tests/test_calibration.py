@@ -56,34 +56,38 @@ def test_hybrid_beats_every_uniform_solver_on_held_out_samples(result, interval)
     assert hybrid < min(uniform.values()), (hybrid, uniform)
 
 
-def brute_force_mse(trajectories, weights_of, interval):
-    """Mean squared error of a predictor over every (anchor position, k) at spacing N, per channel."""
-    total = count = 0.0
-    for trajectory in trajectories:
-        for target in range(trajectory.shape[0]):
-            for k in range(1, interval):
-                oldest = target - k - 2 * interval
-                if oldest < 0:
-                    continue
-                a, b, c = (trajectory[target - k - j * interval].double() for j in range(3))
-                wa, wb, wc = weights_of(k)
-                total += ((wa * a + wb * b + wc * c - trajectory[target].double()) ** 2).sum(dim=(0, 1))
-                count += a.shape[0] * a.shape[1]
-    return total / count  # [D]
+def replay_mse(trajectory, schedule, predictor):
+    """Mean squared error per channel over the predicted steps of a cached replay: [D]."""
+    predicted = [i for i, full in enumerate(schedule.plan(trajectory.shape[0])) if not full]
+    out = replay(trajectory.double(), schedule, predictor)
+    diff = (out - trajectory.double())[predicted]
+    return diff.pow(2).mean(dim=(0, 1, 2))
 
 
-def test_error_table_equals_direct_measurement():
-    config = CalibrationConfig(clusters=1, intervals=(3, 5), tokens=10_000)
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_error_table_equals_the_error_of_a_cached_replay(warmup):
+    """The table scores exactly what deployment does: the default schedule's anchors, uneven
+    spacings after warm-up included, and fitted weights only where anchors are N apart."""
+    config = CalibrationConfig(clusters=1, intervals=(3, 5), tokens=10_000, warmup=warmup)
     res = calibrate(config, seeds=(0,), steps=30, tokens=16, channels=8)
     trajectory, _ = mixture_trajectory(seed=0, steps=30, tokens=16, channels=8)
+    m = SolverMap.from_calibration(res, "synthetic", {"hidden_size": 8}, "module", warmup=warmup)
     scope = res.scopes[SCOPE]
     for column, n in enumerate((3, 5)):
+        schedule = Schedule(interval=n, warmup=warmup)
         for s, name in enumerate(config.pool):
-            direct = brute_force_mse([trajectory], lambda k: solver_weights(name, k, n, n), n).mean()
-            assert float(scope.errors[s, 0, column]) == pytest.approx(float(direct), rel=1e-4)
-        fitted = scope.fitted[n][0].double()
-        direct_fit = brute_force_mse([trajectory], lambda k: tuple(fitted[k].tolist()), n).mean()
+            direct = replay_mse(trajectory, schedule, HybridPredictor.uniform(name)).mean()
+            assert float(scope.errors[s, 0, column]) == pytest.approx(float(direct), rel=1e-4), name
+        direct_fit = replay_mse(trajectory, schedule, m.predictors(n, "fit")(FEATURE)).mean()
         assert float(scope.errors[-1, 0, column]) == pytest.approx(float(direct_fit), rel=1e-3)
+
+
+def test_uneven_spacing_after_warmup_is_scored():
+    """Right after warm-up the anchors are 1 apart, then (N, 1) apart: both situations are slots."""
+    slots = CalibrationConfig(intervals=(4,), warmup=3).slots
+    assert {(s.h1, s.h2, s.available) for s in slots} == {(1, 1, 3), (4, 1, 3), (4, 4, 3)}
+    assert sorted(s.k for s in slots if s.regular) == [1, 2, 3]
+    assert {(s.h1, s.available) for s in CalibrationConfig(intervals=(4,), warmup=1).slots} == {(1, 1), (4, 2), (4, 3)}
 
 
 def test_fit_is_never_worse_than_the_best_fixed_solver(result):
@@ -174,10 +178,10 @@ def test_calibration_is_deterministic(result):
 
 def test_too_short_runs_are_explained():
     trajectory, _ = mixture_trajectory(steps=10, channels=8)
-    cal = Calibrator(CalibrationConfig(intervals=(2, 8)))
-    for i in range(10):
+    cal = Calibrator(CalibrationConfig(intervals=(2, 8), warmup=3))
+    for i in range(3):  # all warm-up: nothing is ever predicted
         cal.observe(FEATURE, i, trajectory[i])
-    with pytest.raises(CalibrationError, match=r"too short for intervals \[8\].*24 steps"):
+    with pytest.raises(CalibrationError, match=r"too short for intervals \[2, 8\].*warm-up 3.*4 steps"):
         cal.finish()
 
 

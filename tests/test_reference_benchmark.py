@@ -1,10 +1,11 @@
 """The reference benchmark's building blocks on a tiny random model (the full run is a command)."""
 
+import pytest
 import torch
 
 from hyca_core import families
 from hyca_core.reference import Flux, FluxConfig
-from hyca_core.reference.benchmark import Setting, cached_evaluator, calibrate, markdown
+from hyca_core.reference.benchmark import Bench, Setting, cached_evaluator, calibrate, markdown
 from hyca_core.reference.pipeline import sample
 from hyca_core.schedule import Schedule
 from hyca_core.session import ApplyConfig
@@ -53,3 +54,44 @@ def test_markdown_table():
            "wall_speedup": 3.5, "psnr": 30.0, "ssim": 0.9, "cache_mib": 1.5}
     text = markdown([row])
     assert "| HyCa C=2 | module | 6 | 6 | 4.00x | 3.50x | 30.00 | 0.900 | 1.5 |" in text
+
+
+def test_bench_rows_and_grid():
+    model = tiny()
+    bench = Bench(model, Setting(steps=8, repeats=1), PROMPTS, echo=False)
+    schedule = Schedule(interval=3, warmup=2)
+    fewer = bench.fewer_steps(3, schedule)
+    cached = bench.cached("taylor1", "module", 3, schedule, solver="taylor1")
+    uncached = bench.rows[0]
+    assert uncached["psnr"] == 99 and uncached["ssim"] == pytest.approx(1.0) and uncached["full"] == 8
+    assert fewer["full"] == cached["full"] == len(schedule.full_steps(8)) == 4
+    assert cached["flops_speedup"] == 2.0 and cached["cache_mib"] > 0 and fewer["cache_mib"] == 0
+    assert cached["psnr"] < 99  # predicting changes the output
+    picture = bench.grid([("uncached", "-", 1), ("taylor1", "module", 3), ("fewer steps", "-", 3)], count=2)
+    # 2 rows x 3 columns of 16x16 latents decoded to 32x32, scaled 4x, 2 px padding
+    assert picture.shape == (3, 2 * (128 + 2) + 2, 3 * (128 + 2) + 2)
+
+
+def test_quality_vs_speedup_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is optional (pip install -e '.[bench]'); the plot is skipped without it")
+    from hyca_core.reference.plot import plot_quality_vs_speedup
+
+    rows = [{"method": m, "granularity": g, "N": n, "full": 24 // n, "flops_speedup": n * 0.8, "wall_speedup": n * 0.7,
+             "psnr": 40 - n, "ssim": 0.9, "cache_mib": 1.0}
+            for m, g in (("fewer steps", "-"), ("taylor2", "module"), ("HyCa C=2", "module"), ("HyCa C=2", "block"))
+            for n in (2, 4, 6)]
+    path = tmp_path / "plot.png"
+    assert plot_quality_vs_speedup(rows, str(path), title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
+    from hyca_core import demo
+    from hyca_core.solver_map import load_solver_map
+
+    assert demo.main(["--out", str(tmp_path), "--steps", "10", "--pairs", "4", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for method in ("uncached", "fewer steps", "TaylorSeer", "HyCa"):
+        assert method in out
+    assert load_solver_map(str(tmp_path / "reference-flux-module.safetensors")).family == "flux"
+    assert (tmp_path / "grid-N6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

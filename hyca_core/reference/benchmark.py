@@ -3,6 +3,10 @@ fewer steps, at every interval and granularity.
 
     python -m hyca_core.reference.benchmark                 # the full table (tens of minutes on 2 cores)
     python -m hyca_core.reference.benchmark --quick         # a small subset, for a smoke test
+    python -m hyca_core.reference.benchmark --steps 50      # the 50-step setting
+
+Writes results.json, results.md, an image grid at N = 6 and, where matplotlib is installed
+(``pip install -e ".[bench]"``), the quality-vs-speedup plot.
 
 Calibration uses its own prompts and seeds; the evaluation pairs are never seen there. Quality is
 PSNR / SSIM of the decoded images against the uncached sampler's; speed is the FLOPs bound
@@ -17,6 +21,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -28,6 +33,8 @@ from ..session import RUN_KEY, ApplyConfig, CalibrateConfig, block_patches, eval
 from ..solver_map import SolverMap
 from .data import decode, scenes
 from .pipeline import WEIGHTS, load_reference, sample
+from .plot import plot_quality_vs_speedup
+from .png import grid, write_png
 
 UNIFORM = ("reuse", "taylor1", "taylor2", "foca", "hermite")
 HYCA = ("HyCa C=2", "HyCa C=4", "HyCa fit")
@@ -59,7 +66,8 @@ def cached_evaluator(model, config: ApplyConfig):
 
 
 def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: bool) -> SolverMap:
-    calibrator = Calibrator(CalibrationConfig(clusters=clusters, intervals=tuple(range(2, 9)), fit=fit))
+    calibrator = Calibrator(CalibrationConfig(clusters=clusters, intervals=tuple(range(2, 9)), fit=fit,
+                                              warmup=setting.warmup))
     family = families.detect(model)
     config = CalibrateConfig(family, granularity, calibrator)
     prompts = [s.prompt for s in scenes(4242, 8)]
@@ -83,42 +91,86 @@ def timed(fn, repeats):
     return out, statistics.median(times)
 
 
+class Bench:
+    """Held-out prompts, the uncached reference output and its time, and one row per measured method.
+
+    Every method samples the same prompts from the same noise; quality is measured on decoded images
+    against the uncached sampler's, speed against the uncached time measured in this process."""
+
+    def __init__(self, model, setting: Setting, prompts: list[str], seed: int = 90_000, echo: bool = True):
+        self.model, self.setting, self.prompts, self.seed, self.echo = model, setting, prompts, seed, echo
+        self.rows: list[dict] = []
+        self.latents: dict[tuple, torch.Tensor] = {}
+        self.reference, self.reference_seconds = timed(self.run, setting.repeats)
+        self.reference_images = decode(self.reference)
+        self._record("uncached", "-", 1, setting.steps, self.reference, self.reference_seconds, 0)
+
+    def run(self, evaluate_hook=None, steps: Optional[int] = None) -> torch.Tensor:
+        s = self.setting
+        return sample(self.model, self.prompts, seed=self.seed, steps=steps or s.steps, cfg=s.cfg,
+                      evaluate=evaluate_hook)
+
+    def fewer_steps(self, n: int, schedule: Schedule) -> dict:
+        full = len(schedule.full_steps(self.setting.steps))
+        out, seconds = timed(lambda: self.run(steps=full), self.setting.repeats)
+        return self._record("fewer steps", "-", n, full, out, seconds, 0)
+
+    def cached(self, method: str, granularity: str, n: int, schedule: Schedule, **apply_kwargs) -> dict:
+        """``apply_kwargs``: ``solver=`` a pool name, or ``solver_map=`` and ``mode=``."""
+        config = ApplyConfig(families.detect(self.model), granularity, schedule, cache_device="gpu", **apply_kwargs)
+        peaks = []
+
+        def once():
+            call, state = cached_evaluator(self.model, config)
+            out = self.run(call)
+            peaks.append(sum(row["peak_cache_bytes"] for row in state.close()))
+            return out
+
+        out, seconds = timed(once, self.setting.repeats)
+        return self._record(method, granularity, n, len(schedule.full_steps(self.setting.steps)), out, seconds,
+                            peaks[-1])
+
+    def _record(self, method, granularity, n, full, latents, seconds, cache_bytes) -> dict:
+        images = decode(latents)
+        self.latents[(method, granularity, n)] = latents
+        row = {
+            "method": method, "granularity": granularity, "N": n, "full": full,
+            "flops_speedup": self.setting.steps / full, "wall_speedup": self.reference_seconds / seconds,
+            "psnr": float(psnr(images, self.reference_images).clamp_max(99).mean()),
+            "ssim": float(ssim(images, self.reference_images).mean()), "cache_mib": cache_bytes / 2 ** 20,
+        }
+        self.rows.append(row)
+        if self.echo:
+            print(f"{method:<11} {granularity:<7} N={n} full={full:>2} flops {row['flops_speedup']:.2f}x "
+                  f"wall {row['wall_speedup']:.2f}x psnr {row['psnr']:.2f} ssim {row['ssim']:.3f} "
+                  f"cache {row['cache_mib']:.1f} MiB", flush=True)
+        return row
+
+    def grid(self, columns: list[tuple], count: int = 4) -> torch.Tensor:
+        """One image: a row per prompt (the first ``count``), a column per (method, granularity, N)."""
+        images = [decode(self.latents[key][:count]) for key in columns]
+        return grid(torch.stack(images, 1).flatten(0, 1), columns=len(columns), scale=4)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hyca_core.reference.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=WEIGHTS)
     parser.add_argument("--quick", action="store_true", help="N in {4, 6}, module granularity, 8 pairs, 1 repeat")
-    parser.add_argument("--out", default="bench_out", help="folder for results.json, results.md")
+    parser.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
+    parser.add_argument("--intervals", type=int, nargs="+", help="intervals N (default 2..8; --quick: 4 6)")
+    parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES,
+                        help="granularities (default all; --quick: module)")
+    parser.add_argument("--out", default="bench_out", help="folder for results.json, results.md and the pictures")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     setting = Setting(pairs=8, repeats=1, calibration_runs=2) if args.quick else Setting()
-    intervals = (4, 6) if args.quick else tuple(range(2, 9))
-    granularities = ("module",) if args.quick else GRANULARITIES
+    setting.steps = args.steps
+    intervals = tuple(args.intervals or ((4, 6) if args.quick else range(2, 9)))
+    granularities = tuple(args.granularities or (("module",) if args.quick else GRANULARITIES))
     model = load_reference(args.weights)
-    pairs = scenes(777, setting.pairs)  # never used in calibration (seed 4242 there)
-    prompts = [s.prompt for s in pairs]
-    seed = 90_000
-
-    def run(evaluate_hook=None, steps=setting.steps):
-        return sample(model, prompts, seed=seed, steps=steps, cfg=setting.cfg, evaluate=evaluate_hook)
-
-    reference, t_ref = timed(run, setting.repeats)
-    ref_images = decode(reference)
-    rows = []
-
-    def record(method, granularity, n, full, latents, seconds, cache_bytes):
-        images = decode(latents)
-        rows.append({
-            "method": method, "granularity": granularity, "N": n, "full": full,
-            "flops_speedup": setting.steps / full, "wall_speedup": t_ref / seconds,
-            "psnr": float(psnr(images, ref_images).clamp_max(99).mean()), "ssim": float(ssim(images, ref_images).mean()),
-            "cache_mib": cache_bytes / 2 ** 20,
-        })
-        r = rows[-1]
-        print(f"{method:<10} {granularity:<7} N={n} full={full:>2} flops {r['flops_speedup']:.2f}x wall {r['wall_speedup']:.2f}x "
-              f"psnr {r['psnr']:.2f} ssim {r['ssim']:.3f} cache {r['cache_mib']:.1f} MiB", flush=True)
-
-    record("uncached", "-", 1, setting.steps, reference, t_ref, 0)
+    started = time.perf_counter()
+    bench = Bench(model, setting, [s.prompt for s in scenes(777, setting.pairs)])  # never seen in calibration
     maps = {}
     for granularity in granularities:
         maps[(granularity, 2)] = calibrate(model, setting, granularity, 2, fit=True)
@@ -126,34 +178,31 @@ def main(argv=None) -> int:
             maps[(granularity, 4)] = calibrate(model, setting, granularity, 4, fit=False)
     for n in intervals:
         schedule = Schedule(interval=n, warmup=setting.warmup)
-        full = len(schedule.full_steps(setting.steps))
-        fewer, t = timed(lambda: run(steps=full), setting.repeats)
-        record("fewer steps", "-", n, full, fewer, t, 0)
+        bench.fewer_steps(n, schedule)
         for granularity in granularities:
-            methods = [(name, dict(solver=name)) for name in UNIFORM]
-            methods += [("HyCa C=2", dict(solver_map=maps[(granularity, 2)], mode="choose")),
-                        ("HyCa fit", dict(solver_map=maps[(granularity, 2)], mode="fit"))]
+            for name in UNIFORM:
+                bench.cached(name, granularity, n, schedule, solver=name)
+            bench.cached("HyCa C=2", granularity, n, schedule, solver_map=maps[(granularity, 2)], mode="choose")
+            bench.cached("HyCa fit", granularity, n, schedule, solver_map=maps[(granularity, 2)], mode="fit")
             if (granularity, 4) in maps:
-                methods.append(("HyCa C=4", dict(solver_map=maps[(granularity, 4)], mode="choose")))
-            for name, kwargs in methods:
-                config = ApplyConfig(families.detect(model), granularity, schedule, cache_device="gpu", **kwargs)
-                peaks = []
-
-                def cached():
-                    call, state = cached_evaluator(model, config)
-                    out = run(call)
-                    peaks.append(sum(row["peak_cache_bytes"] for row in state.close()))
-                    return out
-
-                out, t = timed(cached, setting.repeats)
-                record(name, granularity, n, full, out, t, peaks[-1])
+                bench.cached("HyCa C=4", granularity, n, schedule, solver_map=maps[(granularity, 4)], mode="choose")
     os.makedirs(args.out, exist_ok=True)
+    meta = {"setting": setting.__dict__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "seconds": round(time.perf_counter() - started, 1)}
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"setting": setting.__dict__, "rows": rows, "torch": torch.__version__,
-                   "threads": torch.get_num_threads()}, f, indent=1)
+        json.dump({**meta, "rows": bench.rows}, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(markdown(rows))
-    print(f"wrote {args.out}/results.json and results.md")
+        f.write(markdown(bench.rows))
+    written = ["results.json", "results.md"]
+    grid_n = 6 if 6 in intervals else intervals[-1]
+    columns = [("uncached", "-", 1), ("HyCa C=2", granularities[0], grid_n), ("taylor2", granularities[0], grid_n),
+               ("fewer steps", "-", grid_n)]
+    write_png(os.path.join(args.out, f"grid-N{grid_n}.png"), bench.grid(columns))
+    written.append(f"grid-N{grid_n}.png (rows: prompts; columns: uncached, HyCa C=2, TaylorSeer, fewer steps)")
+    if plot_quality_vs_speedup(bench.rows, os.path.join(args.out, "quality-vs-speedup.png"),
+                               title=f"reference FLUX, {setting.steps} steps, {setting.pairs} held-out prompts"):
+        written.append("quality-vs-speedup.png")
+    print(f"done in {meta['seconds']:.0f} s; wrote to {args.out}/: " + ", ".join(written))
     return 0
 
 

@@ -1,0 +1,345 @@
+"""HyCa Apply against ComfyUI's own EasyCache and LazyCache, inside a real ComfyUI.
+
+    COMFYUI_PATH=/path/to/ComfyUI python tests/compare_comfy_caches.py            # 50 steps, 16 pairs, 3 repeats
+    COMFYUI_PATH=/path/to/ComfyUI python tests/compare_comfy_caches.py --quick    # a small smoke run
+
+The bundled reference FLUX weights are loaded into ComfyUI's own ``Flux`` class and sampled with
+``comfy.sample.sample`` (Euler, simple scheduler, CFG batched), so all three caches run through the
+same ComfyUI code paths a workflow uses. EasyCache and LazyCache decide at run time how many steps
+to skip, so their ``reuse_threshold`` is swept and each setting's actual number of full
+evaluations is reported: compare methods at equal full evaluations.
+
+Full evaluations are counted with a forward hook on the first double block's QKV projection,
+which runs only when the transformer really computes (EasyCache and LazyCache skip the whole
+model, HyCa's module granularity skips attention and MLPs). Quality is PSNR / SSIM of the decoded
+images against the uncached ComfyUI output; wall time is the median of repeats in this process.
+The held-out prompts (``scenes(777, n)``) are never seen by the calibration (``scenes(4242, 8)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+for path in (HERE, HERE.parent):  # comfy_env / support, and the repository (run as a script)
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from comfy_env import comfyui_path, require_comfyui  # noqa: E402
+
+SEED = 90_000  # evaluation noise, as hyca_core.reference.benchmark
+CALIBRATION_SEED = 50_000
+CFG = 3.0
+WARMUP = 3
+INTERVALS = (3, 4, 5, 6)
+# wide enough that the counts span HyCa's (steps/N + warm-up) at 50 steps on the reference model
+THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0)
+# the nodes' own defaults for the window where EasyCache / LazyCache may skip
+CACHE_START, CACHE_END = 0.15, 0.95
+
+
+def load_modules():
+    """Import ComfyUI and this pack as ComfyUI would (``comfyui_hyca``); every hyca class passed to
+    the nodes must come from the pack, not from a second import of ``hyca_core``."""
+    require_comfyui()
+    from support import load_pack
+
+    load_pack()
+    names = {
+        "sample": "comfy.sample", "samplers": "comfy.samplers", "patcher": "comfy.model_patcher",
+        "supported": "comfy.supported_models", "easycache": "comfy_extras.nodes_easycache",
+        "apply": "comfyui_hyca.nodes.apply", "patch": "comfyui_hyca.nodes.patch",
+        "families": "comfyui_hyca.hyca_core.families", "calibration": "comfyui_hyca.hyca_core.calibration",
+        "session": "comfyui_hyca.hyca_core.session", "solver_map": "comfyui_hyca.hyca_core.solver_map",
+        "metrics": "comfyui_hyca.hyca_core.metrics", "data": "comfyui_hyca.hyca_core.reference.data",
+        "pipeline": "comfyui_hyca.hyca_core.reference.pipeline",
+    }
+    return argparse.Namespace(**{k: importlib.import_module(v) for k, v in names.items()})
+
+
+def comfy_model(m, reference):
+    """ComfyUI's own Flux with the reference weights, wrapped like comfy_env.build's models."""
+    supported = m.supported.Flux(reference.config.comfy_unet_config())
+    supported.set_inference_dtype(torch.float32, None)
+    model = supported.get_model({})
+    model.diffusion_model.load_state_dict(reference.state_dict(), strict=True)
+    # the reference model was trained on raw latents: make process_in/out the identity
+    model.latent_format.scale_factor, model.latent_format.shift_factor = 1.0, 0.0
+    if model.model_sampling.shift != m.pipeline.SHIFT:
+        model.model_sampling.set_parameters(shift=m.pipeline.SHIFT)
+    cpu = torch.device("cpu")
+    return m.patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+class FullEvalCounter:
+    """Counts calls of a module that only fully computed evaluations run."""
+
+    def __init__(self, module):
+        self.calls = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+class Prompts:
+    """A batch of prompts with its conditioning and the reference pipeline's noise (seed + index)."""
+
+    def __init__(self, m, prompts, seed):
+        encoder = m.data.TextEncoder()
+        context, pooled = encoder(prompts)
+        empty_context, empty_pooled = encoder([""] * len(prompts))
+        # no "guidance": the reference weights have no guidance embedding
+        self.positive = [[context, {"pooled_output": pooled}]]
+        self.negative = [[empty_context, {"pooled_output": empty_pooled}]]
+        self.noise = torch.stack([torch.randn(m.data.LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(seed + i))
+                                  for i in range(len(prompts))])
+
+
+def sample(m, model, batch: Prompts, steps: int) -> torch.Tensor:
+    return m.sample.sample(model, batch.noise, steps, CFG, "euler", "simple", batch.positive, batch.negative,
+                           torch.zeros_like(batch.noise), seed=0, disable_pbar=True)
+
+
+def calibrate(m, model, steps: int, intervals, runs: int):
+    """A HyCa map (C=2, the paper's "choose" mode) from the uncached model on calibration prompts,
+    through the pack's own calibration hooks (what HyCa Calibrate does, without writing a file)."""
+    diffusion_model = model.model.diffusion_model
+    family = m.families.detect(diffusion_model)
+    calibrator = m.calibration.Calibrator(m.calibration.CalibrationConfig(clusters=2, intervals=tuple(intervals),
+                                                                          warmup=WARMUP))
+    patched = model.clone()
+    m.patch.install(patched, m.session.CalibrateConfig(family, "module", calibrator))
+    prompts = [s.prompt for s in m.data.scenes(4242, 8)]
+    for run in range(runs):
+        sample(m, patched, Prompts(m, prompts, CALIBRATION_SEED + 100 * run), steps)
+    return m.solver_map.SolverMap.from_calibration(
+        calibrator.finish(), family=family.name, granularity="module", warmup=WARMUP,
+        architecture=m.families.architecture(diffusion_model, family, "module"),
+        provenance={"steps": steps, "sampler": "euler", "scheduler": "simple", "cfg": CFG}, mode="choose")
+
+
+def hyca(m, model, interval, solver_map=None):
+    return m.apply.HyCaApply.execute(model, interval, WARMUP, 0, 0.0, 1.0, "module", "auto", True,
+                                     solver_map=solver_map).result[0]
+
+
+def easycache_handles_batched_cfg(m) -> bool:
+    """Whether this ComfyUI's EasyCache restores each cond's cache when cond and uncond share a
+    call. Some releases add every cond's cached difference to the whole batch (an error when the
+    batch is > 1, wrong outputs when it is 1; ComfyUI issue #10344, fixed upstream)."""
+    holder = m.easycache.EasyCacheHolder(0.2, 0.0, 1.0, subsample_factor=8, offload_cache_diff=False)
+    x, out = torch.zeros(2, 1, 1, 1), torch.tensor([1.0, 2.0]).view(2, 1, 1, 1)
+    holder.update_cache_diff(out, x, ["cond", "uncond"])
+    try:
+        return torch.equal(holder.apply_cache_diff(x.clone(), ["cond", "uncond"]), out)
+    except RuntimeError:
+        return False
+
+
+def fresh_input_wrapper(executor, x, *args, **kwargs):
+    return executor(x.clone(), *args, **kwargs)
+
+
+def guard_input(model):
+    """A clone whose diffusion model gets a copy of its input. EasyCache adds its cached
+    difference to the input in place; with fp32 weights (no cast, so no copy, before the diffusion
+    model) that input is the very tensor ComfyUI then computes the denoised output from, and every
+    skipped step comes out wrong. A bf16/fp16 model's cast makes this copy anyway. Added before
+    EasyCache's own wrapper, so it runs outside it."""
+    import comfy.patcher_extension
+
+    guarded = model.clone()
+    guarded.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "input-copy", fresh_input_wrapper)
+    return guarded
+
+
+@contextlib.contextmanager
+def split_cond_and_uncond(model):
+    """Make ComfyUI run cond and uncond in separate calls, as it does when memory is short."""
+    base = model.model
+    base.memory_required = lambda *a, **k: 1e30
+    try:
+        yield
+    finally:
+        del base.memory_required  # back to the class's method
+
+
+def comfyui_version(path: str) -> str:
+    try:
+        commit = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            return f"commit {commit.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import comfyui_version
+
+        return f"version {comfyui_version.__version__} (no git metadata)"
+    except ImportError:
+        return "unknown version (no git metadata)"
+
+
+class Bench:
+    """Timed sampling runs on the held-out prompts, and the table rows."""
+
+    def __init__(self, m, model, batches, steps, repeats):
+        self.m, self.model, self.batches, self.steps, self.repeats = m, model, batches, steps, repeats
+        self.counter = FullEvalCounter(model.model.diffusion_model.double_blocks[0].img_attn.qkv)
+        self.rows = []
+        self.reference_images = None
+
+    def run(self, patched):
+        return torch.cat([sample(self.m, patched, b, self.steps) for b in self.batches])
+
+    def measure(self, patched):
+        """-> (latents of the last run, median seconds, counted calls per sampling run)."""
+        times, out = [], None
+        self.counter.calls = 0
+        for _ in range(self.repeats):
+            started = time.perf_counter()
+            out = self.run(patched)
+            times.append(time.perf_counter() - started)
+        return out, statistics.median(times), self.counter.calls / (self.repeats * len(self.batches))
+
+    def baseline(self, patched):
+        """An uncached run: its time is the wall-clock baseline, and its calls per step tell how
+        many calls one full evaluation is (1 with cond and uncond batched, 2 when split)."""
+        latents, seconds, calls = self.measure(patched)
+        return {"latents": latents, "seconds": seconds, "calls_per_eval": calls / self.steps}
+
+    def record(self, method, setting, latents, seconds, calls, baseline, n=None):
+        images = self.m.data.decode(latents)
+        full = calls / baseline["calls_per_eval"]
+        row = {
+            "method": method, "setting": setting, "N": n, "full": full, "flops_speedup": self.steps / full,
+            "wall_s": seconds, "wall_speedup": baseline["seconds"] / seconds,
+            "psnr": float(self.m.metrics.psnr(images, self.reference_images).clamp_max(99).mean()),
+            "ssim": float(self.m.metrics.ssim(images, self.reference_images).mean()),
+        }
+        self.rows.append(row)
+        print(f"{method:<22} {setting:<15} full={full:>5.1f} flops {row['flops_speedup']:.2f}x "
+              f"wall {row['wall_speedup']:.2f}x ({seconds:.2f} s) psnr {row['psnr']:.2f} ssim {row['ssim']:.3f}",
+              flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="tests/compare_comfy_caches.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--pairs", type=int, default=16, help="held-out prompts (default 16)")
+    parser.add_argument("--batch", type=int, help="prompts per sampling run (default: all pairs in one batch)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median is reported (default 3)")
+    parser.add_argument("--intervals", type=int, nargs="+", default=list(INTERVALS), help="HyCa intervals N")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
+                        help="EasyCache / LazyCache reuse_threshold sweep")
+    parser.add_argument("--calibration-runs", type=int, default=2, help="calibration runs of 8 prompts (default 2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 20 steps, 4 pairs, 1 repeat, N 3 6, 3 thresholds, 1 calibration run")
+    parser.add_argument("--out", default="compare_out", help="folder for results.json and results.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.pairs, args.repeats, args.calibration_runs = 20, 4, 1, 1
+        args.intervals, args.thresholds = [3, 6], [0.1, 0.5, 1.2]
+    path = comfyui_path()
+    if path is None:
+        print("no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout", file=sys.stderr)
+        return 2
+    try:
+        m = load_modules()
+    except pytest.skip.Exception as reason:  # require_comfyui's verdict, outside pytest
+        print(reason, file=sys.stderr)
+        return 2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ComfyUI at {path}, {comfyui_version(path)}")
+    reference = m.pipeline.load_reference()
+    model = comfy_model(m, reference)
+    prompts = [s.prompt for s in m.data.scenes(777, args.pairs)]  # never used in calibration
+    size = args.batch or len(prompts)
+    bench = Bench(m, model, [Prompts(m, prompts[i:i + size], SEED + i) for i in range(0, len(prompts), size)],
+                  args.steps, args.repeats)
+
+    sample(m, model, Prompts(m, prompts[:1], SEED), 2)  # untimed: first-call overheads (model load, kernels)
+    uncached = bench.baseline(model)
+    bench.reference_images = m.data.decode(uncached["latents"])
+    print(f"calls of the counted module per evaluation: {uncached['calls_per_eval']:g}")
+
+    # sanity check: same weights, same noise, the pure-PyTorch pipeline against ComfyUI
+    sigmas = m.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", args.steps)
+    sigma_gap = float((sigmas.float() - m.pipeline.flux_sigmas(args.steps)).abs().max())
+    pipeline_out = torch.cat([m.pipeline.sample(reference, prompts[i:i + size], seed=SEED + i, steps=args.steps, cfg=CFG)
+                              for i in range(0, len(prompts), size)])
+    pipeline_psnr = float(m.metrics.psnr(m.data.decode(pipeline_out), bench.reference_images).clamp_max(99).mean())
+    latent_gap = float((pipeline_out - uncached["latents"]).abs().max())
+    print(f"sanity: max |ComfyUI simple sigmas - flux_sigmas| = {sigma_gap:.2e}; reference pipeline vs ComfyUI "
+          f"uncached: PSNR {pipeline_psnr:.2f} dB, max |latent diff| {latent_gap:.2e}")
+
+    bench.record("uncached", "-", uncached["latents"], uncached["seconds"], uncached["calls_per_eval"] * args.steps,
+                 uncached)
+    started = time.perf_counter()
+    solver_map = calibrate(m, model, args.steps, args.intervals, args.calibration_runs)
+    print(f"calibrated a C=2 map on {args.calibration_runs}x8 prompts in {time.perf_counter() - started:.1f} s")
+    for n in args.intervals:
+        bench.record("HyCa (map)", f"N={n}", *bench.measure(hyca(m, model, n, solver_map)), uncached, n=n)
+        bench.record("HyCa (no map)", f"N={n}", *bench.measure(hyca(m, model, n)), uncached, n=n)
+
+    for threshold in args.thresholds:
+        patched = m.easycache.LazyCacheNode.execute(model, threshold, CACHE_START, CACHE_END, False).result[0]
+        bench.record("LazyCache", f"threshold={threshold:g}", *bench.measure(patched), uncached)
+    # EasyCache: with the input copy (see guard_input), and with cond and uncond split where this
+    # ComfyUI's EasyCache cannot take them batched; its baseline is an uncached run set up the same
+    # way, so the wall clock compares like with like
+    guarded = guard_input(model)
+    easycache_batched = easycache_handles_batched_cfg(m)
+    with contextlib.nullcontext() if easycache_batched else split_cond_and_uncond(model):
+        name, baseline = "EasyCache", uncached
+        if not easycache_batched:
+            print("this ComfyUI's EasyCache mishandles cond and uncond in one call (ComfyUI #10344): "
+                  "running it with cond and uncond split, against an uncached run split the same way")
+            name, baseline = "EasyCache (split)", bench.baseline(guarded)
+            bench.record("uncached (split)", "-", baseline["latents"], baseline["seconds"],
+                         baseline["calls_per_eval"] * args.steps, baseline)
+        for threshold in args.thresholds:
+            patched = m.easycache.EasyCacheNode.execute(guarded, threshold, CACHE_START, CACHE_END, False).result[0]
+            bench.record(name, f"threshold={threshold:g}", *bench.measure(patched), baseline)
+
+    rows = bench.rows
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"steps": args.steps, "pairs": args.pairs, "batch": size, "repeats": args.repeats, "cfg": CFG,
+                   "warmup": WARMUP, "cache_window": [CACHE_START, CACHE_END], "torch": torch.__version__,
+                   "threads": torch.get_num_threads(), "comfyui": comfyui_version(path),
+                   "easycache_batched_cfg": easycache_batched,
+                   "sanity": {"sigma_gap": sigma_gap, "pipeline_psnr": pipeline_psnr, "latent_gap": latent_gap},
+                   "rows": rows}, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown(rows))
+    print(markdown(rows))
+    print(f"wrote {args.out}/results.json and results.md")
+    return 0
+
+
+def markdown(rows) -> str:
+    lines = ["| method | setting | full evals | FLOPs speedup | wall speedup | PSNR dB | SSIM |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        full = f"{r['full']:.0f}" if float(r["full"]).is_integer() else f"{r['full']:.1f}"
+        lines.append(f"| {r['method']} | {r['setting']} | {full} | {r['flops_speedup']:.2f}x | "
+                     f"{r['wall_speedup']:.2f}x | {r['psnr']:.2f} | {r['ssim']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
