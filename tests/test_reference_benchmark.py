@@ -95,3 +95,21 @@ def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
         assert method in out
     assert load_solver_map(str(tmp_path / "reference-flux-module.safetensors")).family == "flux"
     assert (tmp_path / "grid-N6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_speed_script_runs_tiny_on_the_cpu(tmp_path):
+    """The full-size GPU script (python -m hyca_core.reference.speed) checked end to end on a tiny model."""
+    import json
+
+    from hyca_core.reference import speed
+
+    assert speed.main(["--tiny", "--device", "cpu", "--dtype", "float32", "--steps", "8", "--intervals", "3",
+                       "--granularities", "module", "stack", "--batches", "2", "--repeats", "1",
+                       "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "speed.json").read_text())
+    rows = result["rows"]
+    assert result["model"] == "tiny" and result["date"] and result["command"].startswith("python -m")
+    assert [(r["method"], r["granularity"]) for r in rows] == [("uncached", "-"), ("HyCa", "module"), ("HyCa", "stack")]
+    assert rows[0]["full"] == 8 and all(r["full"] == 4 and r["flops_speedup"] == 2.0 for r in rows[1:])
+    assert all(r["predicted_step_ms"] > 0 for r in rows[1:])
+    assert "| 2 | HyCa | stack | 3 | 4 |" in (tmp_path / "speed.md").read_text()
