@@ -67,6 +67,9 @@ def test_bench_rows_and_grid():
     assert fewer["full"] == cached["full"] == len(schedule.full_steps(8)) == 4
     assert cached["flops_speedup"] == 2.0 and cached["cache_mib"] > 0 and fewer["cache_mib"] == 0
     assert cached["psnr"] < 99  # predicting changes the output
+    bench.finish()  # uncached timed again; every wall speedup rests on all its timings
+    assert len(bench.reference_times) == 2 and uncached["wall_speedup"] == 1.0
+    assert cached["wall_speedup"] == pytest.approx(bench.reference_seconds / cached["seconds"])
     picture = bench.grid([("uncached", "-", 1), ("taylor1", "module", 3), ("fewer steps", "-", 3)], count=2)
     # 2 rows x 3 columns of 16x16 latents decoded to 32x32, scaled 4x, 2 px padding
     assert picture.shape == (3, 2 * (128 + 2) + 2, 3 * (128 + 2) + 2)

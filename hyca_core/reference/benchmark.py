@@ -82,8 +82,9 @@ def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: boo
         mode="fit" if fit else "choose")
 
 
-def timed(fn, repeats):
-    times, out = [], None
+def timed(fn, repeats, times: Optional[list] = None):
+    times = [] if times is None else times
+    out = None
     for _ in range(repeats):
         started = time.perf_counter()
         out = fn()
@@ -101,7 +102,8 @@ class Bench:
         self.model, self.setting, self.prompts, self.seed, self.echo = model, setting, prompts, seed, echo
         self.rows: list[dict] = []
         self.latents: dict[tuple, torch.Tensor] = {}
-        self.reference, self.reference_seconds = timed(self.run, setting.repeats)
+        self.reference_times: list[float] = []
+        self.reference, self.reference_seconds = timed(self.run, setting.repeats, self.reference_times)
         self.reference_images = decode(self.reference)
         self._record("uncached", "-", 1, setting.steps, self.reference, self.reference_seconds, 0)
 
@@ -130,11 +132,26 @@ class Bench:
         return self._record(method, granularity, n, len(schedule.full_steps(self.setting.steps)), out, seconds,
                             peaks[-1])
 
+    def finish(self) -> float:
+        """Time the uncached run again and base every wall speedup on all its timings, so a machine
+        that speeds up or slows down during the benchmark skews no row. Returns the drift: last
+        uncached timings' median over the first ones'."""
+        first = statistics.median(self.reference_times)
+        again = []
+        timed(self.run, self.setting.repeats, again)
+        self.reference_times += again
+        self.reference_seconds = statistics.median(self.reference_times)
+        for row in self.rows:
+            row["wall_speedup"] = self.reference_seconds / row["seconds"]
+        self.rows[0]["seconds"] = self.reference_seconds
+        self.rows[0]["wall_speedup"] = 1.0
+        return statistics.median(again) / first
+
     def _record(self, method, granularity, n, full, latents, seconds, cache_bytes) -> dict:
         images = decode(latents)
         self.latents[(method, granularity, n)] = latents
         row = {
-            "method": method, "granularity": granularity, "N": n, "full": full,
+            "method": method, "granularity": granularity, "N": n, "full": full, "seconds": seconds,
             "flops_speedup": self.setting.steps / full, "wall_speedup": self.reference_seconds / seconds,
             "psnr": float(psnr(images, self.reference_images).clamp_max(99).mean()),
             "ssim": float(ssim(images, self.reference_images).mean()), "cache_mib": cache_bytes / 2 ** 20,
@@ -186,9 +203,12 @@ def main(argv=None) -> int:
             bench.cached("HyCa fit", granularity, n, schedule, solver_map=maps[(granularity, 2)], mode="fit")
             if (granularity, 4) in maps:
                 bench.cached("HyCa C=4", granularity, n, schedule, solver_map=maps[(granularity, 4)], mode="choose")
+    drift = bench.finish()
+    print(f"uncached timing drift over the run: {drift:.3f} (last / first median); "
+          f"wall speedups use all {len(bench.reference_times)} uncached timings")
     os.makedirs(args.out, exist_ok=True)
     meta = {"setting": setting.__dict__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "uncached_drift": round(drift, 4)}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({**meta, "rows": bench.rows}, f, indent=1)
     with open(os.path.join(args.out, "results.md"), "w") as f:
