@@ -1,5 +1,7 @@
 """Quality-vs-speedup curves from benchmark rows, drawn with matplotlib when it is installed.
 
+    python -m hyca_core.reference.plot bench_out/results.json bench_out/quality-vs-speedup.png
+
 matplotlib is an optional dependency (``pip install -e ".[bench]"``): the benchmark's numbers and
 image grid need nothing beyond torch, and the plot is skipped with a note where it is missing.
 """
@@ -52,8 +54,9 @@ def plot_quality_vs_speedup(rows: list[dict], path: str, title: str = "") -> boo
                     continue
                 points = sorted(points, key=lambda r: r["N"])
                 colour, marker, line = STYLE.get(method, ("tab:green", "x", "-"))
-                ax.plot([p[axis_key] for p in points], [p["psnr"] for p in points], line, color=colour, marker=marker,
-                        markersize=5, linewidth=2.2 if method.startswith("HyCa") else 1.3,
+                # wall-clock points are not ordered in speed (timing noise), so they are not joined
+                ax.plot([p[axis_key] for p in points], [p["psnr"] for p in points], line if row == 0 else "",
+                        color=colour, marker=marker, markersize=5, linewidth=2.2 if method.startswith("HyCa") else 1.3,
                         label=LABEL.get(method, method))
             ax.set_xlabel(axis_label)
             ax.grid(alpha=0.3)
@@ -65,6 +68,19 @@ def plot_quality_vs_speedup(rows: list[dict], path: str, title: str = "") -> boo
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python -m hyca_core.reference.plot RESULTS_JSON OUT_PNG")
+    with open(sys.argv[1]) as f:
+        data = json.load(f)
+    setting = data.get("setting", {})
+    title = f"reference FLUX, {setting.get('steps')} steps, {setting.get('pairs')} held-out prompts"
+    raise SystemExit(0 if plot_quality_vs_speedup(data["rows"], sys.argv[2], title=title) else 1)
