@@ -59,6 +59,7 @@ class CalibrationConfig:
     descriptors: str = "both"  # what k-means sees: "dynamics" (the paper's), "errors", or "both"
     seed: int = 0
     warmup: int = 3  # warm-up full steps of the schedule the map will be deployed with
+    cooldown: int = 0  # last steps it computes fully: never predicted, so never scored
     window_dtype: Optional[torch.dtype] = None  # None keeps the feature's dtype
     window_device: Optional[str] = None  # None keeps the feature's device
 
@@ -79,8 +80,8 @@ class CalibrationConfig:
             raise CalibrationError(f"descriptors must be one of {DESCRIPTOR_SETS}, got {self.descriptors!r}")
         if self.tokens < 4:
             raise CalibrationError("tokens must be >= 4")
-        if self.warmup < 0:
-            raise CalibrationError(f"warmup must be >= 0, got {self.warmup}")
+        if self.warmup < 0 or self.cooldown < 0:
+            raise CalibrationError(f"warmup and cooldown must be >= 0, got {self.warmup}, {self.cooldown}")
 
     @property
     def slots(self) -> list["Slot"]:
@@ -96,8 +97,9 @@ class CalibrationConfig:
 
     @property
     def window(self) -> int:
-        """Steps a window must hold: the target and anchors back to ``k + 2N`` for the largest N."""
-        return max(3 * max(self.intervals), 4)
+        """Steps a window must hold: the target and anchors back to ``k + 2N`` for the largest N, plus
+        the cooldown steps a target waits before it is known not to be one of the last."""
+        return max(3 * max(self.intervals), 4) + self.cooldown
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class _Window:
     total_rows: int
     values: dict = field(default_factory=dict)  # step -> [tokens, D]
     last: Optional[int] = None
+    scored: int = -1  # targets up to this step have been added to the statistics
 
 
 @dataclass
@@ -218,7 +221,8 @@ class Calibrator:
                 raise CalibrationError(f"feature {feature!r}: step {step} after step {window.last} in one run; "
                                        "call begin_run() for each sampling run")
             if step > window.last:
-                self._finalize(feature, window, window.last)
+                # a target is scored once `cooldown` later steps show it is not one of the last
+                self._finalize_upto(feature, window, step - max(self.config.cooldown, 1))
         sample = flat.index_select(0, window.rows)
         device = self.config.window_device or sample.device
         window.values[step] = sample.to(device=device, dtype=self.config.window_dtype or sample.dtype, copy=True)
@@ -232,7 +236,7 @@ class Calibrator:
         observed = False
         for (_, feature), window in self._windows.items():
             if window.last is not None:
-                self._finalize(feature, window, window.last)
+                self._finalize_upto(feature, window, window.last - self.config.cooldown)
                 self._steps = max(self._steps, window.last + 1)
                 observed = True
         self._windows.clear()
@@ -252,6 +256,12 @@ class Calibrator:
             raise CalibrationError(f"scope {name!r} mixes features of {stats.channels} and {channels} channels")
         stats.features.add(feature)
         return stats
+
+    def _finalize_upto(self, feature: str, window: _Window, last_target: int) -> None:
+        for target in range(window.scored + 1, last_target + 1):
+            if target in window.values:
+                self._finalize(feature, window, target)
+        window.scored = max(window.scored, last_target)
 
     def _finalize(self, feature: str, window: _Window, target: int) -> None:
         """Add the statistics whose prediction target is ``target`` (now known to be final)."""

@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50, as in the paper)")
     parser.add_argument("--pairs", type=int, default=8, help="held-out prompts (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats, median taken (default 3)")
+    parser.add_argument("--cooldown", type=int, default=1,
+                        help="last steps computed fully, HyCa Apply's default (default 1; 0 = the paper's schedule)")
     parser.add_argument("--weights", default=WEIGHTS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -45,10 +47,11 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
 
     model = load_reference(args.weights)
-    setting = Setting(steps=args.steps, pairs=args.pairs, calibration_runs=2, repeats=args.repeats)
+    setting = Setting(steps=args.steps, pairs=args.pairs, calibration_runs=2, repeats=args.repeats,
+                      cooldown=args.cooldown)
     params = sum(p.numel() for p in model.parameters())
     print(f"reference model: {params / 1e6:.1f}M parameters, {setting.steps} Euler steps, CFG {setting.cfg}, "
-          f"warm-up {setting.warmup}, {torch.get_num_threads()} CPU threads")
+          f"warm-up {setting.warmup}, cooldown {setting.cooldown}, {torch.get_num_threads()} CPU threads")
 
     print("\n1. calibrating on 2 uncached runs of 8 calibration prompts ...", flush=True)
     solver_map = calibrate(model, setting, "module", clusters=2, fit=False)
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     bench = Bench(model, setting, [s.prompt for s in scenes(777, setting.pairs)], echo=False)
     shown = []
     for n in INTERVALS:
-        schedule = Schedule(interval=n, warmup=setting.warmup)
+        schedule = Schedule(interval=n, warmup=setting.warmup, cooldown=setting.cooldown)
         shown.append(bench.fewer_steps(n, schedule))
         shown.append(bench.cached("TaylorSeer", "module", n, schedule, solver="taylor2"))
         shown.append(bench.cached("HyCa", "module", n, schedule, solver_map=solver_map, mode="choose"))

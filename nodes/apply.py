@@ -34,8 +34,10 @@ class HyCaApply(io.ComfyNode):
                                      "5-6 is a good start for 50 steps, 2-3 for distilled few-step models."),
                 io.Int.Input("warmup_steps", default=3, min=0, max=100,
                              tooltip="First steps always computed fully (composition forms here)."),
-                io.Int.Input("cooldown_steps", default=0, min=0, max=100,
-                             tooltip="Last steps always computed fully (fine detail)."),
+                io.Int.Input("cooldown_steps", default=1, min=0, max=100,
+                             tooltip="Last steps always computed fully. One full final step removes most of the "
+                                     "left-over noise a forecast last step leaves (see BENCHMARKS.md); 0 is "
+                                     "TaylorSeer's and the paper's schedule."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Forecast only from this fraction of the steps on."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -66,10 +68,11 @@ class HyCaApply(io.ComfyNode):
                     f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
                     f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
             solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
-            if solver_map.warmup != warmup_steps:
-                log.warning("HyCa Apply: %s was calibrated for warmup_steps=%d, this node uses %d; solvers were "
-                            "chosen for the other warm-up's anchor spacings", solver_map.source, solver_map.warmup,
-                            warmup_steps)
+            calibrated = (solver_map.warmup, solver_map.provenance.get("cooldown", cooldown_steps))
+            if calibrated != (warmup_steps, cooldown_steps):
+                log.warning("HyCa Apply: %s was calibrated for warmup_steps=%s, cooldown_steps=%s; this node uses "
+                            "%d and %d, so its solvers were scored on other anchor spacings", solver_map.source,
+                            *calibrated, warmup_steps, cooldown_steps)
         schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                             start=start_percent, end=end_percent)
         patched = model.clone()

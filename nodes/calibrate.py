@@ -70,6 +70,9 @@ class HyCaCalibrate(io.ComfyNode):
                 io.Int.Input("warmup_steps", default=3, min=0, max=100,
                              tooltip="The warm-up HyCa Apply will use: solvers are scored with its anchors "
                                      "(1 step apart right after warm-up, N apart later)."),
+                io.Int.Input("cooldown_steps", default=1, min=0, max=100,
+                             tooltip="The cooldown HyCa Apply will use: its full last steps are never forecast, "
+                                     "so they are not scored."),
                 io.Boolean.Input("fit", default=False,
                                  tooltip="Beyond the paper: also fit least-squares weights per cluster and use them "
                                          "where anchors are exactly N apart. Calibrate on several runs when on."),
@@ -86,19 +89,20 @@ class HyCaCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
-                clusters, intervals, warmup_steps, fit, granularity, name, description="") -> io.NodeOutput:
+                clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="") -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
 
         path = map_folder.save_path(name)
         interval_list = parse_intervals(intervals)
-        if steps <= warmup_steps:
-            raise ValueError(f"steps ({steps}) must exceed warmup_steps ({warmup_steps}): "
-                             "calibration scores the steps HyCa Apply would forecast, and warm-up forecasts none")
+        if steps <= warmup_steps + cooldown_steps:
+            raise ValueError(f"steps ({steps}) must exceed warmup_steps + cooldown_steps ({warmup_steps + cooldown_steps}): "
+                             "calibration scores the steps HyCa Apply would forecast, and those forecast none")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
         calibrator = Calibrator(CalibrationConfig(clusters=max(clusters, 1), per_channel=clusters == 0,
-                                                  intervals=interval_list, warmup=warmup_steps))
+                                                  intervals=interval_list, warmup=warmup_steps,
+                                                  cooldown=cooldown_steps))
         patched = model.clone()
         install(patched, CalibrateConfig(family, granularity, calibrator))
 
@@ -119,7 +123,7 @@ class HyCaCalibrate(io.ComfyNode):
             if first is None:
                 first = samples
         provenance = {
-            "steps": steps, "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
+            "steps": steps, "cooldown": cooldown_steps, "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
             "seeds": [seed + r for r in range(runs)], "latent_shape": list(latent.shape),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }

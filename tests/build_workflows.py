@@ -56,14 +56,15 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
 
 
 def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description=""):
-    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps, fit,
-    # granularity, name, description
-    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, False, "module", name, description]
+    # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps,
+    # cooldown_steps, fit, granularity, name, description
+    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, "module", name,
+            description]
 
 
 def apply_widgets(interval, warmup):
     # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled
-    return [interval, warmup, 0, 0.0, 1.0, "module", "auto", True]
+    return [interval, warmup, 1, 0.0, 1.0, "module", "auto", True]
 
 
 def flux(variant):

@@ -64,17 +64,18 @@ def replay_mse(trajectory, schedule, predictor):
     return diff.pow(2).mean(dim=(0, 1, 2))
 
 
-@pytest.mark.parametrize("warmup", [0, 1, 3])
-def test_error_table_equals_the_error_of_a_cached_replay(warmup):
-    """The table scores exactly what deployment does: the default schedule's anchors, uneven
-    spacings after warm-up included, and fitted weights only where anchors are N apart."""
-    config = CalibrationConfig(clusters=1, intervals=(3, 5), tokens=10_000, warmup=warmup)
+@pytest.mark.parametrize("warmup,cooldown", [(0, 0), (1, 0), (3, 0), (3, 1), (3, 2)])
+def test_error_table_equals_the_error_of_a_cached_replay(warmup, cooldown):
+    """The table scores exactly what deployment does: the schedule's anchors, uneven spacings after
+    warm-up included, no score for the cooldown's full last steps, and fitted weights only where
+    anchors are N apart."""
+    config = CalibrationConfig(clusters=1, intervals=(3, 5), tokens=10_000, warmup=warmup, cooldown=cooldown)
     res = calibrate(config, seeds=(0,), steps=30, tokens=16, channels=8)
     trajectory, _ = mixture_trajectory(seed=0, steps=30, tokens=16, channels=8)
     m = SolverMap.from_calibration(res, "synthetic", {"hidden_size": 8}, "module", warmup=warmup)
     scope = res.scopes[SCOPE]
     for column, n in enumerate((3, 5)):
-        schedule = Schedule(interval=n, warmup=warmup)
+        schedule = Schedule(interval=n, warmup=warmup, cooldown=cooldown)
         for s, name in enumerate(config.pool):
             direct = replay_mse(trajectory, schedule, HybridPredictor.uniform(name)).mean()
             assert float(scope.errors[s, 0, column]) == pytest.approx(float(direct), rel=1e-4), name

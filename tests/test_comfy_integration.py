@@ -236,7 +236,7 @@ def test_calibrate_loader_apply_round_trip(setup, maps_dir, reference):
     fam = setup["family"]
     node = calibrate_node.HyCaCalibrate.execute(
         setup["model"], setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 24, 2.0, "euler", "simple",
-        1.0, 1, 2, "2-6", 3, False, "module", f"tiny-{fam}", "test map")
+        1.0, 1, 2, "2-6", 3, 1, False, "module", f"tiny-{fam}", "test map")
     solver_map, calibrated_latent = node.result
     path = maps_dir / f"tiny-{fam}.safetensors"
     assert path.is_file() and solver_map.family == fam and solver_map.mode == "choose"

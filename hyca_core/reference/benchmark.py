@@ -46,6 +46,7 @@ class Setting:
     steps: int = 24
     cfg: float = 3.0
     warmup: int = 3
+    cooldown: int = 0  # last steps computed fully (0: TaylorSeer's and the paper's schedule)
     pairs: int = 32
     calibration_runs: int = 4
     repeats: int = 3
@@ -67,7 +68,7 @@ def cached_evaluator(model, config: ApplyConfig):
 
 def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: bool) -> SolverMap:
     calibrator = Calibrator(CalibrationConfig(clusters=clusters, intervals=tuple(range(2, 9)), fit=fit,
-                                              warmup=setting.warmup))
+                                              warmup=setting.warmup, cooldown=setting.cooldown))
     family = families.detect(model)
     config = CalibrateConfig(family, granularity, calibrator)
     prompts = [s.prompt for s in scenes(4242, 8)]
@@ -78,7 +79,8 @@ def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: boo
     return SolverMap.from_calibration(
         calibrator.finish(), family="flux", granularity=granularity, warmup=setting.warmup,
         architecture=families.architecture(model, family, granularity),
-        provenance={"steps": setting.steps, "sampler": "euler", "cfg": setting.cfg, "seeds": "50000+100r"},
+        provenance={"steps": setting.steps, "sampler": "euler", "cfg": setting.cfg, "seeds": "50000+100r",
+                    "cooldown": setting.cooldown},
         mode="fit" if fit else "choose")
 
 
@@ -176,13 +178,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="N in {4, 6}, module granularity, 8 pairs, 1 repeat")
     parser.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
     parser.add_argument("--intervals", type=int, nargs="+", help="intervals N (default 2..8; --quick: 4 6)")
+    parser.add_argument("--cooldown", type=int, default=0, help="last steps computed fully (default 0)")
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES,
                         help="granularities (default all; --quick: module)")
     parser.add_argument("--out", default="bench_out", help="folder for results.json, results.md and the pictures")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     setting = Setting(pairs=8, repeats=1, calibration_runs=2) if args.quick else Setting()
-    setting.steps = args.steps
+    setting.steps, setting.cooldown = args.steps, args.cooldown
     intervals = tuple(args.intervals or ((4, 6) if args.quick else range(2, 9)))
     granularities = tuple(args.granularities or (("module",) if args.quick else GRANULARITIES))
     model = load_reference(args.weights)
@@ -194,7 +197,7 @@ def main(argv=None) -> int:
         if not args.quick:
             maps[(granularity, 4)] = calibrate(model, setting, granularity, 4, fit=False)
     for n in intervals:
-        schedule = Schedule(interval=n, warmup=setting.warmup)
+        schedule = Schedule(interval=n, warmup=setting.warmup, cooldown=setting.cooldown)
         bench.fewer_steps(n, schedule)
         for granularity in granularities:
             for name in UNIFORM:
