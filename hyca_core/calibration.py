@@ -120,8 +120,11 @@ class Slot:
     @classmethod
     def at(cls, interval: int, warmup: int, target: int) -> Optional["Slot"]:
         anchors = deployment_anchors(interval, warmup, target)
-        if not anchors:
-            return None
+        return cls.held(interval, target, anchors) if anchors else None
+
+    @classmethod
+    def held(cls, interval: int, target: int, anchors: tuple[int, ...]) -> "Slot":
+        """The slot of ``target`` predicted from ``anchors`` (steps, newest first)."""
         h1 = anchors[0] - anchors[1] if len(anchors) > 1 else 1
         h2 = anchors[1] - anchors[2] if len(anchors) > 2 else 1
         return cls(interval, target - anchors[0], h1, h2, len(anchors))
@@ -273,7 +276,7 @@ class Calibrator:
             held = deployment_anchors(n, self.config.warmup, target)
             if not held or any(step not in values for step in held):
                 continue  # computed fully here, or the run did not show the anchors' steps
-            index.append(self._slot_index[Slot.at(n, self.config.warmup, target)])
+            index.append(self._slot_index[Slot.held(n, target, held)])
             anchors.append(held + (held[-1],) * (3 - len(held)))  # missing anchors: differences of 0
         if index:
             a, b, c = (torch.stack([values[steps[j]] for steps in anchors]).float() for j in range(3))
@@ -300,7 +303,8 @@ class Calibrator:
             first = next(t for t in range(10**6) if deployment_anchors(max(short), self.config.warmup, t))
             raise CalibrationError(
                 f"the calibration runs were too short for intervals {short}: with warm-up "
-                f"{self.config.warmup} a run needs at least {first + 1} steps to predict one"
+                f"{self.config.warmup} and cooldown {self.config.cooldown} a run needs at least "
+                f"{first + 1 + self.config.cooldown} steps to predict one"
             )
         scopes = {name: self._choose(_on_cpu(stats)) for name, stats in sorted(self._scopes.items())}
         return CalibrationResult(self.config, scopes, dict(sorted(self._features.items())), self._runs, self._steps)

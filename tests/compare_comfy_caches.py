@@ -108,9 +108,7 @@ class Prompts:
         # no "guidance": the reference weights have no guidance embedding
         self.positive = [[context, {"pooled_output": pooled}]]
         self.negative = [[empty_context, {"pooled_output": empty_pooled}]]
-        shape = (m.data.LATENT_CHANNELS, 16, 16)
-        self.noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i))
-                                  for i in range(len(prompts))])
+        self.noise = m.pipeline.initial_noise(len(prompts), seed)
 
 
 def sample(m, model, batch: Prompts, steps: int) -> torch.Tensor:

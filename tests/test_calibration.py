@@ -184,6 +184,11 @@ def test_too_short_runs_are_explained():
         cal.observe(FEATURE, i, trajectory[i])
     with pytest.raises(CalibrationError, match=r"too short for intervals \[2, 8\].*warm-up 3.*4 steps"):
         cal.finish()
+    cal = Calibrator(CalibrationConfig(intervals=(2, 8), warmup=3, cooldown=2))
+    for i in range(5):  # step 3 would be predicted, but it is inside the cooldown of a 5-step run
+        cal.observe(FEATURE, i, trajectory[i])
+    with pytest.raises(CalibrationError, match=r"warm-up 3 and cooldown 2 a run needs at least 6 steps"):
+        cal.finish()
 
 
 def test_nothing_observed_is_explained():

@@ -25,6 +25,12 @@ def flux_sigmas(steps: int, shift: float = SHIFT) -> torch.Tensor:
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
 
 
+def initial_noise(count: int, seed: int, size: int = 16) -> torch.Tensor:
+    """Unit noise [count, 16, size, size]: sample i draws from seed + i, so it does not depend on the batch."""
+    return torch.stack([torch.randn(LATENT_CHANNELS, size, size, generator=torch.Generator().manual_seed(seed + i))
+                        for i in range(count)])
+
+
 # evaluate(x, sigma, context, pooled, step_context) -> velocity; the default just runs the model
 Evaluate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
 
@@ -38,8 +44,7 @@ def sample(model: Flux, prompts: list[str], seed: int, steps: int = 24, cfg: flo
     if cfg != 1.0:
         empty_context, empty_pooled = encoder([""] * len(prompts))
         context, pooled = torch.cat([context, empty_context]), torch.cat([pooled, empty_pooled])
-    noise = torch.stack([torch.randn(LATENT_CHANNELS, size, size, generator=torch.Generator().manual_seed(seed + i))
-                         for i in range(len(prompts))])
+    noise = initial_noise(len(prompts), seed, size)
     sigmas = flux_sigmas(steps)
     x = noise * sigmas[0]
     run = {"sigmas": sigmas}
