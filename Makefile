@@ -1,7 +1,7 @@
 # Two entry points, both self-installing on a fresh machine (pip only).
 PYTHON ?= python3
 
-.PHONY: demo test deps bench bench-engine test-comfyui
+.PHONY: demo test deps bench bench-engine test-comfyui test-browser
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
@@ -25,4 +25,10 @@ bench-engine: deps
 # Integration tests against a real ComfyUI: COMFYUI_PATH=/path/to/ComfyUI COMFY_PYTHON=/path/to/its/python
 test-comfyui:
 	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
-	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_comfy_integration.py
+	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_comfy_integration.py tests/test_comfy_server.py
+
+# The page in headless chromium (apt-get install chromium; Node.js): same variables as test-comfyui
+test-browser:
+	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
+	cd tests/browser && npm ci --no-audit --no-fund
+	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_browser.py

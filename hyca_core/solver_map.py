@@ -379,53 +379,85 @@ def uniform_predictors(solver: str) -> PredictorBank:
     return PredictorBank(default=HybridPredictor.uniform(solver))
 
 
-def summarize(m: SolverMap, source: str = "") -> str:
-    """A human-readable description of a map (``python -m hyca_core.maps info``)."""
-    lines = []
-    if source:
-        lines.append(f"file         {source}")
+PER_CHANNEL_LISTING = 16  # beyond this many clusters, solvers are listed as counts, not one by one
+
+
+def describe(m: SolverMap) -> dict:
+    """Everything a person wants to know about a map, as plain JSON-ready data: what ``maps info``
+    prints and what the loader node shows. Per scope and interval: each cluster's solver, the
+    hybrid's calibration error and the best single solver's, so a reader sees what clustering buys."""
     arch = m.architecture
-    lines += [
-        f"format       {FORMAT_NAME} v{m.format_version} (written by ComfyUI-HyCa {m.pack_version or '?'})",
-        f"family       {m.family}",
-        f"architecture hidden {arch.get('hidden_size')}, blocks {arch.get('blocks', {})}, "
-        f"{len(arch.get('features', []))} cached features, fingerprint {m.fingerprint}",
-        f"granularity  {m.granularity}",
-        f"mode         {m.mode}{' (fitted weights included)' if m.has_fit else ''}",
-        f"intervals    {', '.join(map(str, m.intervals))}   warm-up {m.warmup}",
-        f"pool         {', '.join(m.pool)}",
-    ]
-    for key in ("author", "description", "license"):
-        if getattr(m, key):
-            lines.append(f"{key:<12} {getattr(m, key)}")
-    if m.provenance:
-        lines.append("calibration  " + ", ".join(f"{k}={v}" for k, v in sorted(m.provenance.items())))
+    scopes = []
     for name, s in m.scopes.items():
         sizes = torch.bincount(s.labels.long(), minlength=s.clusters).tolist()
-        size_text = f"{s.clusters} clusters" if s.clusters > 16 else "clusters " + "/".join(map(str, sizes))
-        lines.append(f"scope {name}: {s.channels} channels, {size_text}, {len(s.features)} features")
+        listed = s.clusters <= PER_CHANNEL_LISTING
+        weights = torch.tensor(sizes if listed else [1] * s.clusters, dtype=torch.float64)
+        weights = weights / weights.sum()
+        rows = []
         for i, n in enumerate(m.intervals):
-            if s.clusters <= 16:
-                solvers = " ".join(m.pool[int(c)] for c in s.choices[i])
-            else:
-                counts = torch.bincount(s.choices[i].long(), minlength=len(m.pool)).tolist()
-                solvers = " ".join(f"{m.pool[j]}x{c}" for j, c in enumerate(counts) if c)
-            chosen = s.errors[s.choices[i].long(), torch.arange(s.clusters), i]
-            weights = torch.tensor(sizes, dtype=torch.float64) if s.clusters <= 16 else torch.ones(s.clusters, dtype=torch.float64)
-            hybrid = float((chosen.double() * weights).sum() / weights.sum())
-            uniform = (s.errors[: len(m.pool), :, i].double() * weights).sum(1) / weights.sum()
+            choice = s.choices[i].long()
+            chosen = s.errors[choice, torch.arange(s.clusters), i].double()
+            uniform = s.errors[: len(m.pool), :, i].double() @ weights
             best = int(uniform.argmin())
-            text = f"  N={n}: {solvers}   mse {hybrid:.3g} vs best uniform {m.pool[best]} {float(uniform[best]):.3g}"
+            row = {"interval": n, "mse": float(chosen @ weights),
+                   "best_uniform": {"solver": m.pool[best], "mse": float(uniform[best])}}
+            if listed:
+                row["solvers"] = [m.pool[int(c)] for c in choice]
+            else:
+                counts = torch.bincount(choice, minlength=len(m.pool)).tolist()
+                row["solver_counts"] = {m.pool[j]: c for j, c in enumerate(counts) if c}
             if s.fitted:
-                fit = float((s.errors[-1, :, i].double() * weights).sum() / weights.sum())
-                text += f", fit {fit:.3g}"
+                row["fit_mse"] = float(s.errors[-1, :, i].double() @ weights)
+            rows.append(row)
+        scopes.append({"name": name, "channels": s.channels, "clusters": s.clusters,
+                       "cluster_sizes": sizes if listed else None, "features": len(s.features), "intervals": rows})
+    return {
+        "format": f"{FORMAT_NAME} v{m.format_version}", "pack_version": m.pack_version,
+        "family": m.family, "granularity": m.granularity, "mode": m.mode, "fitted": m.has_fit,
+        "architecture": {"hidden_size": arch.get("hidden_size"), "blocks": dict(arch.get("blocks", {})),
+                         "features": len(arch.get("features", [])), "fingerprint": m.fingerprint},
+        "intervals": list(m.intervals), "warmup": m.warmup, "pool": list(m.pool),
+        "author": m.author, "description": m.description, "license": m.license,
+        "provenance": dict(m.provenance), "scopes": scopes,
+    }
+
+
+def summarize(m: SolverMap, source: str = "") -> str:
+    """A human-readable description of a map (``python -m hyca_core.maps info``)."""
+    d = describe(m)
+    arch = d["architecture"]
+    lines = [f"file         {source}"] if source else []
+    lines += [
+        f"format       {d['format']} (written by ComfyUI-HyCa {d['pack_version'] or '?'})",
+        f"family       {d['family']}",
+        f"architecture hidden {arch['hidden_size']}, blocks {arch['blocks']}, "
+        f"{arch['features']} cached features, fingerprint {arch['fingerprint']}",
+        f"granularity  {d['granularity']}",
+        f"mode         {d['mode']}{' (fitted weights included)' if d['fitted'] else ''}",
+        f"intervals    {', '.join(map(str, d['intervals']))}   warm-up {d['warmup']}",
+        f"pool         {', '.join(d['pool'])}",
+    ]
+    lines += [f"{key:<12} {d[key]}" for key in ("author", "description", "license") if d[key]]
+    if d["provenance"]:
+        lines.append("calibration  " + ", ".join(f"{k}={v}" for k, v in sorted(d["provenance"].items())))
+    for s in d["scopes"]:
+        sizes = s["cluster_sizes"]
+        size_text = "clusters " + "/".join(map(str, sizes)) if sizes else f"{s['clusters']} clusters"
+        lines.append(f"scope {s['name']}: {s['channels']} channels, {size_text}, {s['features']} features")
+        for row in s["intervals"]:
+            solvers = (" ".join(row["solvers"]) if "solvers" in row
+                       else " ".join(f"{k}x{c}" for k, c in row["solver_counts"].items()))
+            best = row["best_uniform"]
+            text = f"  N={row['interval']}: {solvers}   mse {row['mse']:.3g} vs best uniform {best['solver']} {best['mse']:.3g}"
+            if "fit_mse" in row:
+                text += f", fit {row['fit_mse']:.3g}"
             lines.append(text)
     return "\n".join(lines)
 
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "GRANULARITIES", "MODES", "ScopeAssignment", "SolverMap",
-    "SolverMapError", "SolverMapMismatch", "architecture_fingerprint", "load_solver_map",
+    "SolverMapError", "SolverMapMismatch", "architecture_fingerprint", "describe", "load_solver_map",
     "save_solver_map", "summarize", "uniform_predictors", "validate_map",
 ]
 

@@ -51,6 +51,7 @@ class HyCaApply(io.ComfyNode):
                 io.Boolean.Input("enabled", default=True, tooltip="Off returns the model unchanged."),
             ],
             outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
+            hidden=[io.Hidden.unique_id],  # the run report goes back to this node
         )
 
     @classmethod
@@ -76,5 +77,7 @@ class HyCaApply(io.ComfyNode):
         schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                             start=start_percent, end=end_percent)
         patched = model.clone()
-        install(patched, ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device))
+        hidden = getattr(cls, "hidden", None)  # None when called outside ComfyUI's executor
+        install(patched, ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device),
+                report_to=hidden.unique_id if hidden is not None else None)
         return io.NodeOutput(patched)

@@ -12,6 +12,7 @@ from ..hyca_core.calibration import CalibrationConfig, Calibrator
 from ..hyca_core.session import CalibrateConfig
 from ..hyca_core.solver_map import SolverMap, save_solver_map
 from . import map_folder
+from .chart import calibration_chart
 from .apply import SolverMapType
 from .patch import diffusion_model_of, install
 
@@ -84,6 +85,9 @@ class HyCaCalibrate(io.ComfyNode):
             outputs=[
                 SolverMapType.Output(display_name="solver_map", tooltip="The calibrated map, also saved to disk."),
                 io.Latent.Output(display_name="LATENT", tooltip="The first calibration run's result (uncached)."),
+                io.Image.Output(display_name="chart",
+                                tooltip="Per channel cluster: each solver's calibration error against the interval "
+                                        "N, the chosen one ringed. Connect a Preview Image node to see it."),
             ],
         )
 
@@ -136,4 +140,4 @@ class HyCaCalibrate(io.ComfyNode):
         log.info("HyCa Calibrate: wrote %s", path)
         out = latent_image.copy()
         out["samples"] = first
-        return io.NodeOutput(solver_map, out)
+        return io.NodeOutput(solver_map, out, calibration_chart(solver_map))

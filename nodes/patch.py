@@ -1,7 +1,8 @@
 """Installing HyCa on a ComfyUI ModelPatcher: keyed wrappers and per-block replacements.
 
 - ``OUTER_SAMPLE`` wrapper: builds a fresh per-run state (``RunState``) from the node's config and
-  clears it in ``finally`` (interrupted runs leave nothing behind); logs the run report.
+  clears it in ``finally`` (interrupted runs leave nothing behind); logs the run report and sends
+  it to the browser for the HyCa Apply node that patched the model (``report``).
 - ``DIFFUSION_MODEL`` wrapper: hands each model call to ``hyca_core.session.evaluate`` (time from
   sigmas, stream per cond uuids, full or predicted, NaN -> full recompute).
 - ``patches_replace["dit"]``: one ``BlockPatch`` per block.
@@ -18,6 +19,8 @@ from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and 
     block_patches, evaluate, transformer_options,
 )
 
+from . import report
+
 WRAPPER_KEY = "hyca"
 
 
@@ -29,6 +32,7 @@ def _comfy_free_memory(device) -> int:
 
 def outer_sample_wrapper(executor, *args, **kwargs):
     """Fresh per-run state for every sampling run, cleared whatever happens."""
+    import comfy.model_management
     import comfy.model_patcher
 
     guider = executor.class_obj
@@ -38,22 +42,35 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     state = options[CONFIG_KEY].start(guider.model_patcher.model.diffusion_model)
     state.free_memory = _comfy_free_memory
     options[RUN_KEY] = state
+    status = "failed"
     try:
-        return executor(*args, **kwargs)
+        out = executor(*args, **kwargs)
+        status = "done"
+        return out
+    except comfy.model_management.InterruptProcessingException:
+        status = "interrupted"
+        raise
     finally:
-        state.close()
+        rows = state.close()
         guider.model_options = original
+        node_id = options.get(report.NODE_KEY)
+        if node_id is not None and rows is not None:
+            report.send(report.build(node_id, state, rows, status, report.current_prompt_id()))
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
     return evaluate(executor, args, kwargs, transformer_options(args, kwargs))
 
 
-def install(model_patcher, config) -> None:
-    """Patch a (cloned) ModelPatcher: config, wrappers and a replacement for every block."""
+def install(model_patcher, config, report_to=None) -> None:
+    """Patch a (cloned) ModelPatcher: config, wrappers and a replacement for every block.
+    ``report_to``: the node id that receives each run's report in the browser."""
     import comfy.patcher_extension
 
-    model_patcher.model_options.setdefault("transformer_options", {})[CONFIG_KEY] = config
+    options = model_patcher.model_options.setdefault("transformer_options", {})
+    options[CONFIG_KEY] = config
+    if report_to is not None:
+        options[report.NODE_KEY] = str(report_to)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
     for (kind, i), patch in block_patches(model_patcher.model.diffusion_model, config.family).items():

@@ -48,7 +48,7 @@ class Graph:
 
 CALIBRATE_IO = dict(
     inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
-    outputs=[("solver_map", "HYCA_SOLVER_MAP"), ("LATENT", "LATENT")],
+    outputs=[("solver_map", "HYCA_SOLVER_MAP"), ("LATENT", "LATENT"), ("chart", "IMAGE")],
 )
 APPLY_IO = dict(inputs=[("model", "MODEL"), ("solver_map", "HYCA_SOLVER_MAP")], outputs=[("MODEL", "MODEL")])
 KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
@@ -131,6 +131,8 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video):
         sampler = g.node("HyCaCalibrate", **CALIBRATE_IO, x=x, y=0, width=360,
                          widgets=calibrate_widgets(s["steps"], s["cfg"], s["sampler"], s["scheduler"], name, s["warmup"],
                                                    description=f"{name}: calibrated with the example workflow"))
+        chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=x, y=560, width=380)
+        g.link(sampler, 2, chart, "images")
     else:
         loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"], x=x, y=0)
         apply = g.node("HyCaApply", **APPLY_IO, widgets=apply_widgets(s["interval"], s["warmup"]), x=x, y=120)

@@ -7,9 +7,9 @@ from hyca_core.synthetic import mixture_trajectory
 FEATURES = ("double_blocks.0.img_attn", "double_blocks.1.img_attn", "single_blocks.0.total")
 
 
-def small_map(fit: bool = True, channels: int = 16, clusters: int = 2) -> SolverMap:
+def small_map(fit: bool = True, channels: int = 16, clusters: int = 2, per_channel: bool = False) -> SolverMap:
     """A real calibrated map over a tiny synthetic model with two feature scopes."""
-    cal = Calibrator(CalibrationConfig(clusters=clusters, intervals=(2, 3, 4), fit=fit))
+    cal = Calibrator(CalibrationConfig(clusters=clusters, per_channel=per_channel, intervals=(2, 3, 4), fit=fit))
     trajectory, _ = mixture_trajectory(steps=16, tokens=8, channels=channels)
     for i in range(trajectory.shape[0]):
         for j, feature in enumerate(FEATURES):

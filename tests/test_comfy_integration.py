@@ -180,6 +180,61 @@ def test_interrupted_run_leaves_no_state(setup):
     assert torch.equal(sample(model, setup), clean)
 
 
+# -- run report for the browser ------------------------------------------------------------------
+@pytest.fixture
+def browser(monkeypatch):
+    """PromptServer.instance as a recorder of send_sync, with a client that queued the prompt. (ComfyUI's
+    ``server`` module cannot be imported beside the tests; test_comfy_server covers the real one.)"""
+    import sys
+    import types
+
+    sent = []
+    instance = types.SimpleNamespace(client_id="tab-7", send_sync=lambda *a: sent.append(a))
+    module = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=instance))
+    monkeypatch.setitem(sys.modules, "server", module)
+    return sent
+
+
+def apply_as_node(model, node_id, **inputs):
+    """HyCa Apply as ComfyUI's executor runs it: a class clone holding the node's hidden inputs."""
+    from comfy_api.latest import io
+
+    node = apply_node.HyCaApply.PREPARE_CLASS_CLONE({io.Hidden.unique_id: node_id})
+    args = dict(interval=4, warmup_steps=3, cooldown_steps=1, start_percent=0.0, end_percent=1.0,
+                granularity="module", cache_device="auto", enabled=True, **inputs)
+    return node.execute(model, **args).result[0]
+
+
+def test_each_run_sends_its_report_to_the_apply_node(setup, browser):
+    from comfy_execution.utils import CurrentNodeContext
+
+    model = apply_as_node(setup["model"], "17")
+    with CurrentNodeContext("prompt-1", "3"):  # the KSampler's context, as during a real prompt
+        sample(model, setup)
+    sample(model, setup)
+    assert [(event, sid) for event, _, sid in browser] == [("hyca.report", "tab-7")] * 2
+    first, second = (message for _, message, _ in browser)
+    assert first["node"] == "17" and first["prompt_id"] == "prompt-1" and second["prompt_id"] is None
+    assert first["status"] == "done" and first["full"] + first["predicted"] == STEPS
+    assert first["conds"] == second["conds"]  # a fresh state per run: the same counts again
+
+
+def test_an_interrupted_run_reports_it(setup, browser):
+    def interrupt(step, *_):
+        if step == 6:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(apply_as_node(setup["model"], "5"), setup, callback=interrupt)
+    (message,) = (m for _, m, _ in browser)
+    assert message["status"] == "interrupted" and message["full"] + message["predicted"] < STEPS
+
+
+def test_no_report_without_a_node_id(setup, browser):
+    sample(hyca(setup["model"]), setup)  # HyCa Apply called outside ComfyUI's executor
+    assert browser == []
+
+
 def test_nan_prediction_is_recomputed_fully(setup, monkeypatch, caplog):
     model = hyca(setup["model"], interval=4, warmup=3)
     clean = sample(model, setup)
@@ -237,7 +292,8 @@ def test_calibrate_loader_apply_round_trip(setup, maps_dir, reference):
     node = calibrate_node.HyCaCalibrate.execute(
         setup["model"], setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 24, 2.0, "euler", "simple",
         1.0, 1, 2, "2-6", 3, 1, False, "module", f"tiny-{fam}", "test map")
-    solver_map, calibrated_latent = node.result
+    solver_map, calibrated_latent, chart = node.result
+    assert chart.dim() == 4 and chart.shape[0] == 1 and chart.shape[-1] == 3  # an IMAGE for PreviewImage
     path = maps_dir / f"tiny-{fam}.safetensors"
     assert path.is_file() and solver_map.family == fam and solver_map.mode == "choose"
     uncached = sample(setup["model"], setup, steps=24)

@@ -1,0 +1,75 @@
+"""The run report: after every sampling run of a HyCa-patched model, what caching did, sent to the
+browser as a ``hyca.report`` message for the HyCa Apply node that patched the model.
+
+``build`` is plain Python (tested in CI); ``send`` hands the message to ComfyUI's server, only for
+the client that queued the prompt, as ComfyUI does for its own ``executed`` messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Optional
+
+EVENT = "hyca.report"
+NODE_KEY = "hyca_report_node"  # transformer_options: id of the HyCa Apply node that gets the report
+FORMAT = 1
+
+log = logging.getLogger("hyca")
+
+
+def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optional[str] = None) -> dict:
+    """The message for one sampling run. ``rows`` are ``RunState.close()``'s, one per cond."""
+    config = state.config
+    schedule = config.schedule
+    solver_map = config.solver_map
+    conds = [{key: row[key] for key in ("cond", "full", "predicted", "recomputed", "resets", "flops_speedup",
+                                        "peak_cache_bytes")} for row in rows]
+    full = sum(c["full"] for c in conds)
+    predicted = sum(c["predicted"] for c in conds)
+    seconds = rows[0]["seconds"] if rows else 0.0
+    return {
+        "format": FORMAT, "node": str(node_id), "prompt_id": prompt_id, "status": status,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(float(seconds), 3),
+        "full": full, "predicted": predicted,
+        "flops_speedup": round((full + predicted) / full, 3) if full else 1.0,  # the FLOPs bound of the run
+        "peak_cache_bytes": sum(c["peak_cache_bytes"] for c in conds),
+        "interval": schedule.interval, "warmup": schedule.warmup, "cooldown": schedule.cooldown,
+        "granularity": config.granularity, "used_granularity": state.granularity,
+        "map": os.path.basename(solver_map.source) if solver_map is not None else None,
+        "solver": None if solver_map is not None else config.solver,
+        "conds": conds,
+        "notes": list(state.notes) + [f"{c['cond']}: {c['recomputed']} forecast step(s) gave NaN/inf and were "
+                                      f"computed fully" for c in conds if c["recomputed"]],
+    }
+
+
+def running_server():
+    """ComfyUI's PromptServer if this process runs one (main.py imports ``server`` before loading
+    the nodes); None in scripts and tests, where importing it ourselves would start nothing."""
+    module = sys.modules.get("server")
+    return getattr(getattr(module, "PromptServer", None), "instance", None)
+
+
+def send(message: dict) -> None:
+    """To the client that queued the running prompt; never raises (a report must not fail a run)."""
+    server = running_server()
+    if server is None or getattr(server, "client_id", None) is None:
+        return  # no browser to show it to: the log line is the report
+    try:
+        server.send_sync(EVENT, message, server.client_id)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("HyCa: could not send the run report to the browser: %s", exc)
+
+
+def current_prompt_id() -> Optional[str]:
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        return context.prompt_id if context is not None else None
+    except Exception:  # noqa: BLE001  (an older ComfyUI without execution contexts)
+        return None
