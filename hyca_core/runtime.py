@@ -69,6 +69,11 @@ class StreamStats:
     full_reasons: Counter = field(default_factory=Counter)
     recomputed: int = 0  # predicted evaluations thrown away because the output was not finite
     resets: int = 0  # histories dropped after a shape, dtype or device change
+    timeline: list = field(default_factory=list)  # per evaluation: F full, · forecast, ! recomputed
+
+    @property
+    def pattern(self) -> str:
+        return "".join(self.timeline)
 
     @property
     def evaluations(self) -> int:
@@ -93,6 +98,7 @@ class CacheStream:
         self._signature: Optional[Hashable] = None
         self._t = 0.0
         self._full = True
+        self._forced = False
         self._warned_nonfinite = False
 
     @property
@@ -111,7 +117,7 @@ class CacheStream:
                 self.stats.resets += 1
             self._signature = signature
         reason = "forced" if force_full else self.schedule.full_reason(t, n_steps, self._last_full, self._in_row)
-        self._t, self._full = float(t), reason is not None
+        self._t, self._full, self._forced = float(t), reason is not None, force_full
         if reason is not None:
             self.stats.full_reasons[reason] += 1
         return self._full
@@ -134,6 +140,7 @@ class CacheStream:
         if self._full:
             self._last_full, self._in_row = self._t, 0
             self.stats.full += 1
+            self.stats.timeline.append("!" if self._forced else "F")
             return True
         if output is not None and not bool(torch.isfinite(output).all()):
             self.stats.recomputed += 1
@@ -143,6 +150,7 @@ class CacheStream:
             return False
         self._in_row += 1
         self.stats.predicted += 1
+        self.stats.timeline.append("·")
         return True
 
     def reset(self) -> None:

@@ -126,6 +126,7 @@ class RunState:
             rows.append({
                 "cond": stream.name, "full": s.full, "predicted": s.predicted, "recomputed": s.recomputed,
                 "resets": s.resets, "flops_speedup": s.flops_speedup, "seconds": seconds,
+                "full_reasons": dict(s.full_reasons), "timeline": s.pattern,
                 "peak_cache_bytes": stream.store.peak_nbytes, "granularity": self.granularity,
             })
         return rows

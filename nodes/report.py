@@ -26,7 +26,7 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
     schedule = config.schedule
     solver_map = config.solver_map
     conds = [{key: row[key] for key in ("cond", "full", "predicted", "recomputed", "resets", "flops_speedup",
-                                        "peak_cache_bytes")} for row in rows]
+                                        "peak_cache_bytes", "full_reasons", "timeline")} for row in rows]
     full = sum(c["full"] for c in conds)
     predicted = sum(c["predicted"] for c in conds)
     seconds = rows[0]["seconds"] if rows else 0.0
@@ -42,9 +42,25 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
         "map": os.path.basename(solver_map.source) if solver_map is not None else None,
         "solver": None if solver_map is not None else config.solver,
         "conds": conds,
-        "notes": list(state.notes) + [f"{c['cond']}: {c['recomputed']} forecast step(s) gave NaN/inf and were "
-                                      f"computed fully" for c in conds if c["recomputed"]],
+        "notes": list(state.notes) + _diagnoses(conds, schedule),
     }
+
+
+def _diagnoses(conds: list[dict], schedule) -> list[str]:
+    """What a user would otherwise dig out of the console: why steps were not forecast."""
+    notes = []
+    for c in conds:
+        if c["recomputed"]:
+            notes.append(f"{c['cond']}: {c['recomputed']} forecast step(s) gave NaN/inf and were computed fully")
+        if c["resets"]:
+            notes.append(f"{c['cond']}: the input changed shape, dtype or device {c['resets']} time(s); "
+                         "caching restarted each time")
+        if c["full"] and not c["predicted"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["full_reasons"].items()))
+            notes.append(f"{c['cond']}: no step was forecast ({reasons}): raise the steps, or lower interval "
+                         f"({schedule.interval}), warmup_steps ({schedule.warmup}) or cooldown_steps "
+                         f"({schedule.cooldown}), or widen start/end_percent")
+    return notes
 
 
 def running_server():

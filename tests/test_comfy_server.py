@@ -70,6 +70,8 @@ def test_run_report_reaches_the_apply_node(server):
     (cond,) = report["conds"]  # cfg 2: positive and negative share one batched call
     assert sorted(cond["cond"].split("+")) == ["negative", "positive"]
     assert cond["full"] + cond["predicted"] == 12 and cond["predicted"] > 0
+    # warm-up 2, then one full step every 3, and the full last step
+    assert cond["timeline"] == "FF··F··F··FF" and cond["full_reasons"]["cooldown"] == 1
     assert report["flops_speedup"] == pytest.approx(12 / cond["full"], rel=1e-3)
     assert report["peak_cache_bytes"] > 0
 

@@ -85,10 +85,11 @@ def fake_state(solver_map=None, notes=(), granularity="module", used="module"):
     return SimpleNamespace(config=config, notes=list(notes), granularity=used)
 
 
-def row(cond, full, predicted, recomputed=0, peak=1000):
-    return {"cond": cond, "full": full, "predicted": predicted, "recomputed": recomputed, "resets": 0,
+def row(cond, full, predicted, recomputed=0, peak=1000, resets=0):
+    return {"cond": cond, "full": full, "predicted": predicted, "recomputed": recomputed, "resets": resets,
             "flops_speedup": (full + predicted) / full, "peak_cache_bytes": peak, "seconds": 2.5,
-            "granularity": "module"}
+            "granularity": "module", "full_reasons": {"warmup": 3, "interval": full - 3},
+            "timeline": "FFF" + "·" * predicted + "F" * (full - 3)}
 
 
 def test_report_sums_conds_and_names_the_fallbacks(solver_map):
@@ -108,9 +109,19 @@ def test_report_sums_conds_and_names_the_fallbacks(solver_map):
 
 
 def test_report_without_a_map_names_the_uniform_solver():
-    message = report.build("3", fake_state(), [row("positive", 12, 0)], "interrupted")
-    assert message["map"] is None and message["solver"] == "taylor1" and message["flops_speedup"] == 1.0
+    message = report.build("3", fake_state(), [row("positive", 12, 4)], "interrupted")
+    assert message["map"] is None and message["solver"] == "taylor1"
+    assert message["flops_speedup"] == pytest.approx(16 / 12, rel=1e-3)
     assert message["status"] == "interrupted" and message["notes"] == []
+    assert message["conds"][0]["timeline"] == "FFF····FFFFFFFFF"
+
+
+def test_report_explains_a_run_that_forecast_nothing_or_restarted():
+    message = report.build("3", fake_state(), [row("positive", 12, 0, resets=2)], "done")
+    restarted, nothing = message["notes"]
+    assert "changed shape, dtype or device 2 time(s)" in restarted
+    assert nothing.startswith("positive: no step was forecast (interval 9, warmup 3)")
+    assert "interval (4), warmup_steps (3) or cooldown_steps (1)" in nothing
 
 
 def test_report_send_goes_to_the_queueing_client_only(monkeypatch):

@@ -44,6 +44,7 @@ def test_full_steps_store_and_predicted_steps_forecast():
         torch.testing.assert_close(out, line(step))  # taylor1 is exact on a line
     assert stream.stats.full == 4 and stream.stats.predicted == 4
     assert stream.stats.full_reasons == {"no anchor": 1, "warmup": 1, "interval": 2}
+    assert stream.stats.pattern == "FF··F··F"  # what the run report shows, one mark per evaluation
 
 
 def test_prediction_uses_real_uneven_spacing():
@@ -105,6 +106,7 @@ def test_non_finite_prediction_is_refused_and_recomputed():
     assert stream.accept(torch.tensor([2.0]))
     assert stream.stats.recomputed == 1 and stream.stats.full == 3 and stream.stats.predicted == 0
     assert stream.stats.full_reasons["forced"] == 1
+    assert stream.stats.pattern == "FF!"  # the refused forecast is not counted, its recompute is marked
 
 
 def test_signature_change_restarts_with_a_full_step():

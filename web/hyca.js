@@ -17,6 +17,8 @@ const STYLE = `
 .hyca-panel .hyca-dim { color: #8aa2ad; }
 .hyca-panel .hyca-warn { color: #ffcf70; }
 .hyca-panel .hyca-error { color: #ff8a80; }
+.hyca-panel .hyca-full { color: #9fe0c9; }
+.hyca-panel .hyca-timeline { letter-spacing: 1px; word-break: break-all; margin-bottom: 2px; }
 .hyca-panel table { border-collapse: collapse; margin-top: 3px; }
 .hyca-panel td, .hyca-panel th { padding: 0 6px 0 0; text-align: left; vertical-align: top; font-weight: normal; }
 .hyca-panel th { color: #8aa2ad; }
@@ -53,7 +55,7 @@ function ranges(numbers) {
 const PANEL_MAX_HEIGHT = 320; // longer contents scroll
 const PANEL_MARGIN = 4;
 
-function addPanel(node, name, placeholder) {
+function addPanel(node, name, placeholder, minWidth = 320) {
   injectStyle();
   // The frontend stretches a DOM widget's element to the widget; the inner div has the content's
   // own height, which sizes the widget.
@@ -81,7 +83,7 @@ function addPanel(node, name, placeholder) {
     if (content.offsetHeight === measured) return;
     measured = content.offsetHeight;
     const wanted = node.computeSize();
-    node.setSize([Math.max(node.size[0], wanted[0], 320), wanted[1]]);
+    node.setSize([Math.max(node.size[0], wanted[0], minWidth), wanted[1]]);
     node.setDirtyCanvas(true, true);
   }).observe(content);
   const show = (html) => { content.innerHTML = html; };
@@ -98,9 +100,12 @@ function reportHtml(r) {
   ];
   for (const c of r.conds) {
     const recomputed = c.recomputed ? ` · <span class="hyca-warn">${c.recomputed} recomputed</span>` : "";
+    const reasons = Object.entries(c.full_reasons || {}).map(([k, v]) => `${k} ${v}`).join(", ");
     lines.push(
       `<div>${esc(c.cond)}: ${c.full} full + ${c.predicted} forecast (${c.flops_speedup.toFixed(2)}×)` +
         ` · cache ${mib(c.peak_cache_bytes)}${recomputed}</div>`,
+      `<div class="hyca-timeline" title="each model call in order: F full, · forecast, ! forecast refused and ` +
+        `recomputed. Full because of: ${esc(reasons)}">${timelineHtml(c.timeline || "")}</div>`,
     );
   }
   const source = r.map ? `map ${esc(r.map)}` : `no map: ${esc(r.solver)} everywhere`;
@@ -112,6 +117,20 @@ function reportHtml(r) {
   for (const note of r.notes || []) lines.push(`<div class="hyca-warn">⚠ ${esc(note)}</div>`);
   lines.push(`<div class="hyca-dim">last run ${esc(when)}</div>`);
   return lines.join("");
+}
+
+// "FFF··F···" as coloured runs; very long runs (video, many steps) are cut with a count.
+const TIMELINE_MAX = 160;
+function timelineHtml(timeline) {
+  const shown = [...timeline].slice(0, TIMELINE_MAX);
+  const runs = [];
+  for (const c of shown) {
+    if (runs.length && runs[runs.length - 1][0] === c) runs[runs.length - 1][1] += c;
+    else runs.push([c, c]);
+  }
+  const cls = { F: "hyca-full", "·": "hyca-dim", "!": "hyca-warn" };
+  const more = timeline.length > TIMELINE_MAX ? ` <span class="hyca-dim">+${timeline.length - TIMELINE_MAX}</span>` : "";
+  return runs.map(([c, text]) => `<span class="${cls[c] || ""}">${esc(text)}</span>`).join("") + more;
 }
 
 function showReport(node, report) {
@@ -187,7 +206,7 @@ async function showMapDetails(node, name) {
 }
 
 function setUpLoader(node) {
-  node.hycaDetails = addPanel(node, "hyca_map_details", "Select a map to see what it holds.");
+  node.hycaDetails = addPanel(node, "hyca_map_details", "Select a map to see what it holds.", 440);
   const combo = node.widgets?.find((w) => w.name === "map_name");
   if (!combo) return;
   const callback = combo.callback;

@@ -127,7 +127,8 @@ try {
     return window.app.queuePrompt(0, 1);
   });
   const report = await waitForPanel("hyca_report", "HyCaApply", "FLOPs bound", 180_000);
-  check("report renders on HyCa Apply", /\d+ full \+ \d+ forecast/.test(report) && report.includes(opts.map), report);
+  check("report renders on HyCa Apply", /\d+ full \+ \d+ forecast/.test(report) && report.includes(opts.map) &&
+    report.includes("FF··F"), report);
   await page.waitForFunction(() => window.app.graph._nodes.some((n) => n.type === "PreviewImage" && n.imgs?.length),
     null, { timeout: 60_000 });
   await page.evaluate(() => {
