@@ -53,9 +53,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     finally:
         rows = state.close()
         guider.model_options = original
-        node_id = options.get(report.NODE_KEY)
-        if node_id is not None and rows is not None:
-            report.send(report.build(node_id, state, rows, status, report.current_prompt_id()))
+        if options.get(report.NODE_KEY) is not None:
+            report.publish(options[report.NODE_KEY], state, rows, status)
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
@@ -69,6 +68,7 @@ def install(model_patcher, config, report_to=None) -> None:
 
     options = model_patcher.model_options.setdefault("transformer_options", {})
     options[CONFIG_KEY] = config
+    options.pop(report.NODE_KEY, None)  # a model patched before (HyCa Apply -> Calibrate) reports no more
     if report_to is not None:
         options[report.NODE_KEY] = str(report_to)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)

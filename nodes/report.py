@@ -63,6 +63,14 @@ def _diagnoses(conds: list[dict], schedule) -> list[str]:
     return notes
 
 
+def publish(node_id: str, state, rows: list[dict], status: str) -> None:
+    """Build and send one run's report; a defect here is logged, never raised into the run."""
+    try:
+        send(build(node_id, state, rows, status, current_prompt_id()))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("HyCa: could not build the run report: %s", exc)
+
+
 def running_server():
     """ComfyUI's PromptServer if this process runs one (main.py imports ``server`` before loading
     the nodes); None in scripts and tests, where importing it ourselves would start nothing."""

@@ -230,6 +230,15 @@ def test_an_interrupted_run_reports_it(setup, browser):
     assert message["status"] == "interrupted" and message["full"] + message["predicted"] < STEPS
 
 
+def test_calibrating_an_applied_model_sends_no_report(setup, browser, maps_dir, caplog):
+    applied = apply_as_node(setup["model"], "17")
+    calibrate_node.HyCaCalibrate.execute(
+        applied, setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 12, 2.0, "euler", "simple",
+        1.0, 1, 2, "2-3", 3, 1, False, "module", "from-applied", "")
+    assert browser == [] and (maps_dir / "from-applied.safetensors").is_file()
+    assert "run report" not in caplog.text  # not even tried: Calibrate's install dropped Apply's node id
+
+
 def test_no_report_without_a_node_id(setup, browser):
     sample(hyca(setup["model"]), setup)  # HyCa Apply called outside ComfyUI's executor
     assert browser == []

@@ -173,3 +173,8 @@ def test_route_refuses_everything_else(name, status):
     with pytest.raises(routes.RouteError) as caught:
         routes.check_name(name, lambda: KNOWN)
     assert caught.value.status == status and caught.value.message
+
+
+def test_a_broken_report_is_logged_not_raised(caplog):
+    report.publish("1", SimpleNamespace(config=None, notes=[]), [], "done")  # no schedule to read
+    assert "could not build the run report" in caplog.text
