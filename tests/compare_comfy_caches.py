@@ -116,13 +116,13 @@ def sample(m, model, batch: Prompts, steps: int) -> torch.Tensor:
                            torch.zeros_like(batch.noise), seed=0, disable_pbar=True)
 
 
-def calibrate(m, model, steps: int, intervals, runs: int):
+def calibrate(m, model, steps: int, intervals, runs: int, cooldown: int):
     """A HyCa map (C=2, the paper's "choose" mode) from the uncached model on calibration prompts,
     through the pack's own calibration hooks (what HyCa Calibrate does, without writing a file)."""
     diffusion_model = model.model.diffusion_model
     family = m.families.detect(diffusion_model)
     calibrator = m.calibration.Calibrator(m.calibration.CalibrationConfig(clusters=2, intervals=tuple(intervals),
-                                                                          warmup=WARMUP))
+                                                                          warmup=WARMUP, cooldown=cooldown))
     patched = model.clone()
     m.patch.install(patched, m.session.CalibrateConfig(family, "module", calibrator))
     prompts = [s.prompt for s in m.data.scenes(4242, 8)]
@@ -131,11 +131,12 @@ def calibrate(m, model, steps: int, intervals, runs: int):
     return m.solver_map.SolverMap.from_calibration(
         calibrator.finish(), family=family.name, granularity="module", warmup=WARMUP,
         architecture=m.families.architecture(diffusion_model, family, "module"),
-        provenance={"steps": steps, "sampler": "euler", "scheduler": "simple", "cfg": CFG}, mode="choose")
+        provenance={"steps": steps, "sampler": "euler", "scheduler": "simple", "cfg": CFG, "cooldown": cooldown},
+        mode="choose")
 
 
-def hyca(m, model, interval, solver_map=None):
-    return m.apply.HyCaApply.execute(model, interval, WARMUP, 0, 0.0, 1.0, "module", "auto", True,
+def hyca(m, model, interval, cooldown, solver_map=None):
+    return m.apply.HyCaApply.execute(model, interval, WARMUP, cooldown, 0.0, 1.0, "module", "auto", True,
                                      solver_map=solver_map).result[0]
 
 
@@ -264,6 +265,8 @@ def main(argv=None) -> int:
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
                         help="EasyCache / LazyCache reuse_threshold sweep")
     parser.add_argument("--calibration-runs", type=int, default=2, help="calibration runs of 8 prompts (default 2)")
+    parser.add_argument("--cooldown", type=int, default=1,
+                        help="HyCa's full last steps, in calibration and deployment (default 1, HyCa Apply's default)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 20 steps, 4 pairs, 1 repeat, N 3 6, thresholds 0.1 0.5 2, 1 calibration run")
     parser.add_argument("--out", default="compare_out", help="folder for results.json and results.md")
@@ -297,11 +300,11 @@ def main(argv=None) -> int:
     bench.record("uncached", "-", uncached["latents"], uncached["seconds"], uncached["calls_per_eval"] * args.steps,
                  uncached)
     started = time.perf_counter()
-    solver_map = calibrate(m, model, args.steps, args.intervals, args.calibration_runs)
+    solver_map = calibrate(m, model, args.steps, args.intervals, args.calibration_runs, args.cooldown)
     print(f"calibrated a C=2 map on {args.calibration_runs}x8 prompts in {time.perf_counter() - started:.1f} s")
     for n in args.intervals:
-        bench.record("HyCa (map)", f"N={n}", *bench.measure(hyca(m, model, n, solver_map)), uncached, n=n)
-        bench.record("HyCa (no map)", f"N={n}", *bench.measure(hyca(m, model, n)), uncached, n=n)
+        bench.record("HyCa (map)", f"N={n}", *bench.measure(hyca(m, model, n, args.cooldown, solver_map)), uncached, n=n)
+        bench.record("HyCa (no map)", f"N={n}", *bench.measure(hyca(m, model, n, args.cooldown)), uncached, n=n)
 
     windows = [NODE_WINDOW, (WARMUP / args.steps, 1.0)]
 
@@ -335,13 +338,14 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"steps": args.steps, "pairs": args.pairs, "batch": size, "repeats": args.repeats, "cfg": CFG,
-                   "warmup": WARMUP, "cache_windows": windows, "torch": torch.__version__,
+                   "warmup": WARMUP, "cooldown": args.cooldown, "cache_windows": windows, "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "comfyui": comfyui_version(path),
                    "easycache_batched_cfg": easycache_batched,
                    "sanity": sanity,
                    "uncached_seconds": {"start": uncached["seconds"], "end": retimed},
                    "rows": rows}, f, indent=1)
-    table = markdown(rows) + (f"\n{args.steps} steps, {args.pairs} held-out prompts in batches of {size}, CFG {CFG}; "
+    table = markdown(rows) + (f"\n{args.steps} steps, {args.pairs} held-out prompts in batches of {size}, CFG {CFG}, "
+                              f"HyCa warm-up {WARMUP} and cooldown {args.cooldown}; "
                               f"wall: median of {args.repeats} run(s); uncached took {uncached['seconds']:.2f} s "
                               f"at the start and {retimed:.2f} s at the end. Settings t=threshold [start,end] are "
                               f"EasyCache / LazyCache's reuse_threshold and window. EasyCache's diffusion model gets "

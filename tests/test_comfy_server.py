@@ -90,3 +90,10 @@ def test_help_pages_and_schema_read_well(server, node):
 
     with urllib.request.urlopen(f"{server.url}/extensions/ComfyUI-HyCa/docs/{node}.md") as page:
         assert page.status == 200 and page.read().decode().startswith("# HyCa")
+
+
+def test_two_sampling_passes_send_two_reports_of_one_prompt(server):
+    messages = server.run(apply_prompt(None, apply_id="8", second_pass=True))
+    first, second = [m["data"] for m in messages if m["type"] == "hyca.report"]
+    assert first["node"] == second["node"] == "8" and first["prompt_id"] == second["prompt_id"]
+    assert first["conds"][0]["timeline"] != second["conds"][0]["timeline"]  # denoise 0.5: the second is shorter

@@ -5,7 +5,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const EVENT = "hyca.report";
-const REPORT_PROPERTY = "hyca_last_report"; // saved with the workflow, so it survives a reload
+const REPORT_PROPERTY = "hyca_last_report"; // {prompt_id, runs}: saved with the workflow, survives a reload
 const COLOURS = { color: "#2a4858", bgcolor: "#1d333f" }; // one colour for the pack's three nodes
 const HYCA_NODES = new Set(["HyCaApply", "HyCaSolverMapLoader", "HyCaCalibrate"]);
 
@@ -133,9 +133,21 @@ function timelineHtml(timeline) {
   return runs.map(([c, text]) => `<span class="${cls[c] || ""}">${esc(text)}</span>`).join("") + more;
 }
 
-function showReport(node, report) {
+// A prompt can sample several times through one HyCa Apply (hires fix, two passes, loops): the
+// node keeps every run of the latest prompt, the most recent MAX_RUNS of them.
+const MAX_RUNS = 4;
+
+function withRun(saved, report) {
+  const runs = saved?.prompt_id && saved.prompt_id === report.prompt_id ? saved.runs ?? [] : [];
+  return { prompt_id: report.prompt_id, runs: [...runs, report].slice(-MAX_RUNS) };
+}
+
+function showReport(node, saved) {
   if (!node.hycaReport) node.hycaReport = addPanel(node, "hyca_report", "Run a prompt to see what HyCa did.");
-  node.hycaReport.show(reportHtml(report));
+  const runs = saved.runs ?? [];
+  node.hycaReport.show(runs.map((run, i) => (runs.length > 1 ?
+    `<div class="hyca-dim" style="margin-top:${i ? 4 : 0}px">sampling run ${i + 1} of this prompt</div>` : "") +
+    reportHtml(run)).join(""));
 }
 
 // Execution ids are node ids, or "outer:inner" paths for nodes inside subgraphs.
@@ -236,8 +248,8 @@ app.registerExtension({
     api.addEventListener(EVENT, ({ detail }) => {
       const node = nodeByExecutionId(detail.node);
       if (!node || node.comfyClass !== "HyCaApply") return;
-      node.properties[REPORT_PROPERTY] = detail;
-      showReport(node, detail);
+      const saved = (node.properties[REPORT_PROPERTY] = withRun(node.properties[REPORT_PROPERTY], detail));
+      showReport(node, saved);
       // store the open workflow now, so the report is still there after a reload
       app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState();
     });
@@ -247,7 +259,7 @@ app.registerExtension({
     if (nodeData.name === "HyCaApply") {
       afterConfigure(nodeType, (node) => {
         const saved = node.properties?.[REPORT_PROPERTY];
-        if (saved) showReport(node, saved);
+        if (saved?.runs?.length) showReport(node, saved);
       });
     } else if (nodeData.name === "HyCaSolverMapLoader") {
       afterConfigure(nodeType, (node) => {

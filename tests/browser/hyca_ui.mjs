@@ -127,8 +127,11 @@ try {
     return window.app.queuePrompt(0, 1);
   });
   const report = await waitForPanel("hyca_report", "HyCaApply", "FLOPs bound", 180_000);
-  check("report renders on HyCa Apply", /\d+ full \+ \d+ forecast/.test(report) && report.includes(opts.map) &&
-    report.includes("FF··F"), report);
+  const reportOk = /\d+ full \+ \d+ forecast/.test(report) && report.includes(opts.map) && report.includes("FF··F");
+  check("report renders on HyCa Apply", reportOk, report);
+  await waitForPanel("hyca_report", "HyCaApply", "sampling run 2 of this prompt", 60_000);
+  const passes = await panelText("hyca_report", "HyCaApply");
+  check("both sampling passes of the prompt are shown", passes.includes("sampling run 1 of this prompt"), passes);
   await page.waitForFunction(() => window.app.graph._nodes.some((n) => n.type === "PreviewImage" && n.imgs?.length),
     null, { timeout: 60_000 });
   await page.evaluate(() => {
@@ -145,7 +148,7 @@ try {
   await page.waitForTimeout(1500); // the frontend stores the open workflow on change
   await openApp();
   const restored = await waitForPanel("hyca_report", "HyCaApply", "FLOPs bound", 20_000);
-  check("report is back after a reload", restored === report, restored);
+  check("report is back after a reload", restored === passes, restored);
   await page.screenshot({ path: join(opts.out, "hyca-after-reload.png") });
   check("no console errors from the pack", summary.ours.length === 0, summary.ours.join("\n"));
   summary.ok = true;
