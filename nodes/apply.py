@@ -52,6 +52,9 @@ class HyCaApply(io.ComfyNode):
             ],
             outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
             hidden=[io.Hidden.unique_id],  # the run report goes back to this node
+            # The patched model carries this node's id for its reports: an identical HyCa Apply
+            # elsewhere in the graph must not be served this node's cached output.
+            not_idempotent=True,
         )
 
     @classmethod

@@ -150,9 +150,10 @@ def calibrate_prompt(name: str) -> dict:
     return prompt
 
 
-def apply_prompt(map_name: str | None, apply_id: str = "8", second_pass: bool = False) -> dict:
-    """Loader -> Apply -> KSampler -> SaveLatent; ``second_pass``: a second KSampler (denoise 0.5) on
-    the first one's result through the same HyCa Apply, like a hires-fix pass."""
+def apply_prompt(map_name: str | None, apply_id: str = "8", second_pass: bool = False, seed: int = 0) -> dict:
+    """Loader -> Apply -> KSampler -> SaveLatent; ``second_pass``: a second KSampler (8 steps, denoise 0.5) on
+    the first one's result through the same HyCa Apply, like a hires-fix pass. Give each test its own
+    ``seed``: ComfyUI serves a sampler whose inputs it has seen from its cache, and then no run happens."""
     prompt = _inputs()
     apply_inputs = {"model": ["1", 0], "interval": 3, "warmup_steps": 2, "cooldown_steps": 1, "start_percent": 0.0,
                     "end_percent": 1.0, "granularity": "module", "cache_device": "auto", "enabled": True}
@@ -161,12 +162,13 @@ def apply_prompt(map_name: str | None, apply_id: str = "8", second_pass: bool = 
         apply_inputs["solver_map"] = ["7", 0]
     prompt[apply_id] = {"class_type": "HyCaApply", "inputs": apply_inputs}
     prompt["9"] = {"class_type": "KSampler", "inputs": {
-        "model": [apply_id, 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], **SAMPLING}}
+        "model": [apply_id, 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], **SAMPLING,
+        "seed": seed}}
     prompt["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "hyca-test"}}
     if second_pass:
         prompt["11"] = {"class_type": "KSampler", "inputs": {
             "model": [apply_id, 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["9", 0],
-            **SAMPLING, "denoise": 0.5}}
+            **SAMPLING, "steps": 8, "denoise": 0.5}}
         prompt["12"] = {"class_type": "SaveLatent", "inputs": {"samples": ["11", 0], "filename_prefix": "hyca-pass2"}}
     return prompt
 

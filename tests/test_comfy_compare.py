@@ -28,8 +28,8 @@ def test_tiny_comparison_counts_full_evaluations_and_writes_the_table(tmp_path):
     assert uncached["full"] == STEPS
     hyca_rows = by_method["HyCa (map)"] + by_method["HyCa (no map)"]
     assert len(hyca_rows) == 4
-    for row in hyca_rows:  # HyCa's schedule, exactly: warm-up, then one full step every N
-        assert row["full"] == len(Schedule(interval=row["N"], warmup=3).full_steps(STEPS)) < STEPS, row
+    for row in hyca_rows:  # HyCa's schedule, exactly: warm-up, one full step every N, a full last step
+        assert row["full"] == len(Schedule(interval=row["N"], warmup=3, cooldown=1).full_steps(STEPS)) < STEPS, row
     easycache = next(rows for name, rows in by_method.items() if name.startswith("EasyCache"))
     for row in easycache + by_method["LazyCache"]:
         assert 0 < row["full"] <= STEPS and float(row["full"]).is_integer(), row
