@@ -3,6 +3,7 @@
 // GET /hyca/map). Both are display-only widgets: never written into widgets_values.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { detailsHtml, esc, reportRunsHtml, withRun } from "./hyca_render.js";
 
 const EVENT = "hyca.report";
 const REPORT_PROPERTY = "hyca_last_report"; // {prompt_id, runs}: saved with the workflow, survives a reload
@@ -30,25 +31,6 @@ function injectStyle() {
   style.id = "hyca-style";
   style.textContent = STYLE;
   document.head.appendChild(style);
-}
-
-const esc = (value) =>
-  String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-
-function mib(bytes) {
-  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(2)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-}
-
-function ranges(numbers) {
-  // [2,3,4,6] -> "2-4, 6"
-  const parts = [];
-  for (let i = 0; i < numbers.length; ) {
-    let j = i;
-    while (j + 1 < numbers.length && numbers[j + 1] === numbers[j] + 1) j++;
-    parts.push(i === j ? `${numbers[i]}` : `${numbers[i]}-${numbers[j]}`);
-    i = j + 1;
-  }
-  return parts.join(", ");
 }
 
 // -- a display panel as a DOM widget ------------------------------------------------------------
@@ -90,64 +72,9 @@ function addPanel(node, name, placeholder, minWidth = 320) {
   return { element, content, widget, show };
 }
 
-// -- HyCa Apply: run report ----------------------------------------------------------------------
-function reportHtml(r) {
-  const when = new Date(r.finished).toLocaleString();
-  const status = r.status === "done" ? "" : ` <span class="hyca-warn">(${esc(r.status)})</span>`;
-  const lines = [
-    `<div class="hyca-head">${r.flops_speedup.toFixed(2)}× FLOPs bound · ${r.full} full + ${r.predicted} forecast` +
-      ` · ${r.seconds.toFixed(1)} s${status}</div>`,
-  ];
-  for (const c of r.conds) {
-    const recomputed = c.recomputed ? ` · <span class="hyca-warn">${c.recomputed} recomputed</span>` : "";
-    const reasons = Object.entries(c.full_reasons || {}).map(([k, v]) => `${k} ${v}`).join(", ");
-    lines.push(
-      `<div>${esc(c.cond)}: ${c.full} full + ${c.predicted} forecast (${c.flops_speedup.toFixed(2)}×)` +
-        ` · cache ${mib(c.peak_cache_bytes)}${recomputed}</div>`,
-      `<div class="hyca-timeline" title="each model call in order: F full, · forecast, ! forecast refused and ` +
-        `recomputed. Full because of: ${esc(reasons)}">${timelineHtml(c.timeline || "")}</div>`,
-    );
-  }
-  const source = r.map ? `map ${esc(r.map)}` : `no map: ${esc(r.solver)} everywhere`;
-  const fellBack = r.used_granularity !== r.granularity ? ` → <span class="hyca-warn">${esc(r.used_granularity)}</span>` : "";
-  lines.push(
-    `<div class="hyca-dim">${source} · N=${r.interval} · warm-up ${r.warmup} · cooldown ${r.cooldown} · ` +
-      `${esc(r.granularity)}${fellBack}</div>`,
-  );
-  for (const note of r.notes || []) lines.push(`<div class="hyca-warn">⚠ ${esc(note)}</div>`);
-  lines.push(`<div class="hyca-dim">last run ${esc(when)}</div>`);
-  return lines.join("");
-}
-
-// "FFF··F···" as coloured runs; very long runs (video, many steps) are cut with a count.
-const TIMELINE_MAX = 160;
-function timelineHtml(timeline) {
-  const shown = [...timeline].slice(0, TIMELINE_MAX);
-  const runs = [];
-  for (const c of shown) {
-    if (runs.length && runs[runs.length - 1][0] === c) runs[runs.length - 1][1] += c;
-    else runs.push([c, c]);
-  }
-  const cls = { F: "hyca-full", "·": "hyca-dim", "!": "hyca-warn" };
-  const more = timeline.length > TIMELINE_MAX ? ` <span class="hyca-dim">+${timeline.length - TIMELINE_MAX}</span>` : "";
-  return runs.map(([c, text]) => `<span class="${cls[c] || ""}">${esc(text)}</span>`).join("") + more;
-}
-
-// A prompt can sample several times through one HyCa Apply (hires fix, two passes, loops): the
-// node keeps every run of the latest prompt, the most recent MAX_RUNS of them.
-const MAX_RUNS = 4;
-
-function withRun(saved, report) {
-  const runs = saved?.prompt_id && saved.prompt_id === report.prompt_id ? saved.runs ?? [] : [];
-  return { prompt_id: report.prompt_id, runs: [...runs, report].slice(-MAX_RUNS) };
-}
-
 function showReport(node, saved) {
   if (!node.hycaReport) node.hycaReport = addPanel(node, "hyca_report", "Run a prompt to see what HyCa did.");
-  const runs = saved.runs ?? [];
-  node.hycaReport.show(runs.map((run, i) => (runs.length > 1 ?
-    `<div class="hyca-dim" style="margin-top:${i ? 4 : 0}px">sampling run ${i + 1} of this prompt</div>` : "") +
-    reportHtml(run)).join(""));
+  node.hycaReport.show(reportRunsHtml(saved));
 }
 
 // Execution ids are node ids, or "outer:inner" paths for nodes inside subgraphs.
@@ -160,42 +87,6 @@ function nodeByExecutionId(id) {
     graph = node.subgraph;
   }
   return node;
-}
-
-// -- HyCa Solver Map Loader: map details ---------------------------------------------------------
-function detailsHtml(d) {
-  const arch = d.architecture;
-  const blocks = Object.entries(arch.blocks || {}).map(([k, v]) => `${v} ${esc(k)}`).join(" + ");
-  const p = d.provenance || {};
-  const calibrated = [
-    p.steps && `${p.steps} steps`, p.sampler && `${esc(p.sampler)}/${esc(p.scheduler)}`, p.cfg !== undefined && `cfg ${p.cfg}`,
-    p.runs && `${p.runs} run(s)`, p.cooldown !== undefined && `cooldown ${p.cooldown}`, p.date && esc(p.date),
-  ].filter(Boolean).join(" · ");
-  const lines = [
-    `<div class="hyca-head">${esc(d.family)} · ${esc(d.granularity)} · ${d.mode === "fit" ? "fitted weights" : "pool solvers"}</div>`,
-    `<div class="hyca-dim">hidden ${arch.hidden_size} · ${blocks} · ${arch.features} features · ${esc(arch.fingerprint)}</div>`,
-    `<div>intervals ${ranges(d.intervals)} · warm-up ${d.warmup}</div>`,
-  ];
-  for (const s of d.scopes) {
-    const sizes = s.cluster_sizes ? s.cluster_sizes.join("/") : `${s.clusters}`;
-    const rows = s.intervals.map((row) => {
-      const solvers = row.solvers
-        ? row.solvers.map(esc).join(" · ")
-        : Object.entries(row.solver_counts).map(([k, v]) => `${esc(k)}×${v}`).join(" ");
-      const best = row.best_uniform;
-      return `<tr><td>N=${row.interval}</td><td>${solvers}</td>` +
-        `<td class="hyca-dim">${row.mse.toExponential(1)} vs ${esc(best.solver)} ${best.mse.toExponential(1)}</td></tr>`;
-    });
-    lines.push(
-      `<div style="margin-top:4px">${esc(s.name)} <span class="hyca-dim">${s.channels} ch, clusters ${sizes}</span></div>` +
-        `<table><tr><th></th><th>solver per cluster</th><th>mse vs best single</th></tr>${rows.join("")}</table>`,
-    );
-  }
-  for (const key of ["author", "description", "license"]) {
-    if (d[key]) lines.push(`<div><span class="hyca-dim">${key}</span> ${esc(d[key])}</div>`);
-  }
-  if (calibrated) lines.push(`<div class="hyca-dim">calibrated: ${calibrated}</div>`);
-  return lines.join("");
 }
 
 async function showMapDetails(node, name) {

@@ -1,0 +1,42 @@
+"""The frontend's rendering (web/hyca_render.js) against JSON the Python side really produces:
+``describe`` of real maps and ``report.build`` of a run. Runs Node's own test runner; skipped with
+the reason where there is no Node.js."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import load_pack, small_map
+from test_frontend_data import fake_state, row
+
+from hyca_core.solver_map import describe
+
+pack = load_pack()
+from comfyui_hyca.nodes import report  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_frontend_renders_the_servers_json(tmp_path, solver_map):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js on PATH: the frontend's rendering tests run with node --test")
+    solver_map.source = "/maps/flux-dev.safetensors"
+    solver_map.mode = "fit"
+    hostile = small_map()
+    hostile.description = "<img src=x onerror=alert(1)>"
+    state = fake_state(solver_map, used="block")
+    fixtures = {
+        "details.json": {"name": "flux-dev.safetensors", **describe(solver_map)},
+        "details-hostile.json": describe(hostile),
+        "details-per-channel.json": describe(small_map(fit=False, channels=24, per_channel=True)),
+        "report.json": report.build("12", state, [row("positive", 8, 22), row("negative", 10, 20, recomputed=2)],
+                                    "done", "p1"),
+    }
+    for name, data in fixtures.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    run = subprocess.run([node, "--test", str(HERE / "web" / "render.test.mjs")], capture_output=True, text=True,
+                         timeout=120, env={"HYCA_FIXTURES": str(tmp_path), "PATH": ""})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
