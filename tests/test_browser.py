@@ -53,6 +53,7 @@ def test_nodes_details_and_report_in_the_browser(comfy_server, tmp_path):
     names = [c["name"] for c in result["checks"]]
     for expected in ("search finds and adds HyCa Apply", "search finds and adds HyCa Solver Map Loader",
                      "search finds and adds HyCa Calibrate", "loader shows the map's details",
+                     "loader links the map's calibration chart",
                      "report renders on HyCa Apply", "both sampling passes of the prompt are shown",
                      "report is back after a reload", "no console errors from the pack"):
         assert expected in names

@@ -39,6 +39,17 @@ def test_route_describes_a_map(server, prefix):
     assert all(len(row["solvers"]) == 2 and set(row["solvers"]) <= set(body["pool"]) for row in scope["intervals"])
 
 
+def test_chart_route_draws_the_map(server):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/api/hyca/map/chart?name={MAP}") as page:
+        assert page.status == 200 and page.headers["Content-Type"] == "image/png"
+        assert page.read().startswith(b"\x89PNG\r\n\x1a\n")
+    status, body = server.get("/hyca/map/chart", name="../outside.safetensors")
+    assert status == 400 and "not a map name" in body["error"]  # the same checks as the details
+    assert server.get("/hyca/map/chart", name="broken.safetensors")[0] == 422
+
+
 @pytest.mark.parametrize("name, status, words", [
     (None, 400, "missing map name"),
     ("", 400, "missing map name"),

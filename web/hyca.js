@@ -23,6 +23,7 @@ const STYLE = `
 .hyca-panel table { border-collapse: collapse; margin-top: 3px; }
 .hyca-panel td, .hyca-panel th { padding: 0 6px 0 0; text-align: left; vertical-align: top; font-weight: normal; }
 .hyca-panel th { color: #8aa2ad; }
+.hyca-panel a.hyca-link { color: #7cc4ff; }
 `;
 
 function injectStyle() {
@@ -101,7 +102,8 @@ async function showMapDetails(node, name) {
   try {
     const response = await api.fetchApi(`/hyca/map?name=${encodeURIComponent(name)}`);
     const body = await response.json();
-    html = response.ok ? detailsHtml(body) : `<span class="hyca-error">${esc(body.error || response.statusText)}</span>`;
+    const chart = api.apiURL(`/hyca/map/chart?name=${encodeURIComponent(name)}`);
+    html = response.ok ? detailsHtml(body, chart) : `<span class="hyca-error">${esc(body.error || response.statusText)}</span>`;
   } catch (error) {
     html = `<span class="hyca-error">could not read ${esc(name)}: ${esc(error.message)}</span>`;
   }

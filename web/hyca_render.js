@@ -91,7 +91,7 @@ export function reportRunsHtml(saved) {
 }
 
 // -- HyCa Solver Map Loader: map details ---------------------------------------------------------
-export function detailsHtml(d) {
+export function detailsHtml(d, chartUrl = null) {
   const arch = d.architecture;
   const blocks = Object.entries(arch.blocks || {}).map(([k, v]) => `${v} ${esc(k)}`).join(" + ");
   const p = d.provenance || {};
@@ -123,5 +123,7 @@ export function detailsHtml(d) {
     if (d[key]) lines.push(`<div><span class="hyca-dim">${key}</span> ${esc(d[key])}</div>`);
   }
   if (calibrated) lines.push(`<div class="hyca-dim">calibrated: ${calibrated}</div>`);
+  if (chartUrl) lines.push(`<div><a class="hyca-link" href="${esc(chartUrl)}" target="_blank" rel="noopener">` +
+    `calibration chart ↗</a> <span class="hyca-dim">each solver's error against N, per cluster</span></div>`);
   return lines.join("");
 }

@@ -114,6 +114,14 @@ try {
   }, workflow);
   const details = await waitForPanel("hyca_map_details", "HyCaSolverMapLoader", "flux · module", 20_000);
   check("loader shows the map's details", details.includes("intervals 2-4") && details.includes("N=3"), details);
+  const chart = await page.evaluate(async () => { // the details' chart link serves a PNG
+    const node = window.app.graph._nodes.find((n) => n.comfyClass === "HyCaSolverMapLoader");
+    const href = node.widgets.find((w) => w.name === "hyca_map_details").element.querySelector("a.hyca-link")?.href;
+    const response = href && (await fetch(href));
+    return { href, status: response?.status, type: response?.headers.get("content-type") };
+  });
+  check("loader links the map's calibration chart", chart.status === 200 && chart.type === "image/png",
+    JSON.stringify(chart));
   const saved = await page.evaluate(() => {
     const node = window.app.graph.serialize().nodes.find((n) => n.type === "HyCaSolverMapLoader");
     return node.widgets_values;

@@ -72,6 +72,9 @@ test("map details: header, scopes with each cluster's solver, provenance", () =>
   }
   assert.ok(shown.includes("author tests") && shown.includes("license CC0-1.0"), shown);
   assert.ok(shown.includes("calibrated: 16 steps · euler/simple · 1 run(s)"), shown);
+  assert.ok(!shown.includes("calibration chart"));
+  const linked = detailsHtml(d, "/api/hyca/map/chart?name=a%20b.safetensors&x=<y>");
+  assert.ok(linked.includes('href="/api/hyca/map/chart?name=a%20b.safetensors&amp;x=&lt;y&gt;"'), linked);
 });
 
 test("per-channel maps list solver counts", () => {
