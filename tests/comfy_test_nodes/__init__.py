@@ -13,43 +13,26 @@ from comfy_env import build, conditioning, latent  # noqa: E402
 FAMILIES = ["flux", "qwen_image", "hunyuan_video"]
 
 
-class HyCaTestModel:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"family": (FAMILIES,), "seed": ("INT", {"default": 0})}}
+def tiny_node(return_type: str, make, **inputs):
+    """A V1 node: a family combo plus ``inputs``, returning ``make(family=..., **inputs)``."""
 
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "run"
-    CATEGORY = "testing/HyCa"
+    class Node:
+        RETURN_TYPES = (return_type,)
+        FUNCTION = "run"
+        CATEGORY = "testing/HyCa"
 
-    def run(self, family, seed):
-        return (build(family, seed),)
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"family": (FAMILIES,), **inputs}}
 
+        def run(self, **values):
+            return (make(**values),)
 
-class HyCaTestConditioning:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"family": (FAMILIES,), "seed": ("INT", {"default": 1})}}
-
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "run"
-    CATEGORY = "testing/HyCa"
-
-    def run(self, family, seed):
-        return (conditioning(family, seed),)
+    return Node
 
 
-class HyCaTestLatent:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"family": (FAMILIES,)}}
-
-    RETURN_TYPES = ("LATENT",)
-    FUNCTION = "run"
-    CATEGORY = "testing/HyCa"
-
-    def run(self, family):
-        return ({"samples": latent(family)},)
-
-
-NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in (HyCaTestModel, HyCaTestConditioning, HyCaTestLatent)}
+NODE_CLASS_MAPPINGS = {
+    "HyCaTestModel": tiny_node("MODEL", build, seed=("INT", {"default": 0})),
+    "HyCaTestConditioning": tiny_node("CONDITIONING", conditioning, seed=("INT", {"default": 1})),
+    "HyCaTestLatent": tiny_node("LATENT", lambda family: {"samples": latent(family)}),
+}
