@@ -10,6 +10,7 @@ from ..hyca_core import families
 from ..hyca_core.schedule import Schedule
 from ..hyca_core.solver_map import SolverMapMismatch
 from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
+from .report import map_notes
 
 SolverMapType = io.Custom("HYCA_SOLVER_MAP")
 log = logging.getLogger("hyca")
@@ -66,21 +67,20 @@ class HyCaApply(io.ComfyNode):
             raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
+        notes = []
         if solver_map is not None:
             if solver_map.granularity != granularity:
                 raise SolverMapMismatch(
                     f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
                     f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
             solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
-            calibrated = (solver_map.warmup, solver_map.provenance.get("cooldown", cooldown_steps))
-            if calibrated != (warmup_steps, cooldown_steps):
-                log.warning("HyCa Apply: %s was calibrated for warmup_steps=%s, cooldown_steps=%s; this node uses "
-                            "%d and %d, so its solvers were scored on other anchor spacings", solver_map.source,
-                            *calibrated, warmup_steps, cooldown_steps)
+            notes = map_notes(solver_map, interval, warmup_steps, cooldown_steps)
+            for note in notes:
+                log.warning("HyCa Apply: %s", note)
         schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                             start=start_percent, end=end_percent)
         patched = model.clone()
         hidden = getattr(cls, "hidden", None)  # None when called outside ComfyUI's executor
         install(patched, ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device),
-                report_to=hidden.unique_id if hidden is not None else None)
+                report_to=hidden.unique_id if hidden is not None else None, notes=notes)
         return io.NodeOutput(patched)

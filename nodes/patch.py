@@ -54,21 +54,22 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         rows = state.close()
         guider.model_options = original
         if options.get(report.NODE_KEY) is not None:
-            report.publish(options[report.NODE_KEY], state, rows, status)
+            report.publish(options[report.NODE_KEY], state, rows, status, options.get(report.NOTES_KEY, ()))
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):
     return evaluate(executor, args, kwargs, transformer_options(args, kwargs))
 
 
-def install(model_patcher, config, report_to=None) -> None:
+def install(model_patcher, config, report_to=None, notes=()) -> None:
     """Patch a (cloned) ModelPatcher: config, wrappers and a replacement for every block.
-    ``report_to``: the node id that receives each run's report in the browser."""
+    ``report_to``: the node id that receives each run's report in the browser, with ``notes``."""
     import comfy.patcher_extension
 
     options = model_patcher.model_options.setdefault("transformer_options", {})
     options[CONFIG_KEY] = config
     options.pop(report.NODE_KEY, None)  # a model patched before (HyCa Apply -> Calibrate) reports no more
+    options[report.NOTES_KEY] = tuple(notes)
     if report_to is not None:
         options[report.NODE_KEY] = str(report_to)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)

@@ -15,13 +15,16 @@ from typing import Optional
 
 EVENT = "hyca.report"
 NODE_KEY = "hyca_report_node"  # transformer_options: id of the HyCa Apply node that gets the report
+NOTES_KEY = "hyca_report_notes"  # transformer_options: what HyCa Apply found when patching
 FORMAT = 1
 
 log = logging.getLogger("hyca")
 
 
-def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optional[str] = None) -> dict:
-    """The message for one sampling run. ``rows`` are ``RunState.close()``'s, one per cond."""
+def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optional[str] = None,
+          apply_notes=()) -> dict:
+    """The message for one sampling run. ``rows`` are ``RunState.close()``'s, one per cond;
+    ``apply_notes`` what HyCa Apply found when it patched the model (a map calibrated otherwise)."""
     config = state.config
     schedule = config.schedule
     solver_map = config.solver_map
@@ -42,8 +45,24 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
         "map": os.path.basename(solver_map.source) if solver_map is not None else None,
         "solver": None if solver_map is not None else config.solver,
         "conds": conds,
-        "notes": list(state.notes) + _diagnoses(conds, schedule),
+        "notes": list(apply_notes) + list(state.notes) + _diagnoses(conds, schedule),
     }
+
+
+def map_notes(solver_map, interval: int, warmup: int, cooldown: int) -> list[str]:
+    """Where HyCa Apply's schedule leaves what the map was calibrated for (logged when patching, and
+    shown in every run report: quality can drop for these reasons)."""
+    name = os.path.basename(solver_map.source)
+    notes = []
+    calibrated = (solver_map.warmup, solver_map.provenance.get("cooldown", cooldown))
+    if calibrated != (warmup, cooldown):
+        notes.append(f"{name} was calibrated for warmup_steps={calibrated[0]}, cooldown_steps={calibrated[1]}; "
+                     f"this node uses {warmup} and {cooldown}, so its solvers were scored on other anchor spacings")
+    if interval > 1 and interval not in solver_map.intervals:
+        nearest = solver_map.intervals[solver_map.interval_column(interval)]
+        notes.append(f"{name} has no solvers for interval {interval}: using those chosen for N={nearest} "
+                     f"(calibrated: {', '.join(map(str, solver_map.intervals))})")
+    return notes
 
 
 def _diagnoses(conds: list[dict], schedule) -> list[str]:
@@ -63,10 +82,10 @@ def _diagnoses(conds: list[dict], schedule) -> list[str]:
     return notes
 
 
-def publish(node_id: str, state, rows: list[dict], status: str) -> None:
+def publish(node_id: str, state, rows: list[dict], status: str, apply_notes=()) -> None:
     """Build and send one run's report; a defect here is logged, never raised into the run."""
     try:
-        send(build(node_id, state, rows, status, current_prompt_id()))
+        send(build(node_id, state, rows, status, current_prompt_id(), apply_notes))
     except Exception as exc:  # noqa: BLE001
         log.warning("HyCa: could not build the run report: %s", exc)
 

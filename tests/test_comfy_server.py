@@ -119,3 +119,10 @@ def test_identical_apply_nodes_each_get_their_own_reports(server):
     prompt["23"] = {"class_type": "SaveLatent", "inputs": {"samples": ["22", 0], "filename_prefix": "hyca-twin"}}
     messages = server.run(prompt)
     assert sorted(m["data"]["node"] for m in messages if m["type"] == "hyca.report") == ["21", "8"]
+
+
+def test_report_says_when_the_map_lacks_the_interval(server):
+    prompt = apply_prompt(MAP, apply_id="8", seed=106)
+    prompt["8"]["inputs"]["interval"] = 5  # the map covers 2-4
+    (report,) = [m["data"] for m in server.run(prompt) if m["type"] == "hyca.report"]
+    assert f"{MAP} has no solvers for interval 5: using those chosen for N=4" in report["notes"][0]

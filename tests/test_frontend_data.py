@@ -124,6 +124,20 @@ def test_report_explains_a_run_that_forecast_nothing_or_restarted():
     assert "interval (4), warmup_steps (3) or cooldown_steps (1)" in nothing
 
 
+def test_map_notes_name_what_the_schedule_changes(solver_map):
+    solver_map.source = "/maps/flux-dev.safetensors"
+    solver_map.provenance["cooldown"] = 1
+    assert report.map_notes(solver_map, 4, 3, 1) == []  # the map's own schedule and one of its N
+    warm, = report.map_notes(solver_map, 3, 2, 0)
+    assert warm.startswith("flux-dev.safetensors was calibrated for warmup_steps=3, cooldown_steps=1; this node "
+                           "uses 2 and 0")
+    far, = report.map_notes(solver_map, 7, 3, 1)
+    assert far == "flux-dev.safetensors has no solvers for interval 7: using those chosen for N=4 (calibrated: 2, 3, 4)"
+    assert report.map_notes(solver_map, 1, 3, 1) == []  # interval 1 forecasts nothing
+    message = report.build("1", fake_state(solver_map), [row("positive", 8, 22)], "done", apply_notes=[far])
+    assert message["notes"][0] == far
+
+
 def test_report_send_goes_to_the_queueing_client_only(monkeypatch):
     import sys
 
