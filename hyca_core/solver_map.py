@@ -13,7 +13,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
