@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -39,6 +39,9 @@ class EvalContext:
     verify: bool = False  # first full evaluation at module granularity: check our rebuild
     mismatch: Optional[str] = None  # set when the check failed
     scratch: dict = field(default_factory=dict)
+    # Sensitivity probes only (``hyca_core.sensitivity``): feature, value -> a small change to add
+    # to that fully computed feature, so its effect on the final output can be measured.
+    perturb: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None
 
 
 def context(args: dict) -> Optional[EvalContext]:
@@ -74,7 +77,10 @@ class BlockPatch:
             inputs = {k: args[k].clone() for k in self.outputs}  # blocks update their inputs in place
             out = original(args)
             for k in self.outputs:
-                stream.remember(f"{self.prefix}.{k}", out[k] - inputs[k])
+                name = f"{self.prefix}.{k}"
+                stream.remember(name, out[k] - inputs[k])
+                if ctx.perturb is not None:
+                    out = {**out, k: out[k] + ctx.perturb(name, out[k] - inputs[k])}
             return out
         device = args["img"].device
         return {k: args[k] + stream.predict(f"{self.prefix}.{k}", device=device) for k in self.outputs}
@@ -86,7 +92,10 @@ class BlockPatch:
         if ctx.full:
             out = original(args)
             if self.last:
-                ctx.stream.remember("stack", out["img"] - ctx.scratch["stack_input"])
+                residual = out["img"] - ctx.scratch["stack_input"]
+                ctx.stream.remember("stack", residual)
+                if ctx.perturb is not None:
+                    out = {**out, "img": out["img"] + ctx.perturb("stack", residual)}
             return out
         if not self.last:
             return {k: args[k] for k in self.outputs}  # skipped: the input passes through
@@ -108,7 +117,7 @@ class BlockPatch:
         handles = []
         try:
             for branch in self.adapter.branches:
-                hook = self._capture(branch, stream, seen, kept)
+                hook = self._capture(branch, stream, seen, kept, ctx.perturb)
                 handles.append(block.get_submodule(branch.module).register_forward_hook(hook))
             out = original(args)
         finally:
@@ -121,7 +130,7 @@ class BlockPatch:
             self._verify(ctx, block, args, inputs, kept, out)
         return out
 
-    def _capture(self, branch, stream, seen, kept):
+    def _capture(self, branch, stream, seen, kept, perturb=None):
         name = f"{self.prefix}.{branch.name}"
 
         def hook(module, inputs, output):
@@ -130,6 +139,14 @@ class BlockPatch:
             seen.add(branch.name)
             if kept is not None:
                 kept[branch.name] = value.clone()
+            if perturb is None:
+                return None
+            changed = value + perturb(name, value)  # a forward hook's return replaces the output
+            if branch.output_index is None:
+                return changed
+            items = list(output)
+            items[branch.output_index] = changed
+            return type(output)(items)
         return hook
 
     @torch.no_grad()

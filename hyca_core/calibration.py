@@ -62,6 +62,9 @@ class CalibrationConfig:
     cooldown: int = 0  # last steps it computes fully: never predicted, so never scored
     window_dtype: Optional[torch.dtype] = None  # None keeps the feature's dtype
     window_device: Optional[str] = None  # None keeps the feature's device
+    # How strongly an error at each step reaches the final output (``hyca_core.sensitivity``):
+    # step i's statistics are scaled by step_weights[i] (the last entry beyond the end). None: all 1.
+    step_weights: Optional[tuple[float, ...]] = None
 
     def __post_init__(self):
         if not self.per_channel and not 1 <= self.clusters <= 16:
@@ -82,6 +85,16 @@ class CalibrationConfig:
             raise CalibrationError("tokens must be >= 4")
         if self.warmup < 0 or self.cooldown < 0:
             raise CalibrationError(f"warmup and cooldown must be >= 0, got {self.warmup}, {self.cooldown}")
+        if self.step_weights is not None:
+            weights = np.asarray(self.step_weights, dtype=np.float64)
+            if weights.ndim != 1 or not weights.size or not np.isfinite(weights).all() or (weights < 0).any() \
+                    or not (weights > 0).any():
+                raise CalibrationError("step_weights must be a non-empty list of finite weights >= 0, not all 0")
+
+    def step_weight(self, step: int) -> float:
+        if self.step_weights is None:
+            return 1.0
+        return float(self.step_weights[min(step, len(self.step_weights) - 1)])
 
     @property
     def slots(self) -> list["Slot"]:
@@ -278,14 +291,16 @@ class Calibrator:
                 continue  # computed fully here, or the run did not show the anchors' steps
             index.append(self._slot_index[Slot.held(n, target, held)])
             anchors.append(held + (held[-1],) * (3 - len(held)))  # missing anchors: differences of 0
-        if index:
+        weight = self.config.step_weight(target)
+        if index and weight > 0:
             a, b, c = (torch.stack([values[steps[j]] for steps in anchors]).float() for j in range(3))
             p, q, y = a - b, b - c, current - a  # [K, rows, D]
             sums = torch.stack([(p * p).sum(1), (p * q).sum(1), (q * q).sum(1),
                                 (p * y).sum(1), (q * y).sum(1), (y * y).sum(1)], 1)  # [K, 6, D]
             at = torch.tensor(index, device=sums.device)
-            stats.moments.index_add_(0, at, sums.to(torch.float64))
-            stats.counts.index_add_(0, at, torch.full((len(index),), float(current.shape[0]),
+            # weighted sums and weighted row counts: errors stay mean squared errors, weighted by step
+            stats.moments.index_add_(0, at, sums.to(torch.float64) * weight)
+            stats.counts.index_add_(0, at, torch.full((len(index),), weight * current.shape[0],
                                                       dtype=torch.float64, device=sums.device))
         history = [values.get(target - j) for j in range(4)]
         if all(h is not None for h in history):

@@ -235,3 +235,32 @@ def test_streams_side_by_side_keep_separate_windows():
         separate.end_run()
     a, b = interleaved.finish().scopes[SCOPE], separate.finish().scopes[SCOPE]
     torch.testing.assert_close(a.errors, b.errors)
+
+
+def test_step_weights_change_the_choice_on_a_case_built_for_it():
+    """Early steps follow a line (taylor1 exact, reuse poor), late steps are a constant with jitter
+    (reuse best). Unweighted, the early steps' large errors decide; weighted to the late steps, the
+    choice flips to reuse."""
+    steps, g = 32, torch.Generator().manual_seed(0)
+    t = torch.arange(steps, dtype=torch.float32)
+    line = t.clamp_max(12.0)
+    jitter = 0.1 * torch.randn(steps, 8, 4, generator=g) * (t >= 12).float()[:, None, None]
+    trajectory = line[:, None, None] + jitter
+
+    def choose(weights):
+        config = CalibrationConfig(clusters=1, intervals=(4,), warmup=1, fit=False, step_weights=weights)
+        cal = Calibrator(config)
+        for i in range(steps):
+            cal.observe(FEATURE, i, trajectory[i])
+        scope = cal.finish().scopes[SCOPE]
+        return config.pool[int(scope.choices[0, 0])]
+
+    late = tuple(0.0 if i < 18 else 1.0 for i in range(steps))
+    assert choose(None) != "reuse"
+    assert choose(late) == "reuse"
+
+
+def test_step_weights_are_checked():
+    for bad in ((), (0.0, 0.0), (1.0, -1.0), (float("nan"),)):
+        with pytest.raises(CalibrationError, match="step_weights"):
+            CalibrationConfig(step_weights=bad)

@@ -26,10 +26,10 @@ from typing import Optional
 import torch
 
 from .. import families
-from ..calibration import CalibrationConfig, Calibrator
 from ..metrics import psnr, ssim
 from ..schedule import Schedule
-from ..session import RUN_KEY, ApplyConfig, CalibrateConfig, block_patches, evaluate
+from ..procedure import Procedure, calibrate as calibrate_procedure
+from ..session import RUN_KEY, ApplyConfig, block_patches, evaluate
 from ..solver_map import SolverMap
 from .data import decode, scenes
 from .pipeline import WEIGHTS, load_reference, sample
@@ -66,22 +66,36 @@ def cached_evaluator(model, config: ApplyConfig):
     return call, state
 
 
-def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: bool) -> SolverMap:
-    calibrator = Calibrator(CalibrationConfig(clusters=clusters, intervals=tuple(range(2, 9)), fit=fit,
-                                              warmup=setting.warmup, cooldown=setting.cooldown))
-    family = families.detect(model)
-    config = CalibrateConfig(family, granularity, calibrator)
-    prompts = [s.prompt for s in scenes(4242, 8)]
-    for run in range(setting.calibration_runs):
+def reference_runner(model, setting: Setting, prompts_per_seed: int = 8):
+    """``run(seed, config)`` for ``hyca_core.procedure``: calibration seed ``s`` samples its own
+    prompts (``scenes(4242 + s)``) from its own noise, under any HyCa config (None: uncached)."""
+
+    def run(seed, config):
+        prompts = [s.prompt for s in scenes(4242 + seed, prompts_per_seed)]
+        if config is None:
+            return sample(model, prompts, seed=50_000 + 100 * seed, steps=setting.steps, cfg=setting.cfg)
         call, state = cached_evaluator(model, config)
-        sample(model, prompts, seed=50_000 + 100 * run, steps=setting.steps, cfg=setting.cfg, evaluate=call)
-        state.close()
-    return SolverMap.from_calibration(
-        calibrator.finish(), family="flux", granularity=granularity, warmup=setting.warmup,
-        architecture=families.architecture(model, family, granularity),
-        provenance={"steps": setting.steps, "sampler": "euler", "cfg": setting.cfg, "seeds": "50000+100r",
-                    "cooldown": setting.cooldown},
-        mode="fit" if fit else "choose")
+        try:
+            return sample(model, prompts, seed=50_000 + 100 * seed, steps=setting.steps, cfg=setting.cfg, evaluate=call)
+        finally:
+            state.close()
+
+    return run
+
+
+def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: bool, refine: str = "off",
+              intervals=tuple(range(2, 9))) -> SolverMap:
+    return calibrate_outcome(model, setting, granularity, clusters, fit, refine, intervals).solver_map
+
+
+def calibrate_outcome(model, setting: Setting, granularity: str, clusters: int, fit: bool, refine: str = "off",
+                      intervals=tuple(range(2, 9)), probes=0):
+    procedure = Procedure(steps=setting.steps, warmup=setting.warmup, cooldown=setting.cooldown,
+                          intervals=tuple(intervals), clusters=clusters, fit=fit, refine=refine,
+                          runs=setting.calibration_runs, probes=probes)
+    return calibrate_procedure(reference_runner(model, setting), model, families.detect(model), granularity,
+                               procedure, provenance={"sampler": "euler", "cfg": setting.cfg,
+                                                      "seeds": "50000+100s, prompts scenes(4242+s)"})
 
 
 def timed(fn, repeats, times: Optional[list] = None):

@@ -1,0 +1,124 @@
+"""The whole calibration, from uncached runs to a verified solver map, over one ``run`` callable.
+
+1. optional sensitivity probes (``probes``): how strongly each step's feature error reaches the
+   final output (``hyca_core.sensitivity``), turned into per-step weights. Off by default: on the
+   bundled reference model the measured sensitivity rises ~10^4-fold from the first forecast step
+   to the last, and scoring with it chose solvers that lost 3-7 dB closed-loop against the
+   unweighted choice (BENCHMARKS.md, "Calibration that pays"); the closed loop below is what wins;
+2. uncached calibration runs streamed into the ``Calibrator`` with those weights: the open-loop map;
+3. closed-loop refinement and the per-N guarantee against uniform solvers (``hyca_core.closed_loop``).
+
+``run(seed, config)`` samples once with ``seed`` under ``config`` (a ``CalibrateConfig``,
+``ProbeConfig`` or ``ApplyConfig``; None: plain uncached) and returns the final output. HyCa
+Calibrate implements it with ComfyUI's sampler, the reference benchmark with its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from . import families, sensitivity
+from .calibration import CalibrationConfig, Calibrator
+from .closed_loop import REFINE_LEVELS, closed_loop
+from .session import CalibrateConfig
+from .solver_map import SolverMap
+
+log = logging.getLogger("hyca")
+
+VERIFY_SEEDS = {"off": 0, "fast": 1, "thorough": 2}
+
+
+@dataclass(frozen=True)
+class Procedure:
+    steps: int
+    warmup: int = 3
+    cooldown: int = 1
+    intervals: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    clusters: int = 2
+    per_channel: bool = False
+    fit: bool = False
+    refine: str = "fast"
+    seed: int = 0  # calibration runs use seed, seed+1, ...; held-out verification seeds follow them
+    runs: int = 1
+    probes: int = 0  # sensitivity probe runs (0: unweighted scoring)
+
+    def __post_init__(self):
+        if self.refine not in REFINE_LEVELS:
+            raise ValueError(f"refine must be one of {tuple(REFINE_LEVELS)}, got {self.refine!r}")
+
+    @property
+    def fit_seeds(self) -> list[int]:
+        return [self.seed + r for r in range(self.runs)]
+
+    @property
+    def verify_seeds(self) -> list[int]:
+        return [self.seed + self.runs + r for r in range(VERIFY_SEEDS[self.refine])]
+
+
+@dataclass
+class Outcome:
+    solver_map: SolverMap
+    first_output: torch.Tensor  # the first calibration run's (uncached) result
+    weights: Optional[tuple[float, ...]]
+    runs: dict = field(default_factory=dict)  # kind -> sampling runs made
+    seconds: dict = field(default_factory=dict)  # phase -> wall seconds
+
+
+def calibrate(run: Callable, diffusion_model, family: families.Family, granularity: str, procedure: Procedure,
+              provenance: Optional[dict] = None, **text) -> Outcome:
+    p = procedure
+    started = time.perf_counter()
+    seconds, runs = {}, {"probe": 0, "uncached": 0, "cached": 0}
+    references = {}
+    weights, sens = None, {}
+    probes = sensitivity.probe_steps(p.steps, p.warmup, p.cooldown, p.probes)
+    if probes:
+        references[p.seed] = run(p.seed, None)
+        runs["uncached"] += 1
+
+        def probe(config):
+            runs["probe"] += 1
+            return run(p.seed, config)
+
+        sens = sensitivity.measure(probe, family, granularity, probes, references[p.seed])
+        weights = sensitivity.step_weights(sens, p.steps)
+        log.info("HyCa Calibrate: step weights from %d probes: %s", len(probes), sensitivity.describe_weights(weights))
+    seconds["probes"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    calibrator = Calibrator(CalibrationConfig(
+        clusters=max(p.clusters, 1), per_channel=p.per_channel, intervals=tuple(p.intervals), fit=p.fit,
+        warmup=p.warmup, cooldown=p.cooldown, step_weights=weights))
+    first = None
+    for seed in p.fit_seeds:
+        out = run(seed, CalibrateConfig(family, granularity, calibrator))
+        runs["uncached"] += 1
+        references.setdefault(seed, out)
+        first = out if first is None else first
+    prov = {"steps": p.steps, "cooldown": p.cooldown, "refine": p.refine, **(provenance or {})}
+    if weights is not None:
+        prov["step_weights"] = [round(w, 6) for w in weights]
+        prov["sensitivity_probes"] = {str(k): float(f"{v:.6g}") for k, v in sens.items()}
+    solver_map = SolverMap.from_calibration(
+        calibrator.finish(), family=family.name, granularity=granularity, warmup=p.warmup,
+        architecture=families.architecture(diffusion_model, family, granularity), provenance=prov,
+        mode="fit" if p.fit else "choose", **text)
+    seconds["calibration"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if p.refine != "off":
+
+        def counted(seed, config):
+            runs["uncached" if config is None else "cached"] += 1
+            return run(seed, config)
+
+        solver_map, judge = closed_loop(solver_map, counted, family, p.refine, p.fit_seeds, p.verify_seeds,
+                                        p.warmup, p.cooldown, references=references)
+    seconds["closed_loop"] = time.perf_counter() - started
+    solver_map.provenance["calibration_runs"] = dict(runs)
+    return Outcome(solver_map, first, weights, runs, seconds)
