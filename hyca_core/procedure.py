@@ -30,7 +30,6 @@ from .solver_map import SolverMap
 
 log = logging.getLogger("hyca")
 
-VERIFY_SEEDS = {"off": 0, "fast": 1, "thorough": 2}
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class Procedure:
 
     @property
     def verify_seeds(self) -> list[int]:
-        return [self.seed + self.runs + r for r in range(VERIFY_SEEDS[self.refine])]
+        return [self.seed + self.runs + r for r in range(REFINE_LEVELS[self.refine][1])]
 
 
 @dataclass

@@ -199,6 +199,24 @@ class CalibrationState:
         return []
 
 
+@dataclass(frozen=True)
+class PlainConfig:
+    """No caching at all: the uncached runs HyCa Calibrate makes of a model that HyCa Apply already
+    patched (its wrappers and block patches stay installed and pass every call through)."""
+
+    family: families.Family
+
+    def start(self, diffusion_model) -> "PlainState":
+        return PlainState()
+
+
+class PlainState:
+    passthrough = True
+
+    def close(self):
+        return []
+
+
 def anchors_still_needed(one_set_bytes: int, capacity: int, streams: int) -> int:
     """Bytes the anchors of a run will still allocate once one evaluation's set is stored."""
     return one_set_bytes * capacity * streams - one_set_bytes
@@ -227,7 +245,7 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     """Run one model call (``executor(*args, **kwargs)``) under the run state in ``options``."""
     state: Optional[RunState] = options.get(RUN_KEY)
     sample_sigmas = options.get("sample_sigmas")
-    if state is None or sample_sigmas is None or options.get("sigmas") is None:
+    if state is None or getattr(state, "passthrough", False) or sample_sigmas is None or options.get("sigmas") is None:
         return executor(*args, **kwargs)
     x = args[0]
     sigmas = sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor) else [float(s) for s in sample_sigmas]

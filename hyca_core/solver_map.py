@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -418,8 +419,42 @@ def describe(m: SolverMap) -> dict:
                          "features": len(arch.get("features", [])), "fingerprint": m.fingerprint},
         "intervals": list(m.intervals), "warmup": m.warmup, "pool": list(m.pool),
         "author": m.author, "description": m.description, "license": m.license,
-        "provenance": dict(m.provenance), "scopes": scopes,
+        "provenance": dict(m.provenance), "scopes": scopes, "verified": verified(m),
     }
+
+
+def verified(m: SolverMap) -> list[dict]:
+    """What the closed-loop check measured per interval (``provenance["closed_loop"]``, written by
+    HyCa Calibrate with refine on): which solvers the map keeps at N ("map", or the uniform solver
+    that beat it) and the gain in dB over the uniform default. Provenance is free JSON in a shared
+    file, so anything malformed is left out rather than trusted."""
+    record = m.provenance.get("closed_loop")
+    entries = record.get("intervals") if isinstance(record, dict) else None
+    if not isinstance(entries, dict):
+        return []
+    out = []
+    for n in m.intervals:
+        entry = entries.get(str(n))
+        if not isinstance(entry, dict):
+            continue
+        gain, kept = entry.get("gain_db"), entry.get("kept")
+        if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not math.isfinite(gain):
+            continue
+        if not isinstance(kept, str) or (kept != "map" and kept not in SOLVERS):
+            continue
+        out.append({"interval": n, "kept": kept, "gain_db": round(float(gain), 2)})
+    return out
+
+
+def verified_text(m: SolverMap, interval: int) -> Optional[str]:
+    """One line on the closed-loop check at ``interval``, or None when the map has none for it."""
+    entry = next((e for e in verified(m) if e["interval"] == interval), None)
+    if entry is None:
+        return None
+    if entry["kept"] == "map":
+        return f"its solvers measured {entry['gain_db']:+.2f} dB over uniform taylor1 at N={interval} (held-out seeds)"
+    return (f"at N={interval} its own solvers lost to uniform {entry['kept']} on held-out seeds, so it uses "
+            f"{entry['kept']} there ({entry['gain_db']:+.2f} dB over taylor1)")
 
 
 def summarize(m: SolverMap, source: str = "") -> str:
@@ -452,12 +487,16 @@ def summarize(m: SolverMap, source: str = "") -> str:
             if "fit_mse" in row:
                 text += f", fit {row['fit_mse']:.3g}"
             lines.append(text)
+    if d["verified"]:
+        lines.append("closed loop   " + ", ".join(
+            f"N={e['interval']} {'map' if e['kept'] == 'map' else 'uniform ' + e['kept']} {e['gain_db']:+.2f} dB"
+            for e in d["verified"]) + " (over uniform taylor1, held-out seeds)")
     return "\n".join(lines)
 
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "GRANULARITIES", "MODES", "ScopeAssignment", "SolverMap",
     "SolverMapError", "SolverMapMismatch", "architecture_fingerprint", "describe", "load_solver_map",
-    "save_solver_map", "summarize", "uniform_predictors", "validate_map",
+    "save_solver_map", "summarize", "uniform_predictors", "validate_map", "verified", "verified_text",
 ]
 

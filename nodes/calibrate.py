@@ -8,12 +8,13 @@ from datetime import datetime, timezone
 from comfy_api.latest import io
 
 from ..hyca_core import families
-from ..hyca_core.calibration import CalibrationConfig, Calibrator
-from ..hyca_core.session import CalibrateConfig
-from ..hyca_core.solver_map import SolverMap, save_solver_map
+from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs
+from ..hyca_core.procedure import Procedure, calibrate
+from ..hyca_core.solver_map import save_solver_map
 from . import map_folder
 from .chart import calibration_chart
 from .apply import SolverMapType
+from ..hyca_core.session import CONFIG_KEY, PlainConfig
 from .patch import diffusion_model_of, install
 
 log = logging.getLogger("hyca")
@@ -36,6 +37,18 @@ def parse_intervals(text: str) -> tuple[int, ...]:
     if not values or min(values) < 2 or max(values) > 20:
         raise ValueError(f"intervals must lie in 2..20, got {text!r}")
     return tuple(sorted(values))
+
+
+REFINE_TOOLTIP = (
+    "Closed-loop check after the open-loop choice: sample with the map and with every uniform solver and keep, "
+    "per interval N, whichever reaches the final image best (the map can then never lose to the uniform default "
+    "on the checked seeds). "
+    f"off: no extra runs (open-loop choice only). "
+    f"fast: up to {REFINE_LEVELS['fast'][0]} closed-loop trials per N on the calibration seeds, then the check on "
+    f"{REFINE_LEVELS['fast'][1]} held-out seed: at most {expected_runs('fast', 7)} cached runs for intervals 2-8 "
+    "(a cached run costs about 1/N of an uncached one) plus 1 uncached. "
+    f"thorough: up to {REFINE_LEVELS['thorough'][0]} trials per N, check on {REFINE_LEVELS['thorough'][1]} seeds: "
+    f"at most {expected_runs('thorough', 7)} cached runs plus 2 uncached.")
 
 
 class HyCaCalibrate(io.ComfyNode):
@@ -79,6 +92,7 @@ class HyCaCalibrate(io.ComfyNode):
                                          "where anchors are exactly N apart. Calibrate on several runs when on."),
                 io.Combo.Input("granularity", options=list(families.GRANULARITIES), default="module",
                                tooltip="Must match the granularity HyCa Apply will use."),
+                io.Combo.Input("refine", options=list(REFINE_LEVELS), default="fast", tooltip=REFINE_TOOLTIP),
                 io.String.Input("name", default="my-model", tooltip="Saved as models/hyca/<name>.safetensors."),
                 io.String.Input("description", default="", optional=True, tooltip="Free text stored in the map, for sharing."),
             ],
@@ -93,7 +107,8 @@ class HyCaCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
-                clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="") -> io.NodeOutput:
+                clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="",
+                refine="off") -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
 
@@ -104,40 +119,47 @@ class HyCaCalibrate(io.ComfyNode):
                              "calibration scores the steps HyCa Apply would forecast, and those forecast none")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
-        calibrator = Calibrator(CalibrationConfig(clusters=max(clusters, 1), per_channel=clusters == 0,
-                                                  intervals=interval_list, warmup=warmup_steps,
-                                                  cooldown=cooldown_steps))
-        patched = model.clone()
-        install(patched, CalibrateConfig(family, granularity, calibrator))
+        procedure = Procedure(steps=steps, warmup=warmup_steps, cooldown=cooldown_steps, intervals=interval_list,
+                              clusters=clusters, per_channel=clusters == 0, fit=fit, refine=refine, seed=seed,
+                              runs=runs)
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        total = runs + (expected_runs(refine, len(interval_list), runs) + len(procedure.verify_seeds)
+                        if refine != "off" else 0)
+        pbar = comfy.utils.ProgressBar(steps * total)
+        done = [0]
 
-        latent = latent_image["samples"]
-        latent = comfy.sample.fix_empty_latent_channels(patched, latent)
-        pbar = comfy.utils.ProgressBar(steps * runs)
-        first = None
-        for run in range(runs):
-            noise = comfy.sample.prepare_noise(latent, seed + run, latent_image.get("batch_index"))
+        def run(run_seed, config):
+            """One sampling run with ``run_seed`` under a HyCa config (None: the model as given)."""
+            patched = model
+            if config is None and CONFIG_KEY in model.model_options.get("transformer_options", {}):
+                config = PlainConfig(family)  # an applied model: its HyCa must not touch the reference runs
+            if config is not None:
+                patched = model.clone()
+                install(patched, config)
+            noise = comfy.sample.prepare_noise(latent, run_seed, latent_image.get("batch_index"))
+            offset = done[0] * steps
 
-            def callback(step, x0, x, total, run=run):
-                pbar.update_absolute(run * steps + step + 1, steps * runs)
+            def callback(step, x0, x, total_steps):
+                pbar.update_absolute(min(offset + step + 1, steps * total), steps * total)
 
-            samples = comfy.sample.sample(
+            out = comfy.sample.sample(
                 patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=denoise,
                 noise_mask=latent_image.get("noise_mask"), callback=callback,
-                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed + run)
-            if first is None:
-                first = samples
+                disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=run_seed)
+            done[0] += 1
+            return out
+
         provenance = {
-            "steps": steps, "cooldown": cooldown_steps, "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
-            "seeds": [seed + r for r in range(runs)], "latent_shape": list(latent.shape),
+            "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
+            "seeds": procedure.fit_seeds, "latent_shape": list(latent.shape),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
-        solver_map = SolverMap.from_calibration(
-            calibrator.finish(), family=family.name, granularity=granularity, warmup=warmup_steps,
-            architecture=families.architecture(diffusion_model, family, granularity),
-            provenance=provenance, mode="fit" if fit else "choose", description=description or "")
+        outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
+                            description=description or "")
+        solver_map = outcome.solver_map
         save_solver_map(solver_map, path)
         solver_map.source = path
-        log.info("HyCa Calibrate: wrote %s", path)
+        log.info("HyCa Calibrate: wrote %s (%s)", path, ", ".join(f"{k} {v} runs" for k, v in outcome.runs.items()))
         out = latent_image.copy()
-        out["samples"] = first
+        out["samples"] = outcome.first_output
         return io.NodeOutput(solver_map, out, calibration_chart(solver_map))

@@ -13,6 +13,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Optional
 
+from ..hyca_core.solver_map import verified_text
+
 EVENT = "hyca.report"
 NODE_KEY = "hyca_report_node"  # transformer_options: id of the HyCa Apply node that gets the report
 NOTES_KEY = "hyca_report_notes"  # transformer_options: what HyCa Apply found when patching
@@ -58,6 +60,9 @@ def map_notes(solver_map, interval: int, warmup: int, cooldown: int) -> list[str
     if calibrated != (warmup, cooldown):
         notes.append(f"{name} was calibrated for warmup_steps={calibrated[0]}, cooldown_steps={calibrated[1]}; "
                      f"this node uses {warmup} and {cooldown}, so its solvers were scored on other anchor spacings")
+    checked = verified_text(solver_map, interval) if interval > 1 else None
+    if checked:
+        notes.append(f"{name}: {checked}")
     if interval > 1 and interval not in solver_map.intervals:
         nearest = solver_map.intervals[solver_map.interval_column(interval)]
         notes.append(f"{name} has no solvers for interval {interval}: using those chosen for N={nearest} "

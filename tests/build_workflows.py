@@ -57,9 +57,9 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
 
 def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description=""):
     # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps,
-    # cooldown_steps, fit, granularity, name, description
-    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, "module", name,
-            description]
+    # cooldown_steps, fit, granularity, refine, name, description
+    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, "module", "fast",
+            name, description]
 
 
 def apply_widgets(interval, warmup):

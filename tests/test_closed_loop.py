@@ -133,8 +133,10 @@ def test_closed_loop_records_its_level_and_cost_and_off_changes_nothing():
     out, j = closed_loop(m, runner, FLUX, "fast", [0], [1], 3, 1)
     record = out.provenance["closed_loop"]
     assert record["refine"] == "fast" and record["cached_runs"] == j.runs > 0
-    assert j.runs <= expected_runs("fast", len(m.intervals))
+    assert j.runs <= expected_runs("fast", len(m.intervals), pool=len(m.pool))
     assert set(record["intervals"]) == {str(n) for n in m.intervals}
+    with pytest.raises(ValueError, match="held-out seed"):
+        closed_loop(m, runner, FLUX, "fast", [0], [], 3, 1)
     with pytest.raises(ValueError, match="refine must be one of"):
         closed_loop(m, runner, FLUX, "forever", [0], [1], 3, 1)
 
@@ -146,4 +148,5 @@ def test_candidates_rank_near_misses_first_and_uniform_candidates_start_with_the
     assert all(r[0] >= 1.0 - 1e-6 or r[0] < 1.0 for r in ranked)
     names = uniform_candidates(m, 3, 2)
     assert names[0] == "taylor1" and len(names) == 3 and len(set(names)) == 3
+    assert sorted(uniform_candidates(m, 3)) == sorted(m.pool)
     assert set(REFINE_LEVELS) == {"off", "fast", "thorough"}

@@ -269,3 +269,26 @@ def test_cli_validate_ok_and_failures(solver_map, tmp_path):
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "file" in lines[0]
+
+
+def test_closed_loop_record_is_described_and_malformed_entries_are_left_out(tmp_path):
+    from hyca_core.solver_map import describe, summarize, verified, verified_text
+
+    m = small_map()
+    m.provenance["closed_loop"] = {"intervals": {
+        "2": {"kept": "map", "gain_db": 1.234}, "3": {"kept": "hermite", "gain_db": 0.5},
+        "4": {"kept": "<script>", "gain_db": 1.0}}}
+    path = tmp_path / "checked.safetensors"
+    save_solver_map(m, str(path))
+    loaded = load_solver_map(str(path))
+    assert verified(loaded) == [{"interval": 2, "kept": "map", "gain_db": 1.23},
+                                {"interval": 3, "kept": "hermite", "gain_db": 0.5}]
+    assert describe(loaded)["verified"] == verified(loaded)
+    assert "N=2 map +1.23 dB" in summarize(loaded) and "N=3 uniform hermite" in summarize(loaded)
+    assert "+1.23 dB over uniform taylor1 at N=2" in verified_text(loaded, 2)
+    assert "lost to uniform hermite" in verified_text(loaded, 3)
+    assert verified_text(loaded, 4) is None
+    for junk in ("text", {"intervals": [1]}, {"intervals": {"2": {"kept": "map", "gain_db": "NaN"}}},
+                 {"intervals": {"2": {"kept": "map", "gain_db": True}}}):
+        m.provenance["closed_loop"] = junk
+        assert verified(m) == []

@@ -27,10 +27,14 @@ def test_frontend_renders_the_servers_json(tmp_path, solver_map):
     solver_map.mode = "fit"
     hostile = small_map()
     hostile.description = "<img src=x onerror=alert(1)>"
+    checked = small_map()
+    checked.provenance["closed_loop"] = {"intervals": {"2": {"kept": "map", "gain_db": 1.5},
+                                                       "3": {"kept": "hermite", "gain_db": 0.25}}}
     state = fake_state(solver_map, used="block")
     fixtures = {
         "details.json": {"name": "flux-dev.safetensors", **describe(solver_map)},
         "details-hostile.json": describe(hostile),
+        "details-checked.json": describe(checked),
         "details-per-channel.json": describe(small_map(fit=False, channels=24, per_channel=True)),
         "report.json": report.build("12", state, [row("positive", 8, 22), row("negative", 10, 20, recomputed=2)],
                                     "done", "p1"),

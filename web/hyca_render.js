@@ -119,6 +119,12 @@ export function detailsHtml(d, chartUrl = null) {
         `<table><tr><th></th><th>solver per cluster</th><th>mse vs best single</th></tr>${rows.join("")}</table>`,
     );
   }
+  const checked = (d.verified || []).map((e) =>
+    `N=${e.interval} ${e.kept === "map" ? "map" : `uniform ${esc(e.kept)}`} ${e.gain_db >= 0 ? "+" : ""}${Number(e.gain_db).toFixed(2)} dB`);
+  if (checked.length) {
+    lines.push(`<div>closed-loop check: ${checked.join(" · ")} <span class="hyca-dim">over uniform taylor1, ` +
+      `held-out seeds</span></div>`);
+  }
   for (const key of ["author", "description", "license"]) {
     if (d[key]) lines.push(`<div><span class="hyca-dim">${key}</span> ${esc(d[key])}</div>`);
   }

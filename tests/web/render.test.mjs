@@ -19,6 +19,12 @@ test("escapes what a shared map or a report could smuggle in", () => {
   assert.ok(details.includes("&lt;img src=x onerror=alert(1)&gt;"));
 });
 
+test("the closed-loop check shows per interval what the map keeps and gains", () => {
+  const shown = text(detailsHtml(fixture("details-checked.json")));
+  assert.ok(shown.includes("closed-loop check: N=2 map +1.50 dB · N=3 uniform hermite +0.25 dB"), shown);
+  assert.ok(!text(detailsHtml(fixture("details-hostile.json"))).includes("closed-loop check"));
+});
+
 test("intervals read as ranges", () => {
   assert.equal(ranges([2, 3, 4, 6, 8, 9]), "2-4, 6, 8-9");
   assert.equal(ranges([5]), "5");
