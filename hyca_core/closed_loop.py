@@ -74,6 +74,9 @@ class Judge:
         schedule = Schedule(interval=interval, warmup=self.warmup, cooldown=self.cooldown)
         return ApplyConfig(self.family, self.granularity, schedule, solver_map, mode=mode, solver=solver)
 
+    def with_schedule(self, schedule: Schedule, solver_map: Optional[SolverMap] = None) -> ApplyConfig:
+        return ApplyConfig(self.family, self.granularity, schedule, solver_map)
+
     def score(self, config: ApplyConfig, seeds: Sequence[int]) -> float:
         """Mean SNR (dB) of the final outputs against the uncached ones over ``seeds``."""
         values = []

@@ -6,7 +6,8 @@
    to the last, and scoring with it chose solvers that lost 3-7 dB closed-loop against the
    unweighted choice (BENCHMARKS.md, "Calibration that pays"); the closed loop below is what wins;
 2. uncached calibration runs streamed into the ``Calibrator`` with those weights: the open-loop map;
-3. closed-loop refinement and the per-N guarantee against uniform solvers (``hyca_core.closed_loop``).
+3. closed-loop refinement and the per-N guarantee against uniform solvers (``hyca_core.closed_loop``);
+4. optionally, a calibrated placement of full steps per budget (``hyca_core.placement``).
 
 ``run(seed, config)`` samples once with ``seed`` under ``config`` (a ``CalibrateConfig``,
 ``ProbeConfig`` or ``ApplyConfig``; None: plain uncached) and returns the final output. HyCa
@@ -22,9 +23,10 @@ from typing import Callable, Optional
 
 import torch
 
-from . import families, sensitivity
+from . import families, placement, sensitivity
 from .calibration import CalibrationConfig, Calibrator
-from .closed_loop import REFINE_LEVELS, closed_loop
+from .closed_loop import REFINE_LEVELS, Judge, closed_loop
+from .schedule import Schedule
 from .session import CalibrateConfig
 from .solver_map import SolverMap
 
@@ -45,6 +47,8 @@ class Procedure:
     seed: int = 0  # calibration runs use seed, seed+1, ...; held-out verification seeds follow them
     runs: int = 1
     probes: int = 0  # sensitivity probe runs (0: unweighted scoring)
+    budgets: tuple[int, ...] = ()  # full-step budgets to calibrate a placement for (hyca_core.placement)
+    placement_trials: int = 24  # closed-loop moves tried per budget, after the fixed placements
 
     def __post_init__(self):
         if self.refine not in REFINE_LEVELS:
@@ -66,6 +70,13 @@ class Outcome:
     weights: Optional[tuple[float, ...]]
     runs: dict = field(default_factory=dict)  # kind -> sampling runs made
     seconds: dict = field(default_factory=dict)  # phase -> wall seconds
+
+
+def counted_run(run: Callable, runs: dict) -> Callable:
+    def counted(seed, config):
+        runs["uncached" if config is None else "cached"] += 1
+        return run(seed, config)
+    return counted
 
 
 def calibrate(run: Callable, diffusion_model, family: families.Family, granularity: str, procedure: Procedure,
@@ -111,13 +122,27 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
 
     started = time.perf_counter()
     if p.refine != "off":
-
-        def counted(seed, config):
-            runs["uncached" if config is None else "cached"] += 1
-            return run(seed, config)
-
-        solver_map, judge = closed_loop(solver_map, counted, family, p.refine, p.fit_seeds, p.verify_seeds,
+        solver_map, judge = closed_loop(solver_map, counted_run(run, runs), family, p.refine, p.fit_seeds,
+                                        p.verify_seeds,
                                         p.warmup, p.cooldown, references=references)
     seconds["closed_loop"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if p.budgets:
+        judge = Judge(counted_run(run, runs), family, granularity, p.warmup, p.cooldown, references=references)
+        schedules = {}
+        for budget in p.budgets:
+            n = placement.interval_for(p.steps, budget, solver_map.intervals)
+
+            def score(full, n=n):
+                schedule = Schedule(interval=n, full_at=full, full_at_steps=p.steps)
+                return judge.score(judge.with_schedule(schedule, solver_map), p.fit_seeds)
+
+            full, value, record = placement.search(score, p.steps, budget, p.placement_trials)
+            schedules[str(budget)] = {"full_steps": list(full), "steps": p.steps, "interval": n,
+                                      "fit_db": round(value, 3), "fixed_db": record["start_db"],
+                                      "fixed_start": record["start"], "trials": record["trials"]}
+        solver_map.provenance["schedules"] = schedules
+    seconds["placement"] = time.perf_counter() - started
     solver_map.provenance["calibration_runs"] = dict(runs)
     return Outcome(solver_map, first, weights, runs, seconds)

@@ -47,6 +47,11 @@ class Schedule:
     max_consecutive: Optional[int] = None  # cap on predicted evaluations in a row
     start: float = 0.0  # caching allowed only inside [start, end) of the step axis
     end: float = 1.0
+    # A calibrated placement (``hyca_core.placement``): exactly these steps are computed fully, for
+    # a run of ``full_at_steps`` steps (rescaled to another step count); interval, warm-up and
+    # cooldown then only describe it.
+    full_at: Optional[tuple[int, ...]] = None
+    full_at_steps: Optional[int] = None
 
     def __post_init__(self):
         if self.interval < 1:
@@ -57,6 +62,18 @@ class Schedule:
             raise ValueError("max_consecutive must be >= 0")
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(f"window must satisfy 0 <= start <= end <= 1, got [{self.start}, {self.end}]")
+        if self.full_at is not None:
+            steps = self.full_at_steps
+            if not isinstance(steps, int) or steps < 1 or not self.full_at or 0 not in self.full_at \
+                    or any(not isinstance(i, int) or not 0 <= i < steps for i in self.full_at):
+                raise ValueError(f"full_at must list steps in [0, {steps}) including 0, got {self.full_at}")
+
+    def full_positions(self, n_steps: int) -> frozenset[int]:
+        """The calibrated full steps for a run of ``n_steps`` (rescaled from the calibration's count)."""
+        if self.full_at_steps == n_steps or n_steps <= 1:
+            return frozenset(self.full_at)
+        scale = (n_steps - 1) / max(self.full_at_steps - 1, 1)
+        return frozenset(min(n_steps - 1, round(i * scale)) for i in self.full_at)
 
     def full_reason(self, t: float, n_steps: int, last_full: Optional[float],
                     predicted_in_row: int = 0) -> Optional[str]:
@@ -67,6 +84,11 @@ class Schedule:
             return "interval"
         if last_full is None:
             return "no anchor"
+        if self.full_at is not None:
+            if t < last_full - EPSILON:
+                return "time went back"
+            nearest = round(t)
+            return "calibrated" if abs(t - nearest) < EPSILON and nearest in self.full_positions(n_steps) else None
         if t < self.warmup - EPSILON:
             return "warmup"
         if self.cooldown and t >= n_steps - self.cooldown - EPSILON:

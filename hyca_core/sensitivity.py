@@ -142,7 +142,7 @@ class ProbeState:
         if ctx.mismatch is not None:
             raise RuntimeError(f"HyCa sensitivity probe: {ctx.mismatch}; calibrate at block granularity instead")
 
-    def close(self):
+    def close(self, status: str = "done"):
         self.config.energies.append(self.energy)
         for tap in self.taps.values():
             tap.reset()

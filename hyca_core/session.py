@@ -131,7 +131,7 @@ class RunState:
             })
         return rows
 
-    def close(self) -> list[dict]:
+    def close(self, status: str = "done") -> list[dict]:
         rows = self.report()
         for row in rows:
             log.info("HyCa [%s, %s]: %d full + %d predicted evaluations (%.2fx FLOPs bound), %.1f s, "
@@ -194,7 +194,7 @@ class CalibrationState:
         if ctx.mismatch is not None:
             raise RuntimeError(f"HyCa calibration: {ctx.mismatch}; calibrate at block granularity instead")
 
-    def close(self):
+    def close(self, status: str = "done"):
         self.config.calibrator.end_run()
         return []
 
@@ -213,7 +213,7 @@ class PlainConfig:
 class PlainState:
     passthrough = True
 
-    def close(self):
+    def close(self, status: str = "done"):
         return []
 
 
@@ -249,6 +249,8 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         return executor(*args, **kwargs)
     x = args[0]
     sigmas = sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor) else [float(s) for s in sample_sigmas]
+    if hasattr(state, "on_sigmas"):
+        state.on_sigmas(sigmas)  # auto-calibration decides once the run's sigmas are known
     t = step_coordinate(float(options["sigmas"].max()), sigmas)
     n_steps = len(sigmas) - 1
     uuids = tuple(options.get("uuids") or ())

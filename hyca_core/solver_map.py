@@ -420,6 +420,7 @@ def describe(m: SolverMap) -> dict:
         "intervals": list(m.intervals), "warmup": m.warmup, "pool": list(m.pool),
         "author": m.author, "description": m.description, "license": m.license,
         "provenance": dict(m.provenance), "scopes": scopes, "verified": verified(m),
+        "schedules": list(placements(m).values()),
     }
 
 
@@ -444,6 +445,38 @@ def verified(m: SolverMap) -> list[dict]:
             continue
         out.append({"interval": n, "kept": kept, "gain_db": round(float(gain), 2)})
     return out
+
+
+MAX_STEPS = 10_000
+
+
+def placements(m: SolverMap) -> dict[int, dict]:
+    """The calibrated placements of full steps in the map (``provenance["schedules"]``), by budget;
+    malformed entries (free JSON in a shared file) are left out."""
+    found = m.provenance.get("schedules")
+    if not isinstance(found, dict):
+        return {}
+    out = {}
+    for key, entry in found.items():
+        if not isinstance(key, str) or not key.isascii() or not key.isdecimal() or not isinstance(entry, dict):
+            continue
+        steps, full, n = entry.get("steps"), entry.get("full_steps"), entry.get("interval")
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= MAX_STEPS):
+            continue
+        if not (isinstance(n, int) and not isinstance(n, bool) and n in m.intervals):
+            continue
+        if not isinstance(full, list) or not full or len(full) > steps or any(
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < steps for i in full):
+            continue
+        if 0 not in full or len(set(full)) != len(full) or int(key) != len(full):
+            continue
+        clean = {"budget": len(full), "full_steps": sorted(full), "steps": steps, "interval": n}
+        for field_name in ("fit_db", "fixed_db"):
+            value = entry.get(field_name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                clean[field_name] = round(float(value), 2)
+        out[len(full)] = clean
+    return dict(sorted(out.items()))
 
 
 def verified_text(m: SolverMap, interval: int) -> Optional[str]:
@@ -491,12 +524,17 @@ def summarize(m: SolverMap, source: str = "") -> str:
         lines.append("closed loop   " + ", ".join(
             f"N={e['interval']} {'map' if e['kept'] == 'map' else 'uniform ' + e['kept']} {e['gain_db']:+.2f} dB"
             for e in d["verified"]) + " (over uniform taylor1, held-out seeds)")
+    for p in d["schedules"]:
+        gain = f", {p['fit_db'] - p['fixed_db']:+.2f} dB over the best interval schedule" \
+            if "fit_db" in p and "fixed_db" in p else ""
+        lines.append(f"schedule     {p['budget']} full of {p['steps']} steps: {', '.join(map(str, p['full_steps']))}"
+                     f" (solvers of N={p['interval']}{gain}, calibration seeds)")
     return "\n".join(lines)
 
 
 __all__ = [
     "FORMAT_NAME", "FORMAT_VERSION", "GRANULARITIES", "MODES", "ScopeAssignment", "SolverMap",
     "SolverMapError", "SolverMapMismatch", "architecture_fingerprint", "describe", "load_solver_map",
-    "save_solver_map", "summarize", "uniform_predictors", "validate_map", "verified", "verified_text",
+    "save_solver_map", "summarize", "uniform_predictors", "validate_map", "verified", "verified_text", "placements",
 ]
 

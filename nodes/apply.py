@@ -7,13 +7,31 @@ import logging
 from comfy_api.latest import io
 
 from ..hyca_core import families
+from ..hyca_core.auto import AutoCalibrateConfig
+from ..hyca_core.placement import calibrated_schedule
 from ..hyca_core.schedule import Schedule
-from ..hyca_core.solver_map import SolverMapMismatch
+from ..hyca_core.solver_map import SolverMapMismatch, placements
+from . import map_folder
+from .fingerprint import model_fingerprint
 from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
 from .report import map_notes
 
 SolverMapType = io.Custom("HYCA_SOLVER_MAP")
 log = logging.getLogger("hyca")
+
+
+def calibrated(solver_map, full_steps: int) -> Schedule:
+    """The map's calibrated placement of ``full_steps`` full steps, or an error saying what exists."""
+    if solver_map is None:
+        raise ValueError("schedule = calibrated needs a solver map calibrated with full_step_budgets "
+                         "(HyCa Calibrate); connect one, or use schedule = interval")
+    found = placements(solver_map)
+    if full_steps not in found:
+        have = ", ".join(map(str, found)) or "none"
+        raise ValueError(f"{solver_map.source}: schedules: the map has no calibrated placement of {full_steps} full "
+                         f"steps (it has: {have}); set full_steps to one of those, or calibrate the map with "
+                         f"full_step_budgets including {full_steps}")
+    return calibrated_schedule(found[full_steps], found[full_steps]["interval"])
 
 
 class HyCaApply(io.ComfyNode):
@@ -50,6 +68,20 @@ class HyCaApply(io.ComfyNode):
                 io.Combo.Input("cache_device", options=["auto", "gpu", "cpu"], default="auto",
                                tooltip="Where anchors are kept. cpu offloads them to RAM (slower, saves VRAM)."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off returns the model unchanged."),
+                io.Boolean.Input("auto_calibrate", default=False, optional=True,
+                                 tooltip="Without a solver map: the first run of this model with these sampling "
+                                         "settings is computed uncached (full quality) and calibrates a map, saved "
+                                         "in models/hyca/auto/; every later run with the same model, steps, "
+                                         "scheduler and denoise is cached with it. A changed model, LoRA or step "
+                                         "count calibrates anew. The run report says which run did what."),
+                io.Combo.Input("schedule", options=["interval", "calibrated"], default="interval", optional=True,
+                               tooltip="interval: warm-up, then one full step every `interval` steps, then the "
+                                       "cooldown (TaylorSeer's and the paper's schedule). calibrated: exactly "
+                                       "`full_steps` full steps at the places HyCa Calibrate found best for this "
+                                       "model (needs a map calibrated with that budget)."),
+                io.Int.Input("full_steps", default=10, min=1, max=1000, optional=True,
+                             tooltip="With schedule = calibrated: how many steps are computed fully. HyCa "
+                                     "Calibrate's `full_step_budgets` lists the budgets a map holds."),
             ],
             outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
             hidden=[io.Hidden.unique_id],  # the run report goes back to this node
@@ -60,7 +92,8 @@ class HyCaApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity,
-                cache_device, enabled, solver_map=None) -> io.NodeOutput:
+                cache_device, enabled, solver_map=None, auto_calibrate=False, schedule="interval",
+                full_steps=10) -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(model)
         if start_percent > end_percent:
@@ -77,10 +110,20 @@ class HyCaApply(io.ComfyNode):
             notes = map_notes(solver_map, interval, warmup_steps, cooldown_steps)
             for note in notes:
                 log.warning("HyCa Apply: %s", note)
-        schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
-                            start=start_percent, end=end_percent)
+        if schedule == "calibrated":
+            schedule = calibrated(solver_map, full_steps)
+            notes = [n for n in notes if "calibrated for warmup_steps" not in n and "no solvers for interval" not in n]
+        else:
+            schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
+                                start=start_percent, end=end_percent)
+        config = ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device)
+        if auto_calibrate and solver_map is None:
+            architecture = families.architecture(diffusion_model, family, granularity)
+            config = AutoCalibrateConfig(family, granularity, schedule, model_fingerprint(model, architecture),
+                                         architecture, map_folder.auto_folder(), cache_device=cache_device)
+        elif auto_calibrate:
+            notes.append("auto_calibrate is ignored: a solver map is connected")
         patched = model.clone()
         hidden = getattr(cls, "hidden", None)  # None when called outside ComfyUI's executor
-        install(patched, ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device),
-                report_to=hidden.unique_id if hidden is not None else None, notes=notes)
+        install(patched, config, report_to=hidden.unique_id if hidden is not None else None, notes=notes)
         return io.NodeOutput(patched)

@@ -51,6 +51,24 @@ REFINE_TOOLTIP = (
     f"at most {expected_runs('thorough', 7)} cached runs plus 2 uncached.")
 
 
+def parse_budgets(text: str, steps: int) -> tuple[int, ...]:
+    """'8-12' or '10' or '' -> full-step budgets, each between 2 and the step count."""
+    text = (text or "").replace(" ", "")
+    if not text:
+        return ()
+    values = set()
+    for part in text.split(","):
+        try:
+            lo, _, hi = part.partition("-")
+            lo, hi = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"full_step_budgets: cannot read {part!r}; write e.g. '8-12' or '10'") from None
+        if not 2 <= lo <= hi <= steps:
+            raise ValueError(f"full_step_budgets must lie in 2..{steps} (the steps), got {part!r}")
+        values.update(range(lo, hi + 1))
+    return tuple(sorted(values))
+
+
 class HyCaCalibrate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -95,6 +113,11 @@ class HyCaCalibrate(io.ComfyNode):
                 io.Combo.Input("refine", options=list(REFINE_LEVELS), default="fast", tooltip=REFINE_TOOLTIP),
                 io.String.Input("name", default="my-model", tooltip="Saved as models/hyca/<name>.safetensors."),
                 io.String.Input("description", default="", optional=True, tooltip="Free text stored in the map, for sharing."),
+                io.String.Input("full_step_budgets", default="", optional=True,
+                                tooltip="Also place full steps: for each budget (e.g. '8-12' or '10'), search "
+                                        "where that many full steps reach the final image best, closed loop on "
+                                        "the calibration seeds (about 12 + 24 cached runs per budget). HyCa "
+                                        "Apply uses them with schedule = calibrated. Empty: none."),
             ],
             outputs=[
                 SolverMapType.Output(display_name="solver_map", tooltip="The calibrated map, also saved to disk."),
@@ -108,7 +131,7 @@ class HyCaCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
                 clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="",
-                refine="off") -> io.NodeOutput:
+                refine="fast", full_step_budgets="") -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
 
@@ -119,12 +142,13 @@ class HyCaCalibrate(io.ComfyNode):
                              "calibration scores the steps HyCa Apply would forecast, and those forecast none")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
+        budgets = parse_budgets(full_step_budgets, steps)
         procedure = Procedure(steps=steps, warmup=warmup_steps, cooldown=cooldown_steps, intervals=interval_list,
                               clusters=clusters, per_channel=clusters == 0, fit=fit, refine=refine, seed=seed,
-                              runs=runs)
+                              runs=runs, budgets=budgets)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         total = runs + (expected_runs(refine, len(interval_list), runs) + len(procedure.verify_seeds)
-                        if refine != "off" else 0)
+                        if refine != "off" else 0) + len(budgets) * (12 + procedure.placement_trials) * runs
         pbar = comfy.utils.ProgressBar(steps * total)
         done = [0]
 

@@ -52,3 +52,11 @@ def save_path(name: str) -> str:
     if not _NAME.match(name) or ".." in name:
         raise ValueError(f"map name {name!r} must be a plain file name (letters, digits, '.', '_', '-', ' ')")
     return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
+
+
+def auto_folder() -> str:
+    """``models/hyca/auto``: the maps HyCa Apply's auto-calibration writes (listed by the loader too)."""
+    import folder_paths
+
+    register()
+    return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], "auto")

@@ -51,7 +51,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         status = "interrupted"
         raise
     finally:
-        rows = state.close()
+        rows = state.close(status)
         guider.model_options = original
         if options.get(report.NODE_KEY) is not None:
             report.publish(options[report.NODE_KEY], state, rows, status, options.get(report.NOTES_KEY, ()))

@@ -27,7 +27,7 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
           apply_notes=()) -> dict:
     """The message for one sampling run. ``rows`` are ``RunState.close()``'s, one per cond;
     ``apply_notes`` what HyCa Apply found when it patched the model (a map calibrated otherwise)."""
-    config = state.config
+    config = getattr(state, "apply_config", state.config)  # auto-calibration: what the run was cached with
     schedule = config.schedule
     solver_map = config.solver_map
     conds = [{key: row[key] for key in ("cond", "full", "predicted", "recomputed", "resets", "flops_speedup",

@@ -57,14 +57,15 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
 
 def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description=""):
     # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps,
-    # cooldown_steps, fit, granularity, refine, name, description
+    # cooldown_steps, fit, granularity, refine, name, description, full_step_budgets
     return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, "module", "fast",
-            name, description]
+            name, description, ""]
 
 
 def apply_widgets(interval, warmup):
-    # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled
-    return [interval, warmup, 1, 0.0, 1.0, "module", "auto", True]
+    # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled,
+    # auto_calibrate, schedule, full_steps
+    return [interval, warmup, 1, 0.0, 1.0, "module", "auto", True, False, "interval", 10]
 
 
 def flux(variant):

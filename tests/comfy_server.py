@@ -145,7 +145,7 @@ def calibrate_prompt(name: str) -> dict:
     prompt["5"] = {"class_type": "HyCaCalibrate", "inputs": {
         "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], **SAMPLING,
         "runs": 1, "clusters": 2, "intervals": "2-4", "warmup_steps": 2, "cooldown_steps": 1, "fit": False,
-        "granularity": "module", "name": name, "description": "written by the server tests"}}
+        "granularity": "module", "refine": "off", "name": name, "description": "written by the server tests"}}
     prompt["6"] = {"class_type": "PreviewImage", "inputs": {"images": ["5", 2]}}
     return prompt
 

@@ -200,8 +200,8 @@ def apply_as_node(model, node_id, **inputs):
     from comfy_api.latest import io
 
     node = apply_node.HyCaApply.PREPARE_CLASS_CLONE({io.Hidden.unique_id: node_id})
-    args = dict(interval=4, warmup_steps=3, cooldown_steps=1, start_percent=0.0, end_percent=1.0,
-                granularity="module", cache_device="auto", enabled=True, **inputs)
+    args = {**dict(interval=4, warmup_steps=3, cooldown_steps=1, start_percent=0.0, end_percent=1.0,
+                   granularity="module", cache_device="auto", enabled=True), **inputs}
     return node.execute(model, **args).result[0]
 
 
@@ -234,7 +234,7 @@ def test_calibrating_an_applied_model_sends_no_report(setup, browser, maps_dir, 
     applied = apply_as_node(setup["model"], "17")
     calibrate_node.HyCaCalibrate.execute(
         applied, setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 12, 2.0, "euler", "simple",
-        1.0, 1, 2, "2-3", 3, 1, False, "module", "from-applied", "")
+        1.0, 1, 2, "2-3", 3, 1, False, "module", "from-applied", "", refine="off")
     assert browser == [] and (maps_dir / "from-applied.safetensors").is_file()
     assert "run report" not in caplog.text  # not even tried: Calibrate's install dropped Apply's node id
 
@@ -336,6 +336,64 @@ def test_refine_checks_every_interval_closed_loop_and_keeps_the_winner(setup, ma
                                                    "", refine="fast").result[0]
     assert applied.provenance["closed_loop"] == record
     assert all(torch.equal(a.choices, b.choices) for a, b in zip(plain.scopes.values(), applied.scopes.values()))
+
+
+def test_auto_calibration_writes_one_map_reuses_it_and_recalibrates_on_change(setup, maps_dir, browser):
+    """The first run is uncached and calibrates; the next is cached with that map; another step
+    count or a patched model (as a LoRA patches it) calibrates a new map; an interrupted first run
+    writes nothing. Each run's report says what it did."""
+    steps = 16
+    auto = apply_as_node(setup["model"], "21", auto_calibrate=True)
+    uncached = sample(setup["model"], setup, steps=steps)
+    first = sample(auto, setup, steps=steps)
+    assert torch.equal(first, uncached)  # the calibrating run is computed uncached
+    written = sorted((maps_dir / "auto").glob("*.safetensors"))
+    assert len(written) == 1
+    second = sample(auto, setup, steps=steps)
+    assert not torch.equal(second, uncached) and torch.isfinite(second).all()
+    assert sorted((maps_dir / "auto").glob("*.safetensors")) == written  # reused, not rewritten
+    notes = [m["notes"] for _, m, _ in browser]
+    assert any("this run is computed uncached" in n for n in notes[0])
+    assert any("cached with " + written[0].name in n for n in notes[1])
+    assert browser[1][1]["predicted"] > 0 and browser[0][1]["predicted"] == 0
+    sample(auto, setup, steps=steps + 2)
+    assert len(list((maps_dir / "auto").glob("*.safetensors"))) == 2  # another step count
+    patched = setup["model"].clone()
+    key = next(k for k, _ in patched.model.diffusion_model.named_parameters() if k.endswith("weight"))
+    weight = patched.model.diffusion_model.get_parameter(key)
+    patched.add_patches({"diffusion_model." + key: (torch.full_like(weight, 1e-3),)}, 1.0)
+    sample(apply_as_node(patched, "22", auto_calibrate=True), setup, steps=steps)
+    assert len(list((maps_dir / "auto").glob("*.safetensors"))) == 3  # another model
+
+    def interrupt(step, *_):
+        if step == 5:
+            raise comfy.model_management.InterruptProcessingException()
+
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        sample(auto, setup, steps=steps + 4, callback=interrupt)
+    assert len(list((maps_dir / "auto").glob("*.safetensors"))) == 3
+    assert any("no map was written" in n for n in browser[-1][1]["notes"])
+
+
+def test_calibrated_schedule_is_searched_stored_and_honoured_exactly(setup, maps_dir, browser):
+    steps, budget = 16, 5
+    m = calibrate_node.HyCaCalibrate.execute(
+        setup["model"], setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, steps, 2.0, "euler", "simple",
+        1.0, 1, 2, "2-4", 3, 1, False, "block", "placed", "", refine="off", full_step_budgets=str(budget)).result[0]
+    placed = solver_map_mod.placements(m)[budget]
+    assert len(placed["full_steps"]) == budget and placed["fit_db"] >= placed["fixed_db"]
+    model = apply_as_node(setup["model"], "31", solver_map=m, granularity="block", schedule="calibrated",
+                          full_steps=budget)
+    out = sample(model, setup, steps=steps)
+    assert torch.isfinite(out).all()
+    (message,) = (msg for _, msg, _ in browser)
+    for cond in message["conds"]:
+        assert cond["full"] == budget and cond["predicted"] == steps - budget
+        assert [i for i, c in enumerate(cond["timeline"]) if c == "F"] == placed["full_steps"]
+    with pytest.raises(ValueError, match=r"no calibrated placement of 7 full steps \(it has: 5\)"):
+        apply_as_node(setup["model"], "32", solver_map=m, granularity="block", schedule="calibrated", full_steps=7)
+    with pytest.raises(ValueError, match="needs a solver map"):
+        apply_as_node(setup["model"], "33", schedule="calibrated")
 
 
 def test_map_for_another_family_is_refused(setup):

@@ -1,0 +1,159 @@
+"""Zero-setup calibration: the first run of a model calibrates, every later run uses the map.
+
+With ``AutoCalibrateConfig`` a sampling run first looks for a map made for *this* model and *these*
+sampling settings: the model's fingerprint (architecture, a sample of its weights and its patches,
+computed by the caller), the granularity, warm-up and cooldown, and the run's own sigmas (steps,
+scheduler, shift and denoise all show in them). Found: the run is cached with it. Not found: the
+run is computed uncached (so its image is full quality) with its features streamed into a
+calibrator, and when it finishes the map is written under that key for the next run. A run that
+fails or is interrupted writes nothing. The closed-loop refinement of HyCa Calibrate is not run
+here: it would cost the user's own runs time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from . import families
+from .calibration import CalibrationConfig, CalibrationError, Calibrator
+from .schedule import Schedule
+from .session import ApplyConfig, CalibrateConfig
+from .solver_map import SolverMap, SolverMapError, SolverMapMismatch, load_solver_map, save_solver_map
+
+log = logging.getLogger("hyca")
+
+
+def sigmas_key(sigmas: Sequence[float]) -> str:
+    """A short stable key of a sigma schedule (6 significant digits, so float noise does not split it)."""
+    text = ",".join(f"{float(s):.6g}" for s in sigmas)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class AutoCalibrateConfig:
+    family: families.Family
+    granularity: str
+    schedule: Schedule
+    fingerprint: str  # of the model's weights and patches (``nodes.fingerprint``)
+    architecture: dict
+    folder: str  # where automatic maps are kept
+    cache_device: str = "auto"
+    intervals: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    clusters: int = 2
+    writes: list = field(default_factory=list, compare=False, hash=False)  # paths written, for tests and logs
+
+    def start(self, diffusion_model) -> "AutoState":
+        return AutoState(self, diffusion_model)
+
+    def path(self, sigmas: Sequence[float]) -> str:
+        s = self.schedule
+        name = (f"auto-{self.family.name}-{self.fingerprint[:12]}-{self.granularity}-w{s.warmup}c{s.cooldown}-"
+                f"{len(sigmas) - 1}steps-{sigmas_key(sigmas)}.safetensors")
+        return os.path.join(self.folder, name)
+
+
+class AutoState:
+    """Decides at the run's first model call (when its sigmas are known) whether it calibrates or
+    caches, then behaves as a ``CalibrationState`` or a ``RunState``."""
+
+    def __init__(self, config: AutoCalibrateConfig, diffusion_model):
+        self.config, self.diffusion_model = config, diffusion_model
+        self.inner = None
+        self.calibrator: Optional[Calibrator] = None
+        self.target: Optional[str] = None
+        self.notes: list[str] = []
+        self.free_memory = None
+
+    # the RunState fields the run report reads
+    @property
+    def granularity(self) -> str:
+        return getattr(self.inner, "granularity", self.config.granularity)
+
+    @property
+    def apply_config(self) -> ApplyConfig:
+        inner = self.inner
+        if isinstance(getattr(inner, "config", None), ApplyConfig):
+            return inner.config
+        c = self.config
+        return ApplyConfig(c.family, c.granularity, c.schedule, cache_device=c.cache_device)
+
+    def on_sigmas(self, sigmas: Sequence[float]) -> None:
+        if self.inner is not None:
+            return
+        c = self.config
+        self.target = c.path(sigmas)
+        found = self._load(self.target)
+        if found is not None:
+            self.inner = ApplyConfig(c.family, c.granularity, c.schedule, found, cache_device=c.cache_device).start(
+                self.diffusion_model)
+            self.inner.free_memory = self.free_memory
+            self.notes.append(f"HyCa auto-calibration: cached with {os.path.basename(self.target)}, "
+                              "calibrated on an earlier run of this model and these settings")
+            return
+        steps = len(sigmas) - 1
+        intervals = tuple(n for n in c.intervals if n < steps) or (2,)
+        self.calibrator = Calibrator(CalibrationConfig(clusters=c.clusters, intervals=intervals, fit=False,
+                                                       warmup=c.schedule.warmup, cooldown=c.schedule.cooldown))
+        self.inner = CalibrateConfig(c.family, c.granularity, self.calibrator).start(self.diffusion_model)
+        self.notes.append(f"HyCa auto-calibration: no map yet for this model and these settings; this run is "
+                          f"computed uncached (full quality) and calibrates {os.path.basename(self.target)}")
+
+    def _load(self, path: str) -> Optional[SolverMap]:
+        if not os.path.isfile(path):
+            return None
+        try:
+            m = load_solver_map(path)
+            m.check_model(self.config.family.name, self.config.architecture)
+            if m.granularity != self.config.granularity:
+                raise SolverMapMismatch(f"{path}: granularity {m.granularity!r}")
+            return m
+        except (SolverMapError, SolverMapMismatch) as exc:
+            log.warning("HyCa auto-calibration: %s is unusable (%s); calibrating it again", path, exc)
+            return None
+
+    def stream(self, key, name):
+        return self.inner.stream(key, name)
+
+    def context(self, stream, full):
+        return self.inner.context(stream, full)
+
+    def after(self, ctx) -> None:
+        self.inner.after(ctx)
+
+    def report(self) -> list[dict]:
+        return self.inner.report() if hasattr(self.inner, "report") else []
+
+    def close(self, status: str = "done") -> list[dict]:
+        inner, self.inner = self.inner, None
+        if inner is None:
+            return []
+        rows = inner.close()
+        if self.calibrator is not None:
+            if status == "done":
+                self._write()
+            else:
+                self.notes.append("HyCa auto-calibration: the run did not finish, so no map was written")
+        self.notes.extend(getattr(inner, "notes", []))
+        return rows or []
+
+    def _write(self) -> None:
+        c = self.config
+        try:
+            result = self.calibrator.finish()
+        except CalibrationError as exc:
+            self.notes.append(f"HyCa auto-calibration: nothing to calibrate from this run ({exc})")
+            return
+        m = SolverMap.from_calibration(
+            result, family=c.family.name, granularity=c.granularity, warmup=c.schedule.warmup,
+            architecture=c.architecture, provenance={"cooldown": c.schedule.cooldown, "auto": True,
+                                                     "fingerprint": c.fingerprint, "refine": "off"},
+            description="written by HyCa Apply's auto-calibration from the first run of this model")
+        save_solver_map(m, self.target)
+        c.writes.append(self.target)
+        log.info("HyCa auto-calibration: wrote %s", self.target)
+        self.notes.append(f"HyCa auto-calibration: wrote {os.path.basename(self.target)}; the next run with "
+                          "these settings is cached with it")
