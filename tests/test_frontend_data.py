@@ -192,3 +192,16 @@ def test_route_refuses_everything_else(name, status):
 def test_a_broken_report_is_logged_not_raised(caplog):
     report.publish("1", SimpleNamespace(config=None, notes=[]), [], "done")  # no schedule to read
     assert "could not build the run report" in caplog.text
+
+
+def test_map_notes_carry_the_closed_loop_check_at_the_interval_used(solver_map):
+    solver_map.source = "/maps/checked.safetensors"
+    solver_map.provenance["cooldown"] = 1
+    solver_map.provenance["closed_loop"] = {"intervals": {"3": {"kept": "map", "gain_db": 2.5},
+                                                          "4": {"kept": "reuse", "gain_db": 0.75}}}
+    wins, = report.map_notes(solver_map, 3, 3, 1)
+    assert wins == ("checked.safetensors: its solvers measured +2.50 dB over uniform taylor1 at N=3 "
+                    "(held-out seeds)")
+    lost, = report.map_notes(solver_map, 4, 3, 1)
+    assert "lost to uniform reuse on held-out seeds, so it uses reuse there (+0.75 dB over taylor1)" in lost
+    assert report.map_notes(solver_map, 2, 3, 1) == []  # no record for N=2
