@@ -2,8 +2,8 @@
 
 1. optional sensitivity probes (``probes``): how strongly each step's feature error reaches the
    final output (``hyca_core.sensitivity``), turned into per-step weights. Off by default: on the
-   bundled reference model the measured sensitivity rises ~10^4-fold from the first forecast step
-   to the last, and scoring with it chose solvers that lost 3-7 dB closed-loop against the
+   bundled reference model the measured sensitivity rises about 4000-fold from the first forecast
+   step to the last, and scoring with it chose solvers that lost up to 10.5 dB closed-loop against the
    unweighted choice (BENCHMARKS.md, "Calibration that pays"); the closed loop below is what wins;
 2. uncached calibration runs streamed into the ``Calibrator`` with those weights: the open-loop map;
 3. closed-loop refinement and the per-N guarantee against uniform solvers (``hyca_core.closed_loop``);
