@@ -124,9 +124,6 @@ class AutoState:
     def after(self, ctx) -> None:
         self.inner.after(ctx)
 
-    def report(self) -> list[dict]:
-        return self.inner.report() if hasattr(self.inner, "report") else []
-
     def close(self, status: str = "done") -> list[dict]:
         inner, self.inner = self.inner, None
         if inner is None:

@@ -30,7 +30,7 @@ from . import families
 from .schedule import Schedule
 from .session import DEFAULT_SOLVER, ApplyConfig
 from .solver_map import SolverMap
-from .solvers import get_solver
+from .solvers import DEFAULT_POOL, get_solver
 
 log = logging.getLogger("hyca")
 
@@ -226,7 +226,7 @@ def closed_loop(m: SolverMap, run: Run, family: families.Family, level: str, fit
     return m, judge
 
 
-def expected_runs(level: str, intervals: int, fit_seeds: int = 1, pool: int = 9) -> int:
+def expected_runs(level: str, intervals: int, fit_seeds: int = 1, pool: int = len(DEFAULT_POOL)) -> int:
     """Cached sampling runs a refine level makes at most, besides one uncached run per held-out
     seed (the tooltip's figure)."""
     budget, verify_seeds = REFINE_LEVELS[level]

@@ -12,12 +12,21 @@ step every ``interval`` steps, no forced final step. ``cooldown``, ``max_consecu
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 EPSILON = 1e-6
 SNAP = 1e-4  # sigma positions this close to an integer step are that step
+
+
+@functools.lru_cache(maxsize=64)  # asked once per model call
+def _rescaled(full_at: tuple[int, ...], steps: int, n_steps: int) -> frozenset[int]:
+    if steps == n_steps or n_steps <= 1:
+        return frozenset(full_at)
+    scale = (n_steps - 1) / max(steps - 1, 1)
+    return frozenset(min(n_steps - 1, round(i * scale)) for i in full_at)
 
 
 def step_coordinate(sigma: float, sigmas: Sequence[float]) -> float:
@@ -70,10 +79,7 @@ class Schedule:
 
     def full_positions(self, n_steps: int) -> frozenset[int]:
         """The calibrated full steps for a run of ``n_steps`` (rescaled from the calibration's count)."""
-        if self.full_at_steps == n_steps or n_steps <= 1:
-            return frozenset(self.full_at)
-        scale = (n_steps - 1) / max(self.full_at_steps - 1, 1)
-        return frozenset(min(n_steps - 1, round(i * scale)) for i in self.full_at)
+        return _rescaled(self.full_at, self.full_at_steps, n_steps)
 
     def full_reason(self, t: float, n_steps: int, last_full: Optional[float],
                     predicted_in_row: int = 0) -> Optional[str]:

@@ -100,22 +100,27 @@ class HyCaApply(io.ComfyNode):
             raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
-        notes = []
         if solver_map is not None:
             if solver_map.granularity != granularity:
                 raise SolverMapMismatch(
                     f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
                     f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
             solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
-            notes = map_notes(solver_map, interval, warmup_steps, cooldown_steps)
-            for note in notes:
-                log.warning("HyCa Apply: %s", note)
         if schedule == "calibrated":
             schedule = calibrated(solver_map, full_steps)
-            notes = [n for n in notes if "calibrated for warmup_steps" not in n and "no solvers for interval" not in n]
         else:
             schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                                 start=start_percent, end=end_percent)
+        notes = []
+        if solver_map is not None:
+            # a calibrated placement is the map's own schedule: only its closed-loop note can apply
+            calibrated_here = schedule.full_at is not None
+            notes = map_notes(solver_map, schedule.interval,
+                              solver_map.warmup if calibrated_here else warmup_steps,
+                              solver_map.provenance.get("cooldown", cooldown_steps) if calibrated_here
+                              else cooldown_steps)
+            for note in notes:
+                log.warning("HyCa Apply: %s", note)
         config = ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device)
         if auto_calibrate and solver_map is None:
             architecture = families.architecture(diffusion_model, family, granularity)

@@ -10,11 +10,11 @@ from comfy_api.latest import io
 from ..hyca_core import families
 from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs
 from ..hyca_core.procedure import Procedure, calibrate
+from ..hyca_core.session import CONFIG_KEY, PlainConfig
 from ..hyca_core.solver_map import save_solver_map
 from . import map_folder
 from .chart import calibration_chart
 from .apply import SolverMapType
-from ..hyca_core.session import CONFIG_KEY, PlainConfig
 from .patch import diffusion_model_of, install
 
 log = logging.getLogger("hyca")
