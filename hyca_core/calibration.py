@@ -19,6 +19,12 @@ error of every solver, and the least-squares ``fit`` weights, for any grouping o
 afterwards. With fewer than three anchors held the missing differences are zero (the solvers fall
 back to two-point or reuse formulas, which ignore them).
 
+The fit is shrunk toward the cluster's chosen solver, per N and cluster, by the amount that does
+best on data it was not fitted on: with ``fit`` on, the sums are also kept in two folds (alternate
+windows of the schedule, and alternate runs), each fold's fit is scored on the other, and the
+shrinkage with the least held-out error is applied to the fit over all data. A fit is only as good
+as its weights generalise; without any held-out evidence it falls back to the chosen solver.
+
 To bound memory the window holds a fixed, evenly spaced subset of ``tokens`` rows of each feature
 (the statistics are per channel averages over rows, so a subset estimates them without bias).
 """
@@ -54,6 +60,7 @@ class CalibrationConfig:
     intervals: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     pool: tuple[str, ...] = DEFAULT_POOL
     fit: bool = True  # also fit least-squares weights per cluster and N
+    shrink: bool = True  # shrink the fit toward the chosen solver by held-out error (False: the raw fit)
     tokens: int = 256  # rows of each feature kept in the window
     scope: str = "pooled"  # "pooled": one partition per feature kind across blocks; "feature": per feature
     descriptors: str = "both"  # what k-means sees: "dynamics" (the paper's), "errors", or "both"
@@ -164,6 +171,8 @@ class _ScopeStats:
     descriptors: torch.Tensor  # float64 [len(DYNAMICS), D]: sums over observed steps
     descriptor_steps: int = 0
     features: set = field(default_factory=set)
+    folds: Optional[torch.Tensor] = None  # float64 [2, P, 6, D]: the moments split in two folds (fit only)
+    fold_counts: Optional[torch.Tensor] = None  # float64 [2, P]
 
 
 @dataclass
@@ -182,6 +191,8 @@ class CalibrationResult:
     features: dict[str, int]  # feature -> channel count
     runs: int
     steps: int  # steps observed in the longest run
+    # scope -> N -> per cluster, how much of the fit is kept (1: all of it, 0: the chosen solver)
+    shrinkage: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
 
 class Calibrator:
@@ -268,6 +279,8 @@ class Calibrator:
             zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=like.device)  # noqa: E731
             stats = self._scopes[name] = _ScopeStats(
                 channels, zeros(len(self._slots), 6, channels), zeros(len(self._slots)), zeros(len(DYNAMICS), channels))
+            if self.config.fit:
+                stats.folds, stats.fold_counts = zeros(2, len(self._slots), 6, channels), zeros(2, len(self._slots))
         elif stats.channels != channels:
             raise CalibrationError(f"scope {name!r} mixes features of {stats.channels} and {channels} channels")
         stats.features.add(feature)
@@ -284,13 +297,16 @@ class Calibrator:
         values = window.values
         current = values[target].float()
         stats = self._scope(feature, current)
-        index, anchors = [], []
+        index, anchors, folds = [], [], []
         for n in sorted(self.config.intervals):
             held = deployment_anchors(n, self.config.warmup, target)
             if not held or any(step not in values for step in held):
                 continue  # computed fully here, or the run did not show the anchors' steps
             index.append(self._slot_index[Slot.held(n, target, held)])
             anchors.append(held + (held[-1],) * (3 - len(held)))  # missing anchors: differences of 0
+            # alternate windows of this N's schedule, shifted by one in every other run: with two
+            # runs each slot shows up in both folds, with one the windows alternate
+            folds.append((held[0] // n + self._runs) % 2)
         weight = self.config.step_weight(target)
         if index and weight > 0:
             a, b, c = (torch.stack([values[steps[j]] for steps in anchors]).float() for j in range(3))
@@ -300,8 +316,14 @@ class Calibrator:
             at = torch.tensor(index, device=sums.device)
             # weighted sums and weighted row counts: errors stay mean squared errors, weighted by step
             stats.moments.index_add_(0, at, sums.to(torch.float64) * weight)
-            stats.counts.index_add_(0, at, torch.full((len(index),), weight * current.shape[0],
-                                                      dtype=torch.float64, device=sums.device))
+            rows = torch.full((len(index),), weight * current.shape[0], dtype=torch.float64, device=sums.device)
+            stats.counts.index_add_(0, at, rows)
+            if stats.folds is not None:
+                for fold in (0, 1):
+                    pick = [i for i, f in enumerate(folds) if f == fold]
+                    if pick:
+                        stats.folds[fold].index_add_(0, at[pick], sums[pick].to(torch.float64) * weight)
+                        stats.fold_counts[fold].index_add_(0, at[pick], rows[pick])
         history = [values.get(target - j) for j in range(4)]
         if all(h is not None for h in history):
             stats.descriptors += _dynamics(*[h.float() for h in history]).to(torch.float64)
@@ -321,14 +343,17 @@ class Calibrator:
                 f"{self.config.warmup} and cooldown {self.config.cooldown} a run needs at least "
                 f"{first + 1 + self.config.cooldown} steps to predict one"
             )
-        scopes = {name: self._choose(_on_cpu(stats)) for name, stats in sorted(self._scopes.items())}
-        return CalibrationResult(self.config, scopes, dict(sorted(self._features.items())), self._runs, self._steps)
+        scopes, shrinkage = {}, {}
+        for name, stats in sorted(self._scopes.items()):
+            scopes[name], shrinkage[name] = self._choose(_on_cpu(stats))
+        return CalibrationResult(self.config, scopes, dict(sorted(self._features.items())), self._runs, self._steps,
+                                 shrinkage if self.config.fit else {})
 
     def _counts_for(self, n: int) -> torch.Tensor:
         index = self._by_interval[n]
         return torch.stack([s.counts[index].cpu() for s in self._scopes.values()])
 
-    def _choose(self, stats: _ScopeStats) -> ScopeAssignment:
+    def _choose(self, stats: _ScopeStats) -> tuple[ScopeAssignment, dict[int, list[float]]]:
         cfg = self.config
         pool_weights = _pool_weights(cfg.pool, self._slots)  # [S, P, 3]
         per_channel_err = _pool_error(pool_weights, stats.moments)  # [S, P, D]
@@ -346,8 +371,11 @@ class Calibrator:
         errors = torch.zeros(len(cfg.pool) + int(cfg.fit), clusters, len(intervals), dtype=torch.float64)
         choices = torch.zeros(len(intervals), clusters, dtype=torch.int32)
         fitted: dict[int, torch.Tensor] = {}
+        shrinkage: dict[int, list[float]] = {}
         if cfg.fit:
-            fit_w, fit_err = _fit(grouped, pool_weights, slot_err)  # [P, C, 3], [P, C]
+            fit_w, _ = _fit(grouped, pool_weights, slot_err)  # [P, C, 3]
+            grouped_folds = torch.zeros(2, len(self._slots), 6, clusters, dtype=torch.float64)
+            grouped_folds.index_add_(3, labels, stats.folds)
         for i, n in enumerate(intervals):
             index = self._by_interval[n]
             elements = (stats.counts[index].sum() * sizes).clamp_min(1)  # [C]
@@ -355,17 +383,54 @@ class Calibrator:
             choice = errors[: len(cfg.pool), :, i].argmin(0)
             choices[i] = choice.to(torch.int32)
             if cfg.fit:
-                fitted[n], errors[-1, :, i] = self._fitted_rule(n, choice, fit_w, fit_err, slot_err, stats.counts)
+                keep = self._shrinkage(n, choice, grouped_folds, stats.fold_counts, pool_weights)
+                shrinkage[n] = [round(float(v), 4) for v in keep]
+                fitted[n], errors[-1, :, i] = self._fitted_rule(n, choice, fit_w, keep, grouped, slot_err, stats.counts)
                 errors[-1, :, i] /= elements
         features = sorted(stats.features)
-        return ScopeAssignment(labels.to(torch.int32), choices, errors.to(torch.float32), fitted, features)
+        return ScopeAssignment(labels.to(torch.int32), choices, errors.to(torch.float32), fitted, features), shrinkage
 
-    def _fitted_rule(self, n, choice, fit_w, fit_err, slot_err, counts):
+    def _regular_slots(self, n: int) -> list[int]:
+        return [j for j in self._by_interval[n] if self._slots[j].regular]
+
+    def _shrinkage(self, n, choice, grouped_folds, fold_counts, pool_weights) -> torch.Tensor:
+        """Per cluster, the share ``t`` in [0, 1] of the fit to keep at N (weights ``chosen + t *
+        (fit - chosen)``): the one with the least error on held-out data, each fold's fit scored on
+        the other fold. The error is quadratic in ``t``, so three evaluations give it exactly. No
+        slot seen in both folds: 0 (nothing shows the fit generalises)."""
+        clusters = choice.numel()
+        quadratic = torch.zeros(3, clusters, dtype=torch.float64)  # held-out error at t = 0, 1/2, 1
+        evidence = False
+        for train, test in ((0, 1), (1, 0)):
+            slots = [j for j in self._regular_slots(n) if fold_counts[train, j] > 0 and fold_counts[test, j] > 0]
+            if not slots:
+                continue
+            evidence = True
+            moments = grouped_folds[train]
+            fit_w, _ = _fit(moments, pool_weights, _pool_error(pool_weights, moments))
+            for j in slots:
+                chosen = pool_weights[choice, j]  # [C, 3]
+                for e, t in enumerate((0.0, 0.5, 1.0)):
+                    w = chosen + t * (fit_w[j] - chosen)
+                    quadratic[e] += _squared_error((w[:, 0] - 1.0)[None], (-w[:, 2])[None],
+                                                   grouped_folds[test, j:j + 1])[0]
+        if not self.config.shrink:
+            return torch.ones(clusters, dtype=torch.float64)
+        if not evidence:
+            return torch.zeros(clusters, dtype=torch.float64)
+        e0, e_half, e1 = quadratic
+        curvature = 2 * (e1 - 2 * e_half + e0)  # E(t) = e0 + slope t + curvature t^2 / 2
+        slope = e1 - e0 - curvature / 2
+        best = torch.where(curvature > 0, -slope / curvature.clamp_min(_TINY), torch.where(e1 < e0, 1.0, 0.0))
+        return best.clamp(0.0, 1.0)
+
+    def _fitted_rule(self, n, choice, fit_w, keep, grouped, slot_err, counts):
         """The fitted table for N ([C, N, 3]) and its summed error over N's slots ([C]).
 
         A ``FittedRule`` applies its table only where the anchors are N apart and falls back to the
         cluster's chosen solver elsewhere; its error is scored the same way. An offset no run showed
-        at the regular spacing gets the chosen solver's weights."""
+        at the regular spacing gets the chosen solver's weights. ``keep``: per cluster, the share of
+        the fit kept against the chosen solver's weights (``_shrinkage``)."""
         clusters = choice.numel()
         columns = torch.arange(clusters)
         table = torch.zeros(clusters, n, 3, dtype=torch.float64)
@@ -377,8 +442,10 @@ class Calibrator:
         for j in self._by_interval[n]:
             slot = self._slots[j]
             if slot.regular and counts[j] > 0:
-                table[:, slot.k] = fit_w[j]
-                total += fit_err[j]
+                chosen = table[:, slot.k].clone()
+                w = chosen + keep[:, None] * (fit_w[j] - chosen)
+                table[:, slot.k] = w
+                total += _squared_error((w[:, 0] - 1.0)[None], (-w[:, 2])[None], grouped[j:j + 1])[0]
             else:
                 total += slot_err[choice, j, columns]
         return table.to(torch.float32), total
@@ -418,8 +485,9 @@ class Calibrator:
 
 
 def _on_cpu(stats: _ScopeStats) -> _ScopeStats:
+    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
     return _ScopeStats(stats.channels, stats.moments.cpu(), stats.counts.cpu(), stats.descriptors.cpu(),
-                       stats.descriptor_steps, stats.features)
+                       stats.descriptor_steps, stats.features, cpu(stats.folds), cpu(stats.fold_counts))
 
 
 def _dynamics(v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class Procedure:
     clusters: int = 2
     per_channel: bool = False
     fit: bool = False
+    shrink: bool = True  # the fit shrunk toward the chosen solver by held-out error (hyca_core.calibration)
     refine: str = "fast"
     seed: int = 0  # calibration runs use seed, seed+1, ...; held-out verification seeds follow them
     runs: int = 1
@@ -102,7 +103,7 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
 
     started = time.perf_counter()
     calibrator = Calibrator(CalibrationConfig(
-        clusters=max(p.clusters, 1), per_channel=p.per_channel, intervals=tuple(p.intervals), fit=p.fit,
+        clusters=max(p.clusters, 1), per_channel=p.per_channel, intervals=tuple(p.intervals), fit=p.fit, shrink=p.shrink,
         warmup=p.warmup, cooldown=p.cooldown, step_weights=weights))
     first = None
     for seed in p.fit_seeds:
@@ -130,15 +131,17 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
     started = time.perf_counter()
     if p.budgets:
         judge = Judge(counted_run(run, runs), family, granularity, p.warmup, p.cooldown, references=references)
-        schedules = {}
-        for budget in p.budgets:
+        schedules, smaller = {}, None
+        for budget in sorted(p.budgets):
             n = placement.interval_for(p.steps, budget, solver_map.intervals)
 
             def score(full, n=n):
                 schedule = Schedule(interval=n, full_at=full, full_at_steps=p.steps)
                 return judge.score(judge.with_schedule(schedule, solver_map), p.fit_seeds)
 
-            full, value, record = placement.search(score, p.steps, budget, p.placement_trials)
+            also = [placement.grow(smaller, p.steps, budget)] if smaller else []
+            full, value, record = placement.search(score, p.steps, budget, p.placement_trials, also=also)
+            smaller = full
             schedules[str(budget)] = {"full_steps": list(full), "steps": p.steps, "interval": n,
                                       "fit_db": round(value, 3), "fixed_db": record["start_db"],
                                       "fixed_start": record["start"], "trials": record["trials"]}

@@ -89,6 +89,9 @@ class SolverMap:
             "descriptors": cfg.descriptors, "tokens": cfg.tokens, "scope": cfg.scope, "seed": cfg.seed,
         }
         prov["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        if getattr(result, "shrinkage", None):  # how much of each fit held on held-out data
+            prov["fit_shrinkage"] = {scope: {str(n): keep for n, keep in by_n.items()}
+                                     for scope, by_n in result.shrinkage.items()}
         prov.update(provenance or {})
         arch = dict(architecture)
         arch.setdefault("features", sorted(result.features))

@@ -45,10 +45,10 @@ REFINE_TOOLTIP = (
     "on the checked seeds). "
     f"off: no extra runs (open-loop choice only). "
     f"fast: up to {REFINE_LEVELS['fast'][0]} closed-loop trials per N on the calibration seeds, then the check on "
-    f"{REFINE_LEVELS['fast'][1]} held-out seed: at most {expected_runs('fast', 7)} cached runs for intervals 2-8 "
-    "(a cached run costs about 1/N of an uncached one) plus 1 uncached. "
+    f"{REFINE_LEVELS['fast'][1]} held-out seeds: at most {expected_runs('fast', 7)} cached runs for intervals 2-8 "
+    f"(a cached run costs about 1/N of an uncached one) plus {REFINE_LEVELS['fast'][1]} uncached. "
     f"thorough: up to {REFINE_LEVELS['thorough'][0]} trials per N, check on {REFINE_LEVELS['thorough'][1]} seeds: "
-    f"at most {expected_runs('thorough', 7)} cached runs plus 2 uncached.")
+    f"at most {expected_runs('thorough', 7)} cached runs plus {REFINE_LEVELS['thorough'][1]} uncached.")
 
 
 def parse_budgets(text: str, steps: int) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ import torch
 from hyca_core.calibration import CalibrationConfig, CalibrationError, Calibrator
 from hyca_core.predictor import HybridPredictor
 from hyca_core.schedule import Schedule
-from hyca_core.solver_map import SolverMap
+from hyca_core.solver_map import SolverMap, load_solver_map, save_solver_map
 from hyca_core.solvers import DEFAULT_POOL, solver_weights
 from hyca_core.synthetic import mixture_trajectory, replay
 
@@ -264,3 +264,53 @@ def test_step_weights_are_checked():
     for bad in ((), (0.0, 0.0), (1.0, -1.0), (float("nan"),)):
         with pytest.raises(CalibrationError, match="step_weights"):
             CalibrationConfig(step_weights=bad)
+
+
+def windowed_run(sign_of_window, steps=41, channels=4):
+    """Full steps (every 4th, warm-up 1) on a ramp; between them each window moves on at slope 1.5
+    times ``sign_of_window(w)``: a rule no pool solver follows, which the fit can learn."""
+    values = []
+    for t in range(steps):
+        w = t // 4
+        values.append(float(t) if t % 4 == 0 else 4 * w + sign_of_window(w) * 1.5 * (t - 4 * w))
+    return torch.tensor(values).view(-1, 1, 1).expand(steps, 8, channels).contiguous()
+
+
+def fitted_calibration(*runs):
+    cal = Calibrator(CalibrationConfig(clusters=1, intervals=(4,), warmup=1, fit=True))
+    for trajectory in runs:
+        cal.begin_run()
+        for i in range(trajectory.shape[0]):
+            cal.observe(FEATURE, i, trajectory[i])
+        cal.end_run()
+    return cal.finish()
+
+
+def test_fit_is_kept_where_it_holds_on_held_out_windows(tmp_path):
+    res = fitted_calibration(windowed_run(lambda w: 1.0))
+    m = SolverMap.from_calibration(res, "synthetic", {"hidden_size": 4}, "module", warmup=1)
+    save_solver_map(m, tmp_path / "m.safetensors")
+    assert load_solver_map(tmp_path / "m.safetensors").provenance["fit_shrinkage"] == {SCOPE: {"4": [1.0]}}
+    assert res.shrinkage[SCOPE][4] == [pytest.approx(1.0)]
+    scope = res.scopes[SCOPE]
+    assert float(scope.errors[-1, 0, 0]) < 0.6 * float(scope.errors[:-1, 0, 0].min())  # uneven slots: no fit
+
+
+def test_fit_shrinks_to_the_chosen_solver_where_held_out_windows_contradict_it():
+    """Alternate windows move on in opposite directions: each fold's fit fails on the other fold, so
+    the held-out error says keep none of it, though the fit over all data looks fine in-sample."""
+    res = fitted_calibration(windowed_run(lambda w: 1.0 if w % 2 == 0 else -1.0))
+    assert res.shrinkage[SCOPE][4] == [0.0]
+    scope, column = res.scopes[SCOPE], 0
+    chosen = DEFAULT_POOL[int(scope.choices[column, 0])]
+    table = scope.fitted[4][0]
+    for k in range(1, 4):
+        assert table[k].tolist() == pytest.approx(list(solver_weights(chosen, k, 4, 4, 3)), abs=1e-6)
+
+
+def test_fit_is_not_kept_without_held_out_evidence():
+    """One regular window in one run: nothing to check the fit on, so the chosen solver stays."""
+    res = fitted_calibration(windowed_run(lambda w: 1.0, steps=12))
+    assert res.shrinkage[SCOPE][4] == [0.0]
+    assert fitted_calibration(windowed_run(lambda w: 1.0, steps=12),
+                              windowed_run(lambda w: 1.0, steps=12)).shrinkage[SCOPE][4] == [pytest.approx(1.0)]

@@ -89,11 +89,11 @@ def calibrate(model, setting: Setting, granularity: str, clusters: int, fit: boo
 
 
 def calibrate_outcome(model, setting: Setting, granularity: str, clusters: int, fit: bool, refine: str = "off",
-                      intervals=tuple(range(2, 9)), probes=0, budgets=(), placement_trials=24):
+                      intervals=tuple(range(2, 9)), probes=0, budgets=(), placement_trials=24, shrink=True):
     procedure = Procedure(steps=setting.steps, warmup=setting.warmup, cooldown=setting.cooldown,
                           intervals=tuple(intervals), clusters=clusters, fit=fit, refine=refine,
                           runs=setting.calibration_runs, probes=probes, budgets=tuple(budgets),
-                          placement_trials=placement_trials)
+                          placement_trials=placement_trials, shrink=shrink)
     return calibrate_procedure(reference_runner(model, setting), model, families.detect(model), granularity,
                                procedure, provenance={"sampler": "euler", "cfg": setting.cfg,
                                                       "seeds": "50000+100s, prompts scenes(4242+s)"})

@@ -5,7 +5,8 @@
 
 For each granularity, calibrates a map (C=2) per variant (off: open-loop, the previous behaviour;
 weighted: open-loop scored with measured per-step output sensitivity; fast / thorough: refined and
-verified closed-loop on calibration seeds), then samples held-out prompts (never seen in calibration) at N = 3..8 with each
+verified closed-loop on calibration seeds; fit / fit-raw, on request: open-loop with least-squares weights,
+shrunk by held-out error or not), then samples held-out prompts (never seen in calibration) at N = 3..8 with each
 map and with each uniform solver, and prints PSNR of the decoded images against the uncached
 sampler's. Also reports each refine level's calibration cost (seconds, sampling runs).
 Writes results.json and results.md.
@@ -26,9 +27,12 @@ from .benchmark import GRANULARITIES, UNIFORM, Bench, Setting, calibrate_outcome
 from .data import scenes
 from .pipeline import WEIGHTS, load_reference
 
-# name -> (refine level, sensitivity probes): "weighted" is the open-loop choice scored with
-# measured per-step output sensitivity, to show what that weighting does on its own
-VARIANTS = {"off": ("off", 0), "weighted": ("off", 6), "fast": ("fast", 0), "thorough": ("thorough", 0)}
+# name -> (refine level, sensitivity probes, fit, shrink): "weighted" is the open-loop choice scored
+# with measured per-step output sensitivity, to show what that weighting does on its own; "fit" the
+# open-loop map with least-squares weights shrunk by held-out error, "fit-raw" without the shrinkage
+VARIANTS = {"off": ("off", 0, False, True), "weighted": ("off", 6, False, True), "fast": ("fast", 0, False, True),
+            "thorough": ("thorough", 0, False, True), "fit": ("off", 0, True, True), "fit-raw": ("off", 0, True, False)}
+DEFAULT_LEVELS = ("off", "weighted", "fast", "thorough")
 
 
 def main(argv=None) -> int:
@@ -39,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=32, help="held-out prompts (default 32)")
     parser.add_argument("--intervals", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
-    parser.add_argument("--levels", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--levels", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_LEVELS))
     parser.add_argument("--cooldown", type=int, default=1, help="HyCa Apply's default (1)")
     parser.add_argument("--runs", type=int, default=2, help="calibration runs (seeds) per map (default 2)")
     parser.add_argument("--out", default="calib_out")
@@ -55,9 +59,9 @@ def main(argv=None) -> int:
         maps = {}
         for level in args.levels:
             t0 = time.perf_counter()
-            refine, probes = VARIANTS[level]
-            outcome = calibrate_outcome(model, setting, granularity, 2, fit=False, refine=refine,
-                                        intervals=tuple(args.intervals), probes=probes)
+            refine, probes, fit, shrink = VARIANTS[level]
+            outcome = calibrate_outcome(model, setting, granularity, 2, fit=fit, refine=refine,
+                                        intervals=tuple(args.intervals), probes=probes, shrink=shrink)
             maps[level] = outcome.solver_map
             cost = {"granularity": granularity, "refine": level, "seconds": round(time.perf_counter() - t0, 1),
                     "runs": outcome.runs}
