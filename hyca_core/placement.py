@@ -3,11 +3,10 @@
 At a fixed number of full evaluations, where they fall matters as much as the solver: one full
 last step was worth 8-10 dB on the reference model. ``fixed_placements`` lists every placement the
 interval schedule can make with exactly ``budget`` full steps (any warm-up, cooldown and N);
-``search`` starts from the best of them (and of any placement found for a smaller budget, ``grow``n
-to this one), measured closed-loop, and moves one full step at a time to a neighbouring step or
-into the middle of the widest gap, keeping a move only when the final output gets closer to the
-uncached one, within a budget of trials. Step 0 always stays full (nothing can be forecast without
-an anchor).
+``search`` starts from the best of them, measured closed-loop, and moves one full step at a time to
+a neighbouring step or into the middle of the widest gap, keeping a move only when the final output
+gets closer to the uncached one, within a budget of trials. Step 0 always stays full (nothing can
+be forecast without an anchor).
 """
 
 from __future__ import annotations
@@ -37,21 +36,6 @@ def fixed_placements(steps: int, budget: int, warmups: Iterable[int] = range(1, 
     return found
 
 
-def grow(full: tuple[int, ...], steps: int, budget: int) -> tuple[int, ...]:
-    """``full`` with full steps added, each into the middle of the widest gap, up to ``budget``.
-    A placement searched for a smaller budget is a good start for a larger one: the fixed interval
-    placements alone left the search stuck below what 3 fewer full steps had reached (50 steps,
-    budget 12 on the reference model, BENCHMARKS.md)."""
-    out = set(full)
-    while len(out) < min(budget, steps):
-        ordered = sorted(out)
-        width, lo, hi = max((b - a, a, b) for a, b in zip(ordered, ordered[1:] + [steps]))
-        if width <= 1:
-            break
-        out.add((lo + hi) // 2)
-    return tuple(sorted(out))
-
-
 def neighbours(full: tuple[int, ...], steps: int) -> list[tuple[int, ...]]:
     """Placements one move away: a full step (not step 0) one step earlier or later, or moved into
     the middle of the widest gap between full steps (the end of the run counts as a gap's end)."""
@@ -72,11 +56,10 @@ def neighbours(full: tuple[int, ...], steps: int) -> list[tuple[int, ...]]:
     return out
 
 
-def search(score: Score, steps: int, budget: int, trials: int, start: Optional[tuple[int, ...]] = None,
-           also: Iterable[tuple[int, ...]] = ()) -> tuple[tuple[int, ...], float, dict]:
+def search(score: Score, steps: int, budget: int, trials: int,
+           start: Optional[tuple[int, ...]] = None) -> tuple[tuple[int, ...], float, dict]:
     """The best placement found within ``trials`` closed-loop scores (after scoring the fixed
-    placements and the ones in ``also``, unless ``start`` is given). Returns (full steps, score,
-    what was measured)."""
+    placements, unless ``start`` is given). Returns (full steps, score, what was measured)."""
     if not 1 <= budget <= steps:
         raise ValueError(f"a budget of {budget} full steps does not fit {steps} steps")
     measured: dict[tuple[int, ...], float] = {}
@@ -89,7 +72,6 @@ def search(score: Score, steps: int, budget: int, trials: int, start: Optional[t
     if start is None:
         fixed = list(fixed_placements(steps, budget)) or [tuple(sorted(set(
             round(i * (steps - 1) / max(budget - 1, 1)) for i in range(budget))))]
-        fixed += [tuple(full) for full in also if len(full) == budget and tuple(full) not in fixed]
         for full in fixed:
             measure(full)
         start = max(fixed, key=measured.get)

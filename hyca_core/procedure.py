@@ -131,17 +131,15 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
     started = time.perf_counter()
     if p.budgets:
         judge = Judge(counted_run(run, runs), family, granularity, p.warmup, p.cooldown, references=references)
-        schedules, smaller = {}, None
-        for budget in sorted(p.budgets):
+        schedules = {}
+        for budget in p.budgets:
             n = placement.interval_for(p.steps, budget, solver_map.intervals)
 
             def score(full, n=n):
                 schedule = Schedule(interval=n, full_at=full, full_at_steps=p.steps)
                 return judge.score(judge.with_schedule(schedule, solver_map), p.fit_seeds)
 
-            also = [placement.grow(smaller, p.steps, budget)] if smaller else []
-            full, value, record = placement.search(score, p.steps, budget, p.placement_trials, also=also)
-            smaller = full
+            full, value, record = placement.search(score, p.steps, budget, p.placement_trials)
             schedules[str(budget)] = {"full_steps": list(full), "steps": p.steps, "interval": n,
                                       "fit_db": round(value, 3), "fixed_db": record["start_db"],
                                       "fixed_start": record["start"], "trials": record["trials"]}

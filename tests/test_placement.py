@@ -2,7 +2,7 @@
 
 import pytest
 
-from hyca_core.placement import calibrated_schedule, fixed_placements, grow, interval_for, neighbours, search
+from hyca_core.placement import calibrated_schedule, fixed_placements, interval_for, neighbours, search
 from hyca_core.runtime import CacheStream, PredictorBank
 from hyca_core.schedule import Schedule
 from hyca_core.predictor import HybridPredictor
@@ -63,23 +63,6 @@ def test_search_improves_on_the_best_fixed_placement_within_its_trials():
     assert few["trials"] == 3 and len(calls) == few["scored"]
     with pytest.raises(ValueError, match="does not fit"):
         search(score, 24, 30, trials=1)
-
-
-def test_a_smaller_budget_s_placement_grows_into_the_widest_gaps():
-    assert grow((0, 10, 18, 19), 20, 6) == (0, 5, 10, 14, 18, 19)
-    assert grow((0, 1, 2), 3, 5) == (0, 1, 2)  # nothing left to add
-    assert grow((0, 4, 8), 10, 2) == (0, 4, 8)  # never shrinks
-
-
-def test_search_starts_from_a_grown_placement_when_it_beats_every_fixed_one():
-    target = (0, 3, 11, 17, 18, 19)
-
-    def score(full):
-        return -sum(abs(a - b) for a, b in zip(full, target))
-
-    _, _, without = search(score, 20, 6, trials=0)
-    best, value, record = search(score, 20, 6, trials=0, also=[target, (0, 1)])  # a wrong size is ignored
-    assert best == target and value == 0 > without["start_db"] and record["start"] == list(target)
 
 
 def test_stored_placements_become_schedules_with_the_nearest_interval():
