@@ -376,6 +376,7 @@ class Calibrator:
             fit_w, _ = _fit(grouped, pool_weights, slot_err)  # [P, C, 3]
             grouped_folds = torch.zeros(2, len(self._slots), 6, clusters, dtype=torch.float64)
             grouped_folds.index_add_(3, labels, stats.folds)
+            fold_fits = [_fit(m, pool_weights, _pool_error(pool_weights, m))[0] for m in grouped_folds]
         for i, n in enumerate(intervals):
             index = self._by_interval[n]
             elements = (stats.counts[index].sum() * sizes).clamp_min(1)  # [C]
@@ -383,7 +384,7 @@ class Calibrator:
             choice = errors[: len(cfg.pool), :, i].argmin(0)
             choices[i] = choice.to(torch.int32)
             if cfg.fit:
-                keep = self._shrinkage(n, choice, grouped_folds, stats.fold_counts, pool_weights)
+                keep = self._shrinkage(n, choice, grouped_folds, fold_fits, stats.fold_counts, pool_weights)
                 shrinkage[n] = [round(float(v), 4) for v in keep]
                 fitted[n], errors[-1, :, i] = self._fitted_rule(n, choice, fit_w, keep, grouped, slot_err, stats.counts)
                 errors[-1, :, i] /= elements
@@ -393,12 +394,14 @@ class Calibrator:
     def _regular_slots(self, n: int) -> list[int]:
         return [j for j in self._by_interval[n] if self._slots[j].regular]
 
-    def _shrinkage(self, n, choice, grouped_folds, fold_counts, pool_weights) -> torch.Tensor:
+    def _shrinkage(self, n, choice, grouped_folds, fold_fits, fold_counts, pool_weights) -> torch.Tensor:
         """Per cluster, the share ``t`` in [0, 1] of the fit to keep at N (weights ``chosen + t *
         (fit - chosen)``): the one with the least error on held-out data, each fold's fit scored on
         the other fold. The error is quadratic in ``t``, so three evaluations give it exactly. No
         slot seen in both folds: 0 (nothing shows the fit generalises)."""
         clusters = choice.numel()
+        if not self.config.shrink:
+            return torch.ones(clusters, dtype=torch.float64)
         quadratic = torch.zeros(3, clusters, dtype=torch.float64)  # held-out error at t = 0, 1/2, 1
         evidence = False
         for train, test in ((0, 1), (1, 0)):
@@ -406,16 +409,10 @@ class Calibrator:
             if not slots:
                 continue
             evidence = True
-            moments = grouped_folds[train]
-            fit_w, _ = _fit(moments, pool_weights, _pool_error(pool_weights, moments))
             for j in slots:
                 chosen = pool_weights[choice, j]  # [C, 3]
                 for e, t in enumerate((0.0, 0.5, 1.0)):
-                    w = chosen + t * (fit_w[j] - chosen)
-                    quadratic[e] += _squared_error((w[:, 0] - 1.0)[None], (-w[:, 2])[None],
-                                                   grouped_folds[test, j:j + 1])[0]
-        if not self.config.shrink:
-            return torch.ones(clusters, dtype=torch.float64)
+                    quadratic[e] += _rule_error(chosen + t * (fold_fits[train][j] - chosen), grouped_folds[test, j])
         if not evidence:
             return torch.zeros(clusters, dtype=torch.float64)
         e0, e_half, e1 = quadratic
@@ -445,7 +442,7 @@ class Calibrator:
                 chosen = table[:, slot.k].clone()
                 w = chosen + keep[:, None] * (fit_w[j] - chosen)
                 table[:, slot.k] = w
-                total += _squared_error((w[:, 0] - 1.0)[None], (-w[:, 2])[None], grouped[j:j + 1])[0]
+                total += _rule_error(w, grouped[j])
             else:
                 total += slot_err[choice, j, columns]
         return table.to(torch.float32), total
@@ -519,6 +516,11 @@ def _squared_error(alpha: torch.Tensor, beta: torch.Tensor, moments: torch.Tenso
     pp, pq, qq, py, qy, yy = moments.unbind(1)
     err = alpha * alpha * pp + 2 * alpha * beta * pq + beta * beta * qq - 2 * alpha * py - 2 * beta * qy + yy
     return err.clamp_min(0.0)
+
+
+def _rule_error(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    """Summed squared error of per-group weights [G, 3] (summing to 1) on one slot's moments [6, G]: [G]."""
+    return _squared_error(weights[:, 0] - 1.0, -weights[:, 2], moments.unsqueeze(0))[0]
 
 
 def _pool_error(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
