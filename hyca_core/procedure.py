@@ -61,7 +61,13 @@ class Procedure:
 
     @property
     def verify_seeds(self) -> list[int]:
-        return [self.seed + self.runs + r for r in range(REFINE_LEVELS[self.refine][1])]
+        return [self.seed + self.runs + r for r in range(REFINE_LEVELS[self.refine].check_seeds)]
+
+    @property
+    def extra_seeds(self) -> list[int]:
+        """Held-out seeds the check adds for candidates its own seeds cannot tell apart."""
+        first = self.seed + self.runs + len(self.verify_seeds)
+        return [first + r for r in range(REFINE_LEVELS[self.refine].extra_seeds)]
 
 
 @dataclass
@@ -81,7 +87,9 @@ def counted_run(run: Callable, runs: dict) -> Callable:
 
 
 def calibrate(run: Callable, diffusion_model, family: families.Family, granularity: str, procedure: Procedure,
-              provenance: Optional[dict] = None, **text) -> Outcome:
+              provenance: Optional[dict] = None, decode: Optional[Callable] = None, **text) -> Outcome:
+    """``decode``: the closed loop and the placement score outputs as what reaches the image (a
+    VAE decode of the final latent) instead of the latent itself."""
     p = procedure
     started = time.perf_counter()
     seconds, runs = {}, {"probe": 0, "uncached": 0, "cached": 0}
@@ -124,13 +132,14 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
     started = time.perf_counter()
     if p.refine != "off":
         solver_map, judge = closed_loop(solver_map, counted_run(run, runs), family, p.refine, p.fit_seeds,
-                                        p.verify_seeds,
-                                        p.warmup, p.cooldown, references=references)
+                                        p.verify_seeds, p.warmup, p.cooldown, references=references,
+                                        extra_seeds=p.extra_seeds, decode=decode)
     seconds["closed_loop"] = time.perf_counter() - started
 
     started = time.perf_counter()
     if p.budgets:
-        judge = Judge(counted_run(run, runs), family, granularity, p.warmup, p.cooldown, references=references)
+        judge = Judge(counted_run(run, runs), family, granularity, p.warmup, p.cooldown, references=references,
+                      decode=decode)
         schedules = {}
         for budget in p.budgets:
             n = placement.interval_for(p.steps, budget, solver_map.intervals)

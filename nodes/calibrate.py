@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from comfy_api.latest import io
 
 from ..hyca_core import families
-from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs
+from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs, held_out_seeds
 from ..hyca_core.procedure import Procedure, calibrate
 from ..hyca_core.session import CONFIG_KEY, PlainConfig
 from ..hyca_core.solver_map import save_solver_map
@@ -39,16 +39,20 @@ def parse_intervals(text: str) -> tuple[int, ...]:
     return tuple(sorted(values))
 
 
+def _level_tooltip(level: str) -> str:
+    trials, check, extra = REFINE_LEVELS[level]
+    return (f"up to {trials} closed-loop trials per N on the calibration seeds, then the check on {check} held-out "
+            f"seeds, plus up to {extra} more for candidates those cannot tell apart: at most "
+            f"{expected_runs(level, 7)} cached runs for intervals 2-8 plus {held_out_seeds(level)} uncached")
+
+
 REFINE_TOOLTIP = (
     "Closed-loop check after the open-loop choice: sample with the map and with every uniform solver and keep, "
     "per interval N, whichever reaches the final image best (the map can then never lose to the uniform default "
-    "on the checked seeds). "
-    f"off: no extra runs (open-loop choice only). "
-    f"fast: up to {REFINE_LEVELS['fast'][0]} closed-loop trials per N on the calibration seeds, then the check on "
-    f"{REFINE_LEVELS['fast'][1]} held-out seeds: at most {expected_runs('fast', 7)} cached runs for intervals 2-8 "
-    f"(a cached run costs about 1/N of an uncached one) plus {REFINE_LEVELS['fast'][1]} uncached. "
-    f"thorough: up to {REFINE_LEVELS['thorough'][0]} trials per N, check on {REFINE_LEVELS['thorough'][1]} seeds: "
-    f"at most {expected_runs('thorough', 7)} cached runs plus {REFINE_LEVELS['thorough'][1]} uncached.")
+    "on the checked seeds). A change or a win smaller than the spread between images does not count. "
+    "off: no extra runs (open-loop choice only). "
+    f"fast: {_level_tooltip('fast')} (a cached run costs about 1/N of an uncached one; most runs end far below "
+    f"the maximum). thorough: {_level_tooltip('thorough')}.")
 
 
 def parse_budgets(text: str, steps: int) -> tuple[int, ...]:
@@ -118,6 +122,10 @@ class HyCaCalibrate(io.ComfyNode):
                                         "where that many full steps reach the final image best, closed loop on "
                                         "the calibration seeds (about 12 + 24 cached runs per budget). HyCa "
                                         "Apply uses them with schedule = calibrated. Empty: none."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="Optional: the model's VAE. The closed-loop check and the placement then "
+                                     "compare decoded images, what you see, instead of latents (one decode per "
+                                     "checked run). Without it they compare latents."),
             ],
             outputs=[
                 SolverMapType.Output(display_name="solver_map", tooltip="The calibrated map, also saved to disk."),
@@ -131,7 +139,7 @@ class HyCaCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
                 clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="",
-                refine="fast", full_step_budgets="") -> io.NodeOutput:
+                refine="fast", full_step_budgets="", vae=None) -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
 
@@ -147,7 +155,7 @@ class HyCaCalibrate(io.ComfyNode):
                               clusters=clusters, per_channel=clusters == 0, fit=fit, refine=refine, seed=seed,
                               runs=runs, budgets=budgets)
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        total = runs + (expected_runs(refine, len(interval_list), runs) + len(procedure.verify_seeds)
+        total = runs + (expected_runs(refine, len(interval_list), runs) + held_out_seeds(refine)
                         if refine != "off" else 0) + len(budgets) * (12 + procedure.placement_trials) * runs
         pbar = comfy.utils.ProgressBar(steps * total)
         done = [0]
@@ -178,8 +186,9 @@ class HyCaCalibrate(io.ComfyNode):
             "seeds": procedure.fit_seeds, "latent_shape": list(latent.shape),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
+        decode = None if vae is None else vae.decode  # images [B, (T,) H, W, C]: scored per batch item
         outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
-                            description=description or "")
+                            decode=decode, description=description or "")
         solver_map = outcome.solver_map
         save_solver_map(solver_map, path)
         solver_map.source = path

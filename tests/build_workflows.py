@@ -129,9 +129,14 @@ def hunyuan(variant):
 def finish(g, model, vae, positive, negative, latent, s, variant, name, video):
     x = 1100
     if variant == "calibrate":
-        sampler = g.node("HyCaCalibrate", **CALIBRATE_IO, x=x, y=0, width=360,
+        # images: the closed-loop check compares decoded images (the optional vae input); video: it
+        # compares latents, since decoding every checked video would cost more than sampling it
+        slots = dict(CALIBRATE_IO, inputs=CALIBRATE_IO["inputs"] + ([] if video else [("vae", "VAE")]))
+        sampler = g.node("HyCaCalibrate", **slots, x=x, y=0, width=360,
                          widgets=calibrate_widgets(s["steps"], s["cfg"], s["sampler"], s["scheduler"], name, s["warmup"],
                                                    description=f"{name}: calibrated with the example workflow"))
+        if not video:
+            g.link(vae, 0, sampler, "vae")
         chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=x, y=560, width=380)
         g.link(sampler, 2, chart, "images")
     else:

@@ -65,8 +65,8 @@ def load_modules():
         "sample": "comfy.sample", "samplers": "comfy.samplers", "patcher": "comfy.model_patcher",
         "supported": "comfy.supported_models", "easycache": "comfy_extras.nodes_easycache",
         "apply": "comfyui_hyca.nodes.apply", "patch": "comfyui_hyca.nodes.patch",
-        "families": "comfyui_hyca.hyca_core.families", "calibration": "comfyui_hyca.hyca_core.calibration",
-        "session": "comfyui_hyca.hyca_core.session", "solver_map": "comfyui_hyca.hyca_core.solver_map",
+        "families": "comfyui_hyca.hyca_core.families", "procedure": "comfyui_hyca.hyca_core.procedure",
+        "session": "comfyui_hyca.hyca_core.session",
         "metrics": "comfyui_hyca.hyca_core.metrics", "data": "comfyui_hyca.hyca_core.reference.data",
         "pipeline": "comfyui_hyca.hyca_core.reference.pipeline",
     }
@@ -116,28 +116,41 @@ def sample(m, model, batch: Prompts, steps: int) -> torch.Tensor:
                            torch.zeros_like(batch.noise), seed=0, disable_pbar=True)
 
 
-def calibrate(m, model, steps: int, intervals, runs: int, cooldown: int):
-    """A HyCa map (C=2, the paper's "choose" mode) from the uncached model on calibration prompts,
-    through the pack's own calibration hooks (what HyCa Calibrate does, without writing a file)."""
+def calibration_runner(m, model, steps: int):
+    """``run(seed, config)`` for ``hyca_core.procedure`` through ComfyUI's sampler: seed ``s`` samples
+    its own 8 prompts (``scenes(4242 + s)``) from its own noise, as the reference benchmark's runner
+    does; the held-out prompts (``scenes(777)``) are never among them."""
+
+    def run(seed, config):
+        patched = model
+        if config is not None:
+            patched = model.clone()
+            m.patch.install(patched, config)
+        prompts = [s.prompt for s in m.data.scenes(4242 + seed, 8)]
+        return sample(m, patched, Prompts(m, prompts, CALIBRATION_SEED + 100 * seed), steps)
+
+    return run
+
+
+def calibrate(m, model, steps: int, intervals, runs: int, cooldown: int, refine: str = "fast", budgets=()):
+    """A HyCa map (C=2, the paper's "choose" mode, module granularity) through the pack's own
+    calibration procedure, as HyCa Calibrate runs it (without writing a file): open-loop choice,
+    closed-loop ``refine`` and check, and a calibrated placement per full-step budget."""
     diffusion_model = model.model.diffusion_model
     family = m.families.detect(diffusion_model)
-    calibrator = m.calibration.Calibrator(m.calibration.CalibrationConfig(clusters=2, intervals=tuple(intervals),
-                                                                          warmup=WARMUP, cooldown=cooldown))
-    patched = model.clone()
-    m.patch.install(patched, m.session.CalibrateConfig(family, "module", calibrator))
-    prompts = [s.prompt for s in m.data.scenes(4242, 8)]
-    for run in range(runs):
-        sample(m, patched, Prompts(m, prompts, CALIBRATION_SEED + 100 * run), steps)
-    return m.solver_map.SolverMap.from_calibration(
-        calibrator.finish(), family=family.name, granularity="module", warmup=WARMUP,
-        architecture=m.families.architecture(diffusion_model, family, "module"),
-        provenance={"steps": steps, "sampler": "euler", "scheduler": "simple", "cfg": CFG, "cooldown": cooldown},
-        mode="choose")
+    procedure = m.procedure.Procedure(steps=steps, warmup=WARMUP, cooldown=cooldown, intervals=tuple(intervals),
+                                      clusters=2, refine=refine, runs=runs, budgets=tuple(budgets))
+    outcome = m.procedure.calibrate(calibration_runner(m, model, steps), diffusion_model, family, "module", procedure,
+                                    provenance={"sampler": "euler", "scheduler": "simple", "cfg": CFG})
+    return outcome
 
 
-def hyca(m, model, interval, cooldown, solver_map=None):
+def hyca(m, model, interval, cooldown, solver_map=None, full_steps=None):
+    """HyCa Apply at module granularity: an interval schedule, or the map's calibrated placement of
+    ``full_steps`` full steps."""
+    schedule = {} if full_steps is None else {"schedule": "calibrated", "full_steps": full_steps}
     return m.apply.HyCaApply.execute(model, interval, WARMUP, cooldown, 0.0, 1.0, "module", "auto", True,
-                                     solver_map=solver_map).result[0]
+                                     solver_map=solver_map, **schedule).result[0]
 
 
 def easycache_handles_batched_cfg(m) -> bool:
@@ -265,6 +278,11 @@ def main(argv=None) -> int:
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS),
                         help="EasyCache / LazyCache reuse_threshold sweep")
     parser.add_argument("--calibration-runs", type=int, default=2, help="calibration runs of 8 prompts (default 2)")
+    parser.add_argument("--refine", choices=("off", "fast", "thorough"), default="fast",
+                        help="HyCa Calibrate's refine level for the map (default fast, the node's default)")
+    parser.add_argument("--budgets", type=int, nargs="*", default=[12, 13],
+                        help="full-step budgets to calibrate a placement for and sample with schedule=calibrated "
+                             "(default 12 13: about a quarter of 50 steps)")
     parser.add_argument("--cooldown", type=int, default=1,
                         help="HyCa's full last steps, in calibration and deployment (default 1, HyCa Apply's default)")
     parser.add_argument("--quick", action="store_true",
@@ -273,7 +291,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.pairs, args.repeats, args.calibration_runs = 20, 4, 1, 1
-        args.intervals, args.thresholds = [3, 6], [0.1, 0.5, 2.0]
+        args.intervals, args.thresholds, args.budgets = [3, 6], [0.1, 0.5, 2.0], [6]
     path = comfyui_path()
     if path is None:
         print("no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout", file=sys.stderr)
@@ -300,11 +318,22 @@ def main(argv=None) -> int:
     bench.record("uncached", "-", uncached["latents"], uncached["seconds"], uncached["calls_per_eval"] * args.steps,
                  uncached)
     started = time.perf_counter()
-    solver_map = calibrate(m, model, args.steps, args.intervals, args.calibration_runs, args.cooldown)
-    print(f"calibrated a C=2 map on {args.calibration_runs}x8 prompts in {time.perf_counter() - started:.1f} s")
+    outcome = calibrate(m, model, args.steps, args.intervals, args.calibration_runs, args.cooldown, args.refine,
+                        args.budgets)
+    solver_map = outcome.solver_map
+    calibration = {"seconds": round(time.perf_counter() - started, 1), "runs": outcome.runs, "refine": args.refine,
+                   "closed_loop": solver_map.provenance.get("closed_loop"),
+                   "schedules": solver_map.provenance.get("schedules")}
+    print(f"calibrated a C=2 map (refine {args.refine}, budgets {args.budgets}) on {args.calibration_runs}x8 "
+          f"prompts in {calibration['seconds']} s, runs {outcome.runs}")
     for n in args.intervals:
         bench.record("HyCa (map)", f"N={n}", *bench.measure(hyca(m, model, n, args.cooldown, solver_map)), uncached, n=n)
         bench.record("HyCa (no map)", f"N={n}", *bench.measure(hyca(m, model, n, args.cooldown)), uncached, n=n)
+    for budget in args.budgets:
+        patched = hyca(m, model, 6, args.cooldown, solver_map, full_steps=budget)  # the interval is unused here
+        full = solver_map.provenance["schedules"][str(budget)]["full_steps"]
+        bench.record("HyCa (calibrated)", f"{budget} full: {','.join(map(str, full))}", *bench.measure(patched),
+                     uncached, n=budget)
 
     windows = [NODE_WINDOW, (WARMUP / args.steps, 1.0)]
 
@@ -340,12 +369,13 @@ def main(argv=None) -> int:
         json.dump({"steps": args.steps, "pairs": args.pairs, "batch": size, "repeats": args.repeats, "cfg": CFG,
                    "warmup": WARMUP, "cooldown": args.cooldown, "cache_windows": windows, "torch": torch.__version__,
                    "threads": torch.get_num_threads(), "comfyui": comfyui_version(path),
-                   "easycache_batched_cfg": easycache_batched,
+                   "easycache_batched_cfg": easycache_batched, "calibration": calibration,
                    "sanity": sanity,
                    "uncached_seconds": {"start": uncached["seconds"], "end": retimed},
                    "rows": rows}, f, indent=1)
     table = markdown(rows) + (f"\n{args.steps} steps, {args.pairs} held-out prompts in batches of {size}, CFG {CFG}, "
-                              f"HyCa warm-up {WARMUP} and cooldown {args.cooldown}; "
+                              f"HyCa warm-up {WARMUP} and cooldown {args.cooldown}, map calibrated with refine "
+                              f"{args.refine} in {calibration['seconds']} s ({outcome.runs}); "
                               f"wall: median of {args.repeats} run(s); uncached took {uncached['seconds']:.2f} s "
                               f"at the start and {retimed:.2f} s at the end. Settings t=threshold [start,end] are "
                               f"EasyCache / LazyCache's reuse_threshold and window. EasyCache's diffusion model gets "

@@ -319,7 +319,7 @@ def test_calibrate_loader_apply_round_trip(setup, maps_dir, reference):
 
 def test_refine_checks_every_interval_closed_loop_and_keeps_the_winner(setup, maps_dir):
     """refine=fast: the map keeps its own solvers at N only where they beat every uniform solver on
-    two held-out seeds. Calibrating an applied model gives the very same map: the reference runs pass
+    two held-out seeds (more where those cannot tell the leaders apart). Calibrating an applied model gives the very same map: the reference runs pass
     through the installed HyCa untouched."""
     args = (setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 12, 2.0, "euler", "simple", 1.0, 1, 2,
             "2-3", 3, 1, False, "block")
@@ -329,13 +329,46 @@ def test_refine_checks_every_interval_closed_loop_and_keeps_the_winner(setup, ma
     for n in ("2", "3"):
         entry = record["intervals"][n]
         assert set(entry["uniform_db"]) == set(plain.pool)
-        best = max(entry["uniform_db"].values())
-        assert entry["kept"] == "map" and entry["map_db"] >= best or entry["uniform_db"][entry["kept"]] == best
+        # the winner leads on the items that decided: the two check seeds, or more where those could
+        # not tell the leaders apart
+        if "deciding_db" in entry:
+            assert entry["kept"] in entry["deciding_db"] and entry["deciding_seeds"][:2] == [1, 2]
+        else:
+            scores = {"map": entry["map_db"], **entry["uniform_db"]}
+            assert scores[entry["kept"]] == max(scores.values())
     assert [e["interval"] for e in solver_map_mod.verified(plain)] == [2, 3]
     applied = calibrate_node.HyCaCalibrate.execute(apply_as_node(setup["model"], "9"), *args, "refined-applied",
                                                    "", refine="fast").result[0]
     assert applied.provenance["closed_loop"] == record
     assert all(torch.equal(a.choices, b.choices) for a, b in zip(plain.scopes.values(), applied.scopes.values()))
+
+
+class StandInVAE:
+    """The one method HyCa Calibrate uses of ComfyUI's VAE: ``decode(latent) -> images`` with
+    channels last, values clamped as a decoder's are. Counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def decode(self, samples):
+        self.calls += 1
+        return (samples.movedim(1, -1) * 0.5 + 0.5).clamp(0.0, 1.0)
+
+
+def test_refine_with_a_vae_scores_decoded_images(setup, maps_dir):
+    """With the optional vae, the closed-loop check decodes every run it scores (and each uncached
+    reference once) and says so in the map."""
+    vae = StandInVAE()
+    args = (setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 12, 2.0, "euler", "simple", 1.0, 1, 2,
+            "3", 3, 1, False, "block")
+    out = calibrate_node.HyCaCalibrate.execute(setup["model"], *args, "decoded", "", refine="fast", vae=vae).result[0]
+    record = out.provenance["closed_loop"]
+    assert "decoded image" in record["metric"]
+    references = len(record["seeds"]) + max(len(e.get("deciding_seeds", [])) for e in record["intervals"].values())
+    assert vae.calls >= record["cached_runs"] > 0
+    assert vae.calls <= record["cached_runs"] + references + 1  # + the calibration seed's reference
+    plain = calibrate_node.HyCaCalibrate.execute(setup["model"], *args, "latents", "", refine="fast").result[0]
+    assert "latent" in plain.provenance["closed_loop"]["metric"]
 
 
 def test_auto_calibration_writes_one_map_reuses_it_and_recalibrates_on_change(setup, maps_dir, browser):

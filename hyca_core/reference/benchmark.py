@@ -94,9 +94,10 @@ def calibrate_outcome(model, setting: Setting, granularity: str, clusters: int, 
                           intervals=tuple(intervals), clusters=clusters, fit=fit, refine=refine,
                           runs=setting.calibration_runs, probes=probes, budgets=tuple(budgets),
                           placement_trials=placement_trials, shrink=shrink)
+    # the closed loop scores decoded images: what the user sees, and what the benchmarks measure
     return calibrate_procedure(reference_runner(model, setting), model, families.detect(model), granularity,
                                procedure, provenance={"sampler": "euler", "cfg": setting.cfg,
-                                                      "seeds": "50000+100s, prompts scenes(4242+s)"})
+                                                      "seeds": "50000+100s, prompts scenes(4242+s)"}, decode=decode)
 
 
 def timed(fn, repeats, times: Optional[list] = None):

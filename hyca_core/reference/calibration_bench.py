@@ -23,7 +23,8 @@ import torch
 
 from ..schedule import Schedule
 from ..session import DEFAULT_SOLVER
-from .benchmark import GRANULARITIES, UNIFORM, Bench, Setting, calibrate_outcome
+from ..solvers import DEFAULT_POOL
+from .benchmark import GRANULARITIES, Bench, Setting, calibrate_outcome
 from .data import scenes
 from .pipeline import WEIGHTS, load_reference
 
@@ -71,12 +72,14 @@ def main(argv=None) -> int:
             schedule = Schedule(interval=n, warmup=setting.warmup, cooldown=setting.cooldown)
             row = {"granularity": granularity, "N": n, "full": len(schedule.full_steps(setting.steps)),
                    "uniform": {}, "maps": {}}
-            for name in UNIFORM:
+            for name in DEFAULT_POOL:  # every solver the check can fall back to
                 row["uniform"][name] = bench.cached(name, granularity, n, schedule, solver=name)["psnr"]
             for level, m in maps.items():
                 row["maps"][level] = bench.cached(f"HyCa {level}", granularity, n, schedule, solver_map=m)["psnr"]
-                kept = m.provenance.get("closed_loop", {}).get("intervals", {}).get(str(n), {}).get("kept")
-                row.setdefault("kept", {})[level] = kept
+                check = m.provenance.get("closed_loop", {}).get("intervals", {}).get(str(n), {})
+                row.setdefault("kept", {})[level] = check.get("kept")
+                if check:
+                    row.setdefault("check", {})[level] = check
             table.append(row)
             best = max(row["uniform"], key=row["uniform"].get)
             print(f"{granularity:<6} N={n} default {row['uniform'][DEFAULT_SOLVER]:.2f} best uniform "
