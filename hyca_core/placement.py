@@ -5,21 +5,32 @@ last step was worth 8-10 dB on the reference model. ``fixed_placements`` lists e
 interval schedule can make with exactly ``budget`` full steps (any warm-up, cooldown and N);
 ``search`` starts from the best of them, measured closed-loop, and moves one full step at a time to
 a neighbouring step or into the middle of the widest gap, keeping a move only when the final output
-gets closer to the uncached one, within a budget of trials. Step 0 always stays full (nothing can
+gets closer to the uncached one, within a budget of trials. A score is one value per sampled image
+(or a single number); a move counts only when its gain, image by image, clears the spread between
+images, as a refine step does (``closed_loop.clear_gain``). Step 0 always stays full (nothing can
 be forecast without an anchor).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence, Union
 
+from .closed_loop import MARGIN_DB, REFINE_Z, clear_gain
 from .schedule import Schedule
 
 log = logging.getLogger("hyca")
 
-Score = Callable[[tuple[int, ...]], float]  # full steps -> closed-loop quality (dB, higher is better)
-MARGIN_DB = 0.01
+# full steps -> closed-loop quality in dB (higher is better): per sampled image, or one number
+Score = Callable[[tuple[int, ...]], Union[float, Sequence[float]]]
+
+
+def _values(score) -> list[float]:
+    return [float(score)] if isinstance(score, (int, float)) else [float(v) for v in score]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
 
 
 def fixed_placements(steps: int, budget: int, warmups: Iterable[int] = range(1, 5),
@@ -62,11 +73,11 @@ def search(score: Score, steps: int, budget: int, trials: int,
     placements, unless ``start`` is given). Returns (full steps, score, what was measured)."""
     if not 1 <= budget <= steps:
         raise ValueError(f"a budget of {budget} full steps does not fit {steps} steps")
-    measured: dict[tuple[int, ...], float] = {}
+    measured: dict[tuple[int, ...], list[float]] = {}
 
     def measure(full):
         if full not in measured:
-            measured[full] = score(full)
+            measured[full] = _values(score(full))
         return measured[full]
 
     if start is None:
@@ -74,9 +85,9 @@ def search(score: Score, steps: int, budget: int, trials: int,
             round(i * (steps - 1) / max(budget - 1, 1)) for i in range(budget))))]
         for full in fixed:
             measure(full)
-        start = max(fixed, key=measured.get)
-    best, best_score = start, measure(start)
-    fixed_best = best_score
+        start = max(fixed, key=lambda full: _mean(measured[full]))
+    best, best_values = start, measure(start)
+    fixed_best = _mean(best_values)
     used = 0
     improved = True
     while improved and used < trials:
@@ -87,13 +98,13 @@ def search(score: Score, steps: int, budget: int, trials: int,
             if candidate in measured:
                 continue
             used += 1
-            value = measure(candidate)
-            if value > best_score + MARGIN_DB:
-                log.info("HyCa placement (%d full of %d): %s -> %.2f dB", budget, steps, candidate, value)
-                best, best_score, improved = candidate, value, True
+            values = measure(candidate)
+            if clear_gain(values, best_values, REFINE_Z, MARGIN_DB):
+                log.info("HyCa placement (%d full of %d): %s -> %.2f dB", budget, steps, candidate, _mean(values))
+                best, best_values, improved = candidate, values, True
                 break
-    return best, best_score, {"start": list(start), "start_db": round(fixed_best, 3), "trials": used,
-                              "scored": len(measured)}
+    return best, _mean(best_values), {"start": list(start), "start_db": round(fixed_best, 3), "trials": used,
+                                      "scored": len(measured)}
 
 
 def interval_for(steps: int, budget: int, intervals: Iterable[int]) -> int:

@@ -146,7 +146,7 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
 
             def score(full, n=n):
                 schedule = Schedule(interval=n, full_at=full, full_at_steps=p.steps)
-                return judge.score(judge.with_schedule(schedule, solver_map), p.fit_seeds)
+                return judge.items(judge.with_schedule(schedule, solver_map), p.fit_seeds)
 
             full, value, record = placement.search(score, p.steps, budget, p.placement_trials)
             schedules[str(budget)] = {"full_steps": list(full), "steps": p.steps, "interval": n,

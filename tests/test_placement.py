@@ -65,6 +65,24 @@ def test_search_improves_on_the_best_fixed_placement_within_its_trials():
         search(score, 24, 30, trials=1)
 
 
+def test_search_takes_no_move_that_helps_one_image_and_hurts_the_others():
+    """Per-image scores: every move away from the start raises the mean through one image and
+    lowers the other three, so none is kept; the same gain on every image is kept."""
+    start = (0, 1, 2, 9, 15, 19, 22, 23)
+
+    def lopsided(full):
+        return [0.0] * 4 if full == start else [9.0, -1.0, -1.0, -1.0]
+
+    best, value, record = search(lopsided, 24, 8, trials=5, start=start)
+    assert best == start and value == 0.0 and record["trials"] == 5
+
+    def even(full):
+        return [0.0] * 4 if full == start else [1.5] * 4
+
+    best, value, _ = search(even, 24, 8, trials=5, start=start)
+    assert best != start and value == 1.5
+
+
 def test_stored_placements_become_schedules_with_the_nearest_interval():
     assert interval_for(50, 10, (2, 3, 4, 5, 6, 7, 8)) == 5
     schedule = calibrated_schedule({"full_steps": [0, 1, 5, 9], "steps": 12}, 4)
