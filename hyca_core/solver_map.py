@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -198,16 +199,22 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _text_checksum(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def save_solver_map(m: SolverMap, path: str) -> None:
     """Write atomically: an interrupted save never leaves a half-written map behind."""
     from safetensors.torch import save_file
 
     validate_map(m, source="<solver map>")
     tensors = _tensors(m)
+    header = json.dumps(_header(m), sort_keys=True, allow_nan=False)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(m.format_version),
-        "hyca": json.dumps(_header(m), sort_keys=True),
+        "hyca": header,
+        "header_checksum": _text_checksum(header),
         "checksum": _checksum(tensors),
     }
     folder = os.path.dirname(os.path.abspath(path))
@@ -222,20 +229,23 @@ def save_solver_map(m: SolverMap, path: str) -> None:
             os.remove(tmp)
 
 
-def load_solver_map(path: str) -> SolverMap:
-    """Read and fully validate a map; any defect raises ``SolverMapError``."""
-    from safetensors import safe_open
+# A solver map is a few MB (FLUX, module granularity, C=2: about 1 MB; per-channel with fitted
+# weights at intervals 2-20: tens of MB). Anything far larger is refused before it is read.
+MAX_FILE_BYTES = 256 * 2 ** 20
+MAX_HEADER_BYTES = 16 * 2 ** 20
+MAX_JSON_DEPTH = 32  # the map's own JSON nests 5 deep; provenance is free JSON, kept shallow
+MAX_INT_DIGITS = 30
+TENSOR_DTYPES = {"I32": 4, "I64": 8, "F32": 4}  # what save_solver_map writes (int32, float32) and int64
 
+
+def load_solver_map(path: str) -> SolverMap:
+    """Read and fully validate a map; any defect raises ``SolverMapError``. The file is read whole
+    into memory and closed: the map owns its data, so replacing or truncating the file while the
+    map is in use cannot change it or crash the process (a memory-mapped read could: SIGBUS)."""
     source = str(path)
     if not os.path.isfile(path):
         raise SolverMapError(source, "file", "no such file")
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise SolverMapError(source, "file", f"not a readable safetensors file ({exc}); "
-                                             "it may be truncated or not a solver map") from None
+    metadata, tensors = _read_safetensors(path, source)
 
     def need(key: str) -> str:
         if key not in metadata:
@@ -243,18 +253,20 @@ def load_solver_map(path: str) -> SolverMap:
         return metadata[key]
 
     if need("format") != FORMAT_NAME:
-        raise SolverMapError(source, "format", f"is {metadata['format']!r}, expected {FORMAT_NAME!r}")
-    try:
-        version = int(need("format_version"))
-    except ValueError:
-        raise SolverMapError(source, "format_version", f"not an integer: {metadata['format_version']!r}") from None
+        raise SolverMapError(source, "format", f"is {metadata['format'][:64]!r}, expected {FORMAT_NAME!r}")
+    raw_version = need("format_version")
+    if not (raw_version.isascii() and raw_version.isdecimal() and len(raw_version) <= 4):
+        raise SolverMapError(source, "format_version", f"not an integer: {raw_version[:64]!r}")
+    version = int(raw_version)
     if version > FORMAT_VERSION or version < 1:
         raise SolverMapError(source, "format_version", f"version {version} is not supported by this pack "
                                                        f"(reads 1..{FORMAT_VERSION}); update ComfyUI-HyCa")
-    try:
-        header = json.loads(need("hyca"))
-    except json.JSONDecodeError as exc:
-        raise SolverMapError(source, "hyca", f"metadata is not valid JSON ({exc})") from None
+    text = need("hyca")
+    # maps written since the header checksum exists carry it; older ones of the same version are read
+    if "header_checksum" in metadata and _text_checksum(text) != metadata["header_checksum"]:
+        raise SolverMapError(source, "header_checksum", "the metadata does not match its checksum: the file is "
+                                                        "corrupted or was edited")
+    header = parse_json(source, "hyca", text)
     if not isinstance(header, dict):
         raise SolverMapError(source, "hyca", "metadata is not a JSON object")
     if _checksum(tensors) != need("checksum"):
@@ -262,6 +274,109 @@ def load_solver_map(path: str) -> SolverMap:
     m = _from_parts(source, header, tensors, version)
     validate_map(m, source=source)
     return m
+
+
+def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file, checked for size and layout before its data is
+    decoded; nothing returned shares memory with the file."""
+    from safetensors.torch import load
+
+    def unreadable(reason: str):
+        raise SolverMapError(source, "file", f"not a readable safetensors file ({reason}); it may be truncated "
+                                             "or not a solver map")
+
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise SolverMapError(source, "file", f"{size / 2 ** 20:.0f} MiB is far above any solver map "
+                                             f"(at most {MAX_FILE_BYTES >> 20} MiB): not a solver map")
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) < 8:
+        unreadable("shorter than a safetensors header")
+    length = int.from_bytes(data[:8], "little")
+    if length > MAX_HEADER_BYTES or 8 + length > len(data):
+        unreadable(f"a header of {length} bytes does not fit the file's {len(data)}")
+    try:
+        header_text = data[8:8 + length].decode("utf-8")
+    except UnicodeDecodeError:
+        unreadable("its header is not UTF-8")
+    layout = parse_json(source, "file header", header_text)
+    if not isinstance(layout, dict):
+        raise SolverMapError(source, "file header", "not a JSON object: not a safetensors file")
+    metadata = layout.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise SolverMapError(source, "file header", "__metadata__ must map names to strings")
+    end = 0
+    for name, entry in sorted(layout.items(), key=lambda kv: _offset(kv[1])):
+        if not isinstance(entry, dict) or entry.get("dtype") not in TENSOR_DTYPES:
+            raise SolverMapError(source, name[:200], f"tensor type must be one of {sorted(TENSOR_DTYPES)}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not (isinstance(shape, list) and len(shape) <= 4 and all(_is_int(d) and 0 <= d for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise SolverMapError(source, name[:200], "malformed tensor entry in the file header")
+        expected = TENSOR_DTYPES[entry["dtype"]] * math.prod(shape)
+        if offsets[0] != end or offsets[1] - offsets[0] != expected:
+            raise SolverMapError(source, name[:200], "tensor data does not match its shape and type, or overlaps")
+        end = offsets[1]
+    if 8 + length + end != len(data):
+        unreadable(f"it holds {len(data) - 8 - length} bytes of tensor data, its header declares {end}")
+    try:
+        tensors = load(data)
+    except Exception as exc:  # safetensors' own checks, should ours have missed a defect
+        unreadable(str(exc)[:200])
+    return metadata, {name: t.clone() for name, t in tensors.items()}  # owned, writable
+
+
+def _offset(entry) -> int:
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    return offsets[0] if isinstance(offsets, list) and offsets and _is_int(offsets[0]) else -1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_json(source: str, field_name: str, text: str):
+    """``json.loads`` for text from a shared file: no NaN or infinities (browsers refuse them), no
+    integer of more than ``MAX_INT_DIGITS`` digits, no nesting deeper than ``MAX_JSON_DEPTH``; any
+    defect raises ``SolverMapError``."""
+
+    def integer(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise ValueError(f"an integer of {len(digits)} digits")
+        return int(digits)
+
+    def finite(number: str) -> float:
+        value = float(number)
+        if not math.isfinite(value):
+            raise ValueError(f"{number[:32]} is not a finite number")
+        return value
+
+    def constant(name: str):
+        raise ValueError(f"{name} is not a finite number")
+
+    try:
+        value = json.loads(text, parse_int=integer, parse_float=finite, parse_constant=constant)
+    except RecursionError:
+        raise SolverMapError(source, field_name, f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+        raise SolverMapError(source, field_name, f"not valid JSON ({str(exc)[:200]})") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise SolverMapError(source, field_name, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def json_depth(value) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _from_parts(source: str, header: dict, tensors: dict[str, torch.Tensor], version: int) -> SolverMap:
@@ -290,11 +405,17 @@ def _from_parts(source: str, header: dict, tensors: dict[str, torch.Tensor], ver
         for key in tensors:
             if key.startswith(prefix + "fit/"):
                 suffix = key[len(prefix + "fit/"):]
-                if not suffix.isdigit():
-                    raise SolverMapError(source, key, "fit tensors must be named by their interval")
+                # ASCII digits, no leading zero: "03", "٣" or "３" must not stand in for "3"
+                if re.fullmatch(r"[1-9][0-9]{0,3}", suffix) is None:
+                    raise SolverMapError(source, key, "fit tensors must be named by their interval "
+                                                      "(ASCII digits, no leading zero)")
                 fitted[int(suffix)] = tensors[key]
                 claimed.add(key)
-        features = meta.get("features", []) if isinstance(meta, dict) else []
+        if not isinstance(meta, dict):
+            raise SolverMapError(source, f"scopes.{name}", "must be an object")
+        features = meta.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise SolverMapError(source, f"scopes.{name}.features", "must be a list of feature names")
         scopes[name] = ScopeAssignment(parts["labels"], parts["choices"], parts["errors"], fitted, list(features))
     stray = sorted(set(tensors) - claimed)
     if stray:
@@ -333,8 +454,16 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
     if not isinstance(m.warmup, int) or m.warmup < 0:
         fail("warmup", f"must be an integer >= 0, got {m.warmup!r}")
     hidden = m.architecture.get("hidden_size")
-    if not isinstance(hidden, int) or hidden < 1:
+    if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
         fail("architecture.hidden_size", f"must be a positive integer, got {hidden!r}")
+    # what check_model, describe and the loader's details read of the architecture
+    blocks = m.architecture.get("blocks", {})
+    if not isinstance(blocks, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in blocks.values()):
+        fail("architecture.blocks", "must map block kinds to counts")
+    features = m.architecture.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        fail("architecture.features", "must be a list of feature names")
     if not m.scopes:
         fail("scopes", "the map has no scopes")
     intervals, pool = len(m.intervals), len(m.pool)
@@ -359,8 +488,10 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
         rows = pool + (1 if s.fitted else 0)
         if list(s.errors.shape) != [rows, clusters, intervals]:
             fail(f"{at}/errors", f"shape must be [{rows}, {clusters}, {intervals}], got {list(s.errors.shape)}")
-        if not bool(torch.isfinite(s.errors).all()):
-            fail(f"{at}/errors", "contains NaN or inf")
+        if not s.errors.is_floating_point():
+            fail(f"{at}/errors", f"must be a floating-point tensor, got {s.errors.dtype}")
+        if not bool(torch.isfinite(s.errors).all()) or bool((s.errors < 0).any()):
+            fail(f"{at}/errors", "contains NaN, inf or negative errors")
         for n, table in s.fitted.items():
             where = f"{at}/fit/{n}"
             if n not in m.intervals:

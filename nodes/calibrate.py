@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timezone
 
 from comfy_api.latest import io
@@ -16,27 +17,9 @@ from . import map_folder
 from .chart import calibration_chart
 from .apply import SolverMapType
 from .patch import diffusion_model_of, install
+from .text_inputs import parse_budgets, parse_intervals
 
 log = logging.getLogger("hyca")
-
-
-def parse_intervals(text: str) -> tuple[int, ...]:
-    """'2-8' or '3,4,6' or '2-4, 6' -> sorted distinct intervals."""
-    values = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                values.update(range(lo, hi + 1))
-            else:
-                values.add(int(part))
-        except ValueError:
-            raise ValueError(f"intervals: cannot read {part!r}; write e.g. '2-8' or '3,4,6'") from None
-    if not values or min(values) < 2 or max(values) > 20:
-        raise ValueError(f"intervals must lie in 2..20, got {text!r}")
-    return tuple(sorted(values))
 
 
 def _level_tooltip(level: str) -> str:
@@ -53,24 +36,6 @@ REFINE_TOOLTIP = (
     "off: no extra runs (open-loop choice only). "
     f"fast: {_level_tooltip('fast')} (a cached run costs about 1/N of an uncached one; most runs end far below "
     f"the maximum). thorough: {_level_tooltip('thorough')}.")
-
-
-def parse_budgets(text: str, steps: int) -> tuple[int, ...]:
-    """'8-12' or '10' or '' -> full-step budgets, each between 2 and the step count."""
-    text = (text or "").replace(" ", "")
-    if not text:
-        return ()
-    values = set()
-    for part in text.split(","):
-        try:
-            lo, _, hi = part.partition("-")
-            lo, hi = int(lo), int(hi or lo)
-        except ValueError:
-            raise ValueError(f"full_step_budgets: cannot read {part!r}; write e.g. '8-12' or '10'") from None
-        if not 2 <= lo <= hi <= steps:
-            raise ValueError(f"full_step_budgets must lie in 2..{steps} (the steps), got {part!r}")
-        values.update(range(lo, hi + 1))
-    return tuple(sorted(values))
 
 
 class HyCaCalibrate(io.ComfyNode):
@@ -144,6 +109,10 @@ class HyCaCalibrate(io.ComfyNode):
         import comfy.utils
 
         path = map_folder.save_path(name)
+        replacing = os.path.exists(path)
+        if replacing:  # said before the long sampling runs, while the user can still stop them
+            log.warning("HyCa Calibrate: %s exists and will be replaced when this calibration finishes "
+                        "(choose another name to keep it)", path)
         interval_list = parse_intervals(intervals)
         if steps <= warmup_steps + cooldown_steps:
             raise ValueError(f"steps ({steps}) must exceed warmup_steps + cooldown_steps ({warmup_steps + cooldown_steps}): "
@@ -191,6 +160,8 @@ class HyCaCalibrate(io.ComfyNode):
                             decode=decode, description=description or "")
         solver_map = outcome.solver_map
         save_solver_map(solver_map, path)
+        if replacing:
+            log.warning("HyCa Calibrate: replaced the existing map %s", path)
         solver_map.source = path
         log.info("HyCa Calibrate: wrote %s (%s)", path, ", ".join(f"{k} {v} runs" for k, v in outcome.runs.items()))
         out = latent_image.copy()

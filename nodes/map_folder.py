@@ -8,7 +8,7 @@ import re
 
 FOLDER = "hyca"
 PACK_MAPS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "solver_maps")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,127}", re.ASCII)  # matched whole (fullmatch): no "\n"
 
 
 _registered = False
@@ -49,7 +49,7 @@ def save_path(name: str) -> str:
     name = name.strip()
     if name.endswith(".safetensors"):
         name = name[: -len(".safetensors")]
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:
         raise ValueError(f"map name {name!r} must be a plain file name (letters, digits, '.', '_', '-', ' ')")
     return os.path.join(folder_paths.get_folder_paths(FOLDER)[0], name + ".safetensors")
 

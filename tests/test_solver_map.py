@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from hyca_core.predictor import FittedRule
 from hyca_core.solver_map import (
-    FORMAT_NAME, SolverMapError, SolverMapMismatch, _checksum, load_solver_map, save_solver_map, summarize,
+    FORMAT_NAME, SolverMapError, SolverMapMismatch, _checksum, _text_checksum, load_solver_map, save_solver_map, summarize,
     uniform_predictors,
 )
 
@@ -117,6 +117,7 @@ def rewrite(path, edit_meta=None, edit_tensors=None, keep_checksum=False):
         meta["hyca"] = json.dumps(header)
     if not keep_checksum:
         meta["checksum"] = _checksum(tensors)
+        meta["header_checksum"] = _text_checksum(meta["hyca"])
     save_file(tensors, str(path), metadata=meta)
     return path
 
@@ -216,6 +217,9 @@ def test_broken_metadata_json(solver_map, tmp_path):
     with safe_open(str(path), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     meta["hyca"] = "{not json"
+    save_file(tensors, str(path), metadata=meta)
+    expect(path, "header_checksum", "does not match")  # the header checksum notices first
+    del meta["header_checksum"]  # as in maps written before it existed
     save_file(tensors, str(path), metadata=meta)
     expect(path, "hyca", "not valid JSON")
 
