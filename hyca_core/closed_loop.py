@@ -43,7 +43,6 @@ log = logging.getLogger("hyca")
 Run = Callable[[int, Optional[ApplyConfig]], torch.Tensor]
 
 
-
 class RefineLevel(NamedTuple):
     trials: int  # closed-loop trials per interval N on the calibration seeds
     check_seeds: int  # held-out seeds every candidate of the guarantee is sampled on
@@ -83,13 +82,12 @@ def item_snr_db(output: torch.Tensor, reference: torch.Tensor) -> list[float]:
 
 def paired_gain(better: Sequence[float], worse: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of the per-item differences ``better - worse`` (same items, same
-    order). One item gives no spread: its standard error is infinite unless the difference is 0."""
+    order). Equal differences (one item, or a gain the same on every item) have no spread: the
+    standard error is 0 and the mean alone decides."""
     d = [b - w for b, w in zip(better, worse)]
     mean = sum(d) / len(d)
     if all(x == d[0] for x in d):
         return mean, 0.0
-    if len(d) < 2:
-        return mean, math.inf
     var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
     return mean, math.sqrt(var / len(d))
 
@@ -139,11 +137,6 @@ class Judge:
 
     def with_schedule(self, schedule: Schedule, solver_map: Optional[SolverMap] = None) -> ApplyConfig:
         return ApplyConfig(self.family, self.granularity, schedule, solver_map)
-
-    def score(self, config: ApplyConfig, seeds: Sequence[int]) -> float:
-        """Mean SNR (dB) of the final outputs against the uncached ones over ``seeds``."""
-        values = [snr_db(self.sampled(seed, config), self.reference(seed)) for seed in seeds]
-        return sum(values) / len(values)
 
     def items(self, config: ApplyConfig, seeds: Sequence[int]) -> list[float]:
         """SNR (dB) of every sampled item (seed, then batch index) against its uncached output: the
