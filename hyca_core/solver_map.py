@@ -29,6 +29,9 @@ FORMAT_VERSION = 1
 GRANULARITIES = ("module", "block", "stack")
 MODES = ("choose", "fit")
 _SUM_TOLERANCE = 1e-3
+# Fitted weights measured on the reference model stay below 5 (C=2 and per-channel, 24 and 50
+# steps); a weight of a thousand turns anchor noise into the forecast.
+MAX_FIT_WEIGHT = 1000.0
 
 
 class SolverMapError(ValueError):
@@ -503,6 +506,9 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
             sums = table.double().sum(-1)
             if not bool(((sums - 1.0).abs() <= _SUM_TOLERANCE).all()):
                 fail(where, "weights of each offset must sum to 1")
+            if bool((table.abs() > MAX_FIT_WEIGHT).any()):
+                fail(where, f"weights beyond +-{MAX_FIT_WEIGHT:g} (calibrated fits stay below 5): a forecast "
+                            "with them amplifies the anchors' differences past any use")
         if s.fitted and set(s.fitted) != set(m.intervals):
             fail(f"{at}/fit", f"fitted weights cover intervals {sorted(s.fitted)}, the map lists {list(m.intervals)}")
     if m.mode == "fit" and not m.has_fit:

@@ -202,3 +202,14 @@ def test_errors_must_be_floats(path):
     tensors[name] = tensors[name].to(torch.int32)
     write(path, meta, tensors)
     refused(path, name, "floating-point")
+
+
+@pytest.mark.parametrize("weight", [1e6, -2e3])
+def test_fitted_weights_that_sum_to_one_but_are_huge_are_refused(path, weight):
+    meta, tensors = parts(path)
+    name = next(k for k in tensors if "/fit/" in k)
+    table = tensors[name].clone()
+    table[..., 0], table[..., 1], table[..., 2] = weight, 1 - weight, 0.0
+    tensors[name] = table
+    write(path, meta, tensors)
+    refused(path, name, "weights beyond")
