@@ -280,8 +280,9 @@ def load_solver_map(path: str) -> SolverMap:
 
 
 def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file, checked for size and layout before its data is
-    decoded; nothing returned shares memory with the file."""
+    """(metadata, tensors) of a safetensors file. The header is read and checked first (layout,
+    and a data size no larger than the map's own architecture implies), the data only then, whole
+    into memory; nothing returned shares memory with the file."""
     from safetensors.torch import load
 
     def unreadable(reason: str):
@@ -293,14 +294,35 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str,
         raise SolverMapError(source, "file", f"{size / 2 ** 20:.0f} MiB is far above any solver map "
                                              f"(at most {MAX_FILE_BYTES >> 20} MiB): not a solver map")
     with open(path, "rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) < 8:
-        unreadable("shorter than a safetensors header")
-    length = int.from_bytes(data[:8], "little")
-    if length > MAX_HEADER_BYTES or 8 + length > len(data):
-        unreadable(f"a header of {length} bytes does not fit the file's {len(data)}")
+        head = f.read(8)
+        if len(head) < 8:
+            unreadable("shorter than a safetensors header")
+        length = int.from_bytes(head, "little")
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            unreadable(f"a header of {length} bytes does not fit the file's {size}")
+        header_bytes = f.read(length)
+        metadata, end = _layout(source, header_bytes, unreadable)
+        if 8 + length + end != size:
+            unreadable(f"it holds {size - 8 - length} bytes of tensor data, its header declares {end}")
+        implied = _implied_bytes(metadata)
+        if implied is not None and end > implied:
+            raise SolverMapError(source, "file", f"{end} bytes of tensors, far more than the {implied} its "
+                                                 "architecture, intervals and pool need: not a solver map")
+        data = head + header_bytes + f.read(end + 1)
+    if len(data) != size:
+        unreadable("the file changed while it was read")
     try:
-        header_text = data[8:8 + length].decode("utf-8")
+        tensors = load(data)
+    except Exception as exc:  # safetensors' own checks, should ours have missed a defect
+        unreadable(str(exc)[:200])
+    return metadata, {name: t.clone() for name, t in tensors.items()}  # owned, writable
+
+
+def _layout(source: str, header_bytes: bytes, unreadable) -> tuple[dict[str, str], int]:
+    """The safetensors header's metadata and the byte count its tensors declare, every entry
+    checked: an allowed type, a shape that matches its bytes, contiguous offsets."""
+    try:
+        header_text = header_bytes.decode("utf-8")
     except UnicodeDecodeError:
         unreadable("its header is not UTF-8")
     layout = parse_json(source, "file header", header_text)
@@ -321,13 +343,24 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str,
         if offsets[0] != end or offsets[1] - offsets[0] != expected:
             raise SolverMapError(source, name[:200], "tensor data does not match its shape and type, or overlaps")
         end = offsets[1]
-    if 8 + length + end != len(data):
-        unreadable(f"it holds {len(data) - 8 - length} bytes of tensor data, its header declares {end}")
+    return metadata, end
+
+
+def _implied_bytes(metadata: dict[str, str]) -> Optional[int]:
+    """The most tensor bytes a map with this header's architecture, intervals, pool and scopes can
+    hold (every tensor in 8-byte types, one cluster per channel, fitted weights at every interval),
+    or None when the header cannot tell (it is refused later, naming the field)."""
     try:
-        tensors = load(data)
-    except Exception as exc:  # safetensors' own checks, should ours have missed a defect
-        unreadable(str(exc)[:200])
-    return metadata, {name: t.clone() for name, t in tensors.items()}  # owned, writable
+        header = parse_json("", "hyca", metadata.get("hyca", ""))
+        channels, intervals = header["architecture"]["hidden_size"], header["intervals"]
+        pool, scopes = len(header["pool"]), len(header["scopes"])
+        if not (_is_int(channels) and isinstance(intervals, list) and all(_is_int(n) for n in intervals)):
+            return None
+    except (SolverMapError, KeyError, TypeError):
+        return None
+    i, fitted = len(intervals), sum(max(n, 0) for n in intervals) * 3
+    per_scope = 8 * channels * (1 + i + (pool + 1) * i + fitted)
+    return scopes * per_scope + 4096
 
 
 def _offset(entry) -> int:

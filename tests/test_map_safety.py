@@ -213,3 +213,13 @@ def test_fitted_weights_that_sum_to_one_but_are_huge_are_refused(path, weight):
     tensors[name] = table
     write(path, meta, tensors)
     refused(path, name, "weights beyond")
+
+
+def test_tensors_far_beyond_what_the_header_implies_are_refused_before_decoding(path):
+    meta, tensors = parts(path)
+    tensors["scopes/extra/errors"] = torch.zeros(4, 1024, 1024)  # 16 MiB in a 16-channel map
+    header = json.loads(meta["hyca"])
+    header["scopes"]["extra"] = {"features": []}
+    meta["hyca"] = json.dumps(header)
+    write(path, meta, tensors)
+    refused(path, "file", "far more than")
