@@ -27,8 +27,11 @@ class HyCaSolverMapLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, map_name):
+        # any change of the file loads it again: a replaced, rewritten or truncated map is never
+        # served from ComfyUI's cache (an older map copied over it can even carry an older mtime)
         try:
-            return os.path.getmtime(map_folder.map_path(map_name))
+            st = os.stat(map_folder.map_path(map_name))
+            return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
         except Exception:
             return float("nan")  # re-run, and let execute report the problem
 

@@ -343,6 +343,17 @@ def test_refine_checks_every_interval_closed_loop_and_keeps_the_winner(setup, ma
     assert all(torch.equal(a.choices, b.choices) for a, b in zip(plain.scopes.values(), applied.scopes.values()))
 
 
+def test_calibrating_over_an_existing_map_says_so_before_and_after(setup, maps_dir, caplog):
+    args = (setup["pos"], setup["neg"], {"samples": setup["latent"]}, 0, 8, 2.0, "euler", "simple", 1.0, 1, 2,
+            "2-3", 3, 1, False, "block", "same-name", "")
+    with caplog.at_level(logging.WARNING, logger="hyca"):
+        calibrate_node.HyCaCalibrate.execute(setup["model"], *args, refine="off")
+        assert not [r for r in caplog.records if "replace" in r.getMessage()]
+        calibrate_node.HyCaCalibrate.execute(setup["model"], *args, refine="off")
+    said = [r.getMessage() for r in caplog.records if "same-name.safetensors" in r.getMessage()]
+    assert len(said) == 2 and "will be replaced" in said[0] and "replaced the existing map" in said[1]
+
+
 class StandInVAE:
     """The one method HyCa Calibrate uses of ComfyUI's VAE: ``decode(latent) -> images`` with
     channels last, values clamped as a decoder's are. Counts its calls."""

@@ -4,12 +4,17 @@ calibration chart and the run report message, over HTTP and the websocket as the
 Skipped with the reason when no ComfyUI is found (set COMFYUI_PATH; see README).
 """
 
+import os
+import time
+
 import pytest
+import torch
 from comfy_env import require_comfyui
 
 require_comfyui()
 
 from comfy_server import apply_prompt  # noqa: E402
+from hyca_core.solver_map import load_solver_map, save_solver_map  # noqa: E402
 
 MAP = "tiny-flux.safetensors"
 
@@ -126,3 +131,115 @@ def test_report_says_when_the_map_lacks_the_interval(server):
     prompt["8"]["inputs"]["interval"] = 5  # the map covers 2-4
     (report,) = [m["data"] for m in server.run(prompt) if m["type"] == "hyca.report"]
     assert f"{MAP} has no solvers for interval 5: using those chosen for N=4" in report["notes"][0]
+
+
+# -- a map changed on disk while a prompt uses it (issue 11) --------------------------------------
+def gated_prompt(map_name: str, flag: str) -> dict:
+    """Two sampling passes through one HyCa Apply with the map, held between them at a gate."""
+    prompt = apply_prompt(map_name, apply_id="8", second_pass=True, seed=107)
+    prompt["13"] = {"class_type": "HyCaTestGate", "inputs": {"samples": ["9", 0], "flag": flag}}
+    prompt["11"]["inputs"]["latent_image"] = ["13", 0]
+    prompt["12"]["inputs"]["filename_prefix"] = "hyca-gated-" + _token(flag)
+    return prompt
+
+
+def _token(flag: str) -> str:
+    """A file-name token unique to the flag's full path (tests share one server's output folder)."""
+    import hashlib
+
+    return hashlib.sha256(flag.encode()).hexdigest()[:12]
+
+
+def second_pass_latent(server, flag: str):
+    from safetensors.torch import load_file
+
+    (path,) = (server.base / "output").glob(f"hyca-gated-{_token(flag)}_*.latent")
+    return load_file(str(path))["latent_tensor"]
+
+
+def run_gated(server, map_name, flag, change=None):
+    """Run ``gated_prompt`` in a thread; once it waits at the gate, ``change()`` the disk, open the gate."""
+    import threading
+
+    result = {}
+
+    def run():
+        try:
+            result["messages"] = server.run(gated_prompt(map_name, flag))
+        except Exception as exc:  # noqa: BLE001 - raised in the test's thread below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(flag + ".waiting"):
+        assert time.monotonic() < deadline and thread.is_alive(), server.log_tail()
+        time.sleep(0.05)
+    if change is not None:
+        change()
+    open(flag, "w").close()
+    thread.join(180)
+    if "error" in result:
+        raise AssertionError(f"the prompt failed: {result['error']}")
+    return result["messages"]
+
+
+@pytest.mark.parametrize("change", ["overwrite", "truncate", "replace"])
+def test_a_map_changed_on_disk_mid_prompt_harms_neither_the_prompt_nor_the_server(server, tmp_path, change):
+    """The running prompt finishes with the map it loaded (its second pass equals an undisturbed
+    run's), the server stays up, and the next prompt sees the new file, or a clear error."""
+    import shutil
+
+    name = f"mid-{change}.safetensors"
+    path = server.maps_dir / name
+    shutil.copy(server.maps_dir / MAP, path)
+    calm = str(tmp_path / "calm")
+    run_gated(server, name, calm)
+    other = server.maps_dir / "other.safetensors"
+
+    def disturb():
+        if change == "overwrite":  # same size, other bytes
+            path.write_bytes(b"\x7f" * path.stat().st_size)
+        elif change == "truncate":
+            with open(path, "r+b") as f:
+                f.truncate(100)
+        else:  # a different valid map copied over it
+            data = (server.maps_dir / MAP).read_bytes()
+            other_map = load_solver_map_from_bytes(data)
+            other_map.description = "the replacement"
+            save_solver_map(other_map, str(other))
+            os.replace(other, path)
+
+    disturbed = str(tmp_path / "disturbed")
+    messages = run_gated(server, name, disturbed, disturb)
+    # ComfyUI serves the loader, HyCa Apply and the first pass from its cache (same inputs as the
+    # calm run): the second pass samples with the map loaded before the file changed
+    assert [m["data"]["node"] for m in messages if m["type"] == "hyca.report"] == ["8"]
+    assert torch.equal(second_pass_latent(server, disturbed), second_pass_latent(server, calm))
+    status, body = server.get("/hyca/map", name=MAP)
+    assert status == 200  # the server is up and serves other maps
+    status, body = server.get("/hyca/map", name=name)
+    if change == "replace":
+        assert status == 200 and body["description"] == "the replacement"
+        run_gated(server, name, str(tmp_path / "after"))  # the next prompt loads the new map
+    else:
+        assert status == 422 and "not a readable safetensors file" in body["error"]
+        with pytest.raises(RuntimeError, match="HyCa solver map unusable"):
+            run_gated_or_fail(server, name, str(tmp_path / "after"))
+
+
+def run_gated_or_fail(server, name, flag):
+    """The next prompt with a broken map fails at the loader, before it reaches the gate."""
+    prompt = gated_prompt(name, flag)
+    prompt["9"]["inputs"]["seed"] = 108  # not served from the cache
+    return server.run(prompt)
+
+
+def load_solver_map_from_bytes(data: bytes):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "m.safetensors")
+        with open(path, "wb") as f:
+            f.write(data)
+        return load_solver_map(path)

@@ -31,7 +31,32 @@ def tiny_node(return_type: str, make, **inputs):
     return Node
 
 
+class Gate:
+    """Passes a LATENT through once the file ``flag`` exists, after writing ``flag + '.waiting'``:
+    a test holds a running prompt here and changes things on disk meanwhile."""
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "run"
+    CATEGORY = "testing/HyCa"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "flag": ("STRING", {"default": ""})}}
+
+    def run(self, samples, flag):
+        import time
+
+        open(flag + ".waiting", "w").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(flag):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the test never opened the gate {flag}")
+            time.sleep(0.05)
+        return (samples,)
+
+
 NODE_CLASS_MAPPINGS = {
+    "HyCaTestGate": Gate,
     "HyCaTestModel": tiny_node("MODEL", build, seed=("INT", {"default": 0})),
     "HyCaTestConditioning": tiny_node("CONDITIONING", conditioning, seed=("INT", {"default": 1})),
     "HyCaTestLatent": tiny_node("LATENT", lambda family: {"samples": latent(family)}),
