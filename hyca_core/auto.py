@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from . import families
-from .calibration import CalibrationConfig, CalibrationError, Calibrator
+from .calibration import CalibrationConfig, CalibrationError, Calibrator, require_clustering
 from .schedule import Schedule
 from .session import ApplyConfig, CalibrateConfig
 from .solver_map import SolverMap, SolverMapError, SolverMapMismatch, load_solver_map, save_solver_map
@@ -44,6 +44,10 @@ class AutoCalibrateConfig:
     cache_device: str = "auto"
     intervals: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     clusters: int = 2
+
+    def __post_init__(self):
+        # at HyCa Apply, not in the middle of the user's first sampling run
+        require_clustering(CalibrationConfig(clusters=self.clusters))
     writes: list = field(default_factory=list, compare=False, hash=False)  # paths written, for tests and logs
 
     def start(self, diffusion_model) -> "AutoState":

@@ -53,6 +53,23 @@ class CalibrationError(ValueError):
     pass
 
 
+INSTALL_HINT = ("install it into the Python that runs ComfyUI: `python -m pip install -r "
+                "custom_nodes/ComfyUI-HyCa/requirements.txt` (portable build: `python_embeded\\python.exe -m pip "
+                "install -r ComfyUI\\custom_nodes\\ComfyUI-HyCa\\requirements.txt`), then restart ComfyUI")
+
+
+def require_clustering(config: "CalibrationConfig") -> None:
+    """Fail before any sampling run when the channel clustering (scikit-learn's k-means) is
+    missing, rather than after the uncached runs it would have wasted."""
+    if config.per_channel or config.clusters <= 1:
+        return
+    try:
+        import sklearn.cluster  # noqa: F401
+    except ImportError:
+        raise CalibrationError(f"clustering the channels needs scikit-learn, which ComfyUI does not ship: "
+                               f"{INSTALL_HINT}") from None
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     clusters: int = 2  # C; 1..16, or per_channel
@@ -200,6 +217,7 @@ class Calibrator:
 
     def __init__(self, config: CalibrationConfig = CalibrationConfig(),
                  scope_of: Optional[Callable[[str], str]] = None):
+        require_clustering(config)
         self.config = config
         self.scope_of = scope_of or (pooled_scope if config.scope == "pooled" else (lambda f: f))
         self._slots = config.slots

@@ -16,6 +16,7 @@ Calibrate implements it with ComfyUI's sampler, the reference benchmark with its
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from . import families, placement, sensitivity
-from .calibration import CalibrationConfig, Calibrator
+from .calibration import CalibrationConfig, Calibrator, require_clustering
 from .closed_loop import REFINE_LEVELS, Judge, closed_loop
 from .schedule import Schedule
 from .session import CalibrateConfig
@@ -91,6 +92,9 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
     """``decode``: the closed loop and the placement score outputs as what reaches the image (a
     VAE decode of the final latent) instead of the latent itself."""
     p = procedure
+    config = CalibrationConfig(clusters=max(p.clusters, 1), per_channel=p.per_channel, intervals=tuple(p.intervals),
+                               fit=p.fit, shrink=p.shrink, warmup=p.warmup, cooldown=p.cooldown)
+    require_clustering(config)  # before any sampling run
     started = time.perf_counter()
     seconds, runs = {}, {"probe": 0, "uncached": 0, "cached": 0}
     references = {}
@@ -110,9 +114,7 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
     seconds["probes"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    calibrator = Calibrator(CalibrationConfig(
-        clusters=max(p.clusters, 1), per_channel=p.per_channel, intervals=tuple(p.intervals), fit=p.fit, shrink=p.shrink,
-        warmup=p.warmup, cooldown=p.cooldown, step_weights=weights))
+    calibrator = Calibrator(dataclasses.replace(config, step_weights=weights))
     first = None
     for seed in p.fit_seeds:
         out = run(seed, CalibrateConfig(family, granularity, calibrator))

@@ -206,6 +206,21 @@ def _text_checksum(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (read from /proc where
+    it exists, since setting the umask to read it races with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_solver_map(m: SolverMap, path: str) -> None:
     """Write atomically: an interrupted save never leaves a half-written map behind."""
     from safetensors.torch import save_file
@@ -226,6 +241,7 @@ def save_solver_map(m: SolverMap, path: str) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, _new_file_mode())  # mkstemp's 0600 would hide the map from other users and servers
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

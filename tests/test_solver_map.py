@@ -296,3 +296,17 @@ def test_closed_loop_record_is_described_and_malformed_entries_are_left_out(tmp_
                  {"intervals": {"2": {"kept": "map", "gain_db": True}}}):
         m.provenance["closed_loop"] = junk
         assert verified(m) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_maps_are_written_with_the_users_umask(solver_map, tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "map.safetensors"
+        save_solver_map(solver_map, str(path))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
