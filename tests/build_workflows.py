@@ -19,10 +19,11 @@ class Graph:
     def __init__(self):
         self.nodes, self.links = [], []
 
-    def node(self, type_, inputs=(), outputs=(), widgets=(), title=None, x=0, y=0, width=320):
+    def node(self, type_, inputs=(), outputs=(), widgets=(), title=None, x=0, y=0, width=320, mode=0, height=None):
         node = {
-            "id": len(self.nodes) + 1, "type": type_, "pos": [x, y], "size": [width, 60 + 26 * (len(widgets) + len(inputs))],
-            "flags": {}, "order": len(self.nodes), "mode": 0,
+            "id": len(self.nodes) + 1, "type": type_, "pos": [x, y],
+            "size": [width, height or 60 + 26 * (len(widgets) + len(inputs))],
+            "flags": {}, "order": len(self.nodes), "mode": mode,
             "inputs": [{"name": n, "type": t, "link": None} for n, t in inputs],
             "outputs": [{"name": n, "type": t, "links": [], "slot_index": i} for i, (n, t) in enumerate(outputs)],
             "properties": {"Node name for S&R": type_}, "widgets_values": list(widgets),
@@ -126,7 +127,19 @@ def hunyuan(variant):
     return g, shift, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6, warmup=1)
 
 
-def finish(g, model, vae, positive, negative, latent, s, variant, name, video):
+BYPASS = 4  # LiteGraph node mode: skipped, its links left out of the prompt
+APPLY_NOTE = """## HyCa on this model
+
+**Runs as loaded**: HyCa Apply without a map forecasts every channel with `taylor1` (TaylorSeer-style).
+
+**Calibrating adds** a solver per channel cluster and interval, checked against every uniform solver on
+held-out seeds: run **hyca-{stem}-calibrate** once. It writes `models/hyca/{name}.safetensors`.
+
+Then select the **HyCa Solver Map Loader** and press **Ctrl+B** to stop bypassing it (press **R** first
+if the map is not listed)."""
+
+
+def finish(g, model, vae, positive, negative, latent, s, variant, name, video, stem=""):
     x = 1100
     if variant == "calibrate":
         # images: the closed-loop check compares decoded images (the optional vae input); video: it
@@ -140,7 +153,12 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video):
         chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=x, y=560, width=380)
         g.link(sampler, 2, chart, "images")
     else:
-        loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"], x=x, y=0)
+        # bypassed (mode 4) until the calibrate workflow has written the map: the workflow then runs
+        # as loaded, at the uniform default; the note says what calibrating adds
+        loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"],
+                        x=x, y=0, mode=BYPASS)
+        g.node("MarkdownNote", widgets=[APPLY_NOTE.format(name=name, stem=stem)], title="HyCa: read me", x=x - 400,
+               y=-320, width=380, height=300)
         apply = g.node("HyCaApply", **APPLY_IO, widgets=apply_widgets(s["interval"], s["warmup"]), x=x, y=120)
         g.link(model, 0, apply, "model")
         g.link(loader, 0, apply, "solver_map")
@@ -170,7 +188,7 @@ def main():
     for stem, build, name, video in specs:
         for variant in ("calibrate", "apply"):
             g, model, vae, positive, negative, latent, settings = build(variant)
-            finish(g, model, vae, positive, negative, latent, settings, variant, name, video)
+            finish(g, model, vae, positive, negative, latent, settings, variant, name, video, stem)
             note = ("Run once: HyCa Calibrate samples the uncached model and writes models/hyca/{0}.safetensors."
                     if variant == "calibrate" else
                     "Needs models/hyca/{0}.safetensors from the calibrate workflow (or any shared map for this model).")
