@@ -98,6 +98,22 @@ def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
         assert method in out
     assert load_solver_map(str(tmp_path / "reference-flux-module.safetensors")).family == "flux"
     assert (tmp_path / "grid-N6.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wall clock: the uncached run took" in out and "spread" in out  # how far to trust the wall column
+    for n in (4, 6):  # a verdict in words per rival and interval
+        assert sum(line.startswith(f"N={n}: ") for line in out.splitlines()) >= 2
+
+
+def test_demo_says_where_hyca_does_not_win():
+    from hyca_core.demo import timing_note, verdicts
+
+    rows = [{"method": "HyCa", "N": 4, "psnr": 40.0, "full": 15, "wall_speedup": 2.0},
+            {"method": "TaylorSeer", "N": 4, "psnr": 41.0, "full": 15, "wall_speedup": 2.1},
+            {"method": "fewer steps", "N": 4, "psnr": 35.0, "full": 15, "wall_speedup": 3.2}]
+    text = "\n".join(verdicts(rows))
+    assert "HyCa does NOT win here: TaylorSeer is 1.00 dB closer" in text
+    assert "5.00 dB closer to the uncached images than fewer steps" in text
+    assert "on the wall clock HyCa does NOT win" in text
+    assert "noisy" in timing_note([1.0, 1.5, 1.2]) and "steady" in timing_note([1.0, 1.02])
 
 
 def test_gpu_speed_script_runs_tiny_on_the_cpu(tmp_path):
