@@ -181,6 +181,42 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, s
     g.link(decode, 0, save, "images")
 
 
+TITLES = {"flux-dev-t2i": "FLUX.1-dev text to image", "qwen-image-edit": "Qwen-Image-Edit",
+          "hunyuan-video-t2v": "HunyuanVideo text to video"}
+
+
+def thumbnail(g: Graph, title: str, path: Path) -> None:
+    """The template browser's card (``<workflow>.jpg``): the workflow's nodes as a small map, HyCa's
+    in the pack colour, under its title. Drawn with Pillow from the graph itself, so it stays true."""
+    from PIL import Image, ImageDraw
+
+    width, height, top = 512, 384, 56
+    image = Image.new("RGB", (width, height), (32, 34, 38))
+    draw = ImageDraw.Draw(image)
+    draw.text((16, 14), "ComfyUI-HyCa", fill=(150, 160, 255))
+    draw.text((16, 32), title, fill=(235, 235, 235))
+    shown = [n for n in g.nodes if n["type"] != "MarkdownNote"]
+    x0 = min(n["pos"][0] for n in shown)
+    y0 = min(n["pos"][1] for n in shown)
+    x1 = max(n["pos"][0] + n["size"][0] for n in shown)
+    y1 = max(n["pos"][1] + n["size"][1] for n in shown)
+    scale = min((width - 32) / (x1 - x0), (height - top - 16) / (y1 - y0))
+    at = lambda x, y: (16 + (x - x0) * scale, top + (y - y0) * scale)  # noqa: E731
+    for source, target in ((l[1], l[3]) for l in g.links):
+        a, b = g.nodes[source - 1], g.nodes[target - 1]
+        draw.line([at(a["pos"][0] + a["size"][0], a["pos"][1] + 12), at(b["pos"][0], b["pos"][1] + 12)],
+                  fill=(110, 110, 120), width=1)
+    for n in shown:
+        hyca = n["type"].startswith("HyCa")
+        fill = (60, 70, 170) if hyca else (58, 60, 66)
+        if n.get("mode") == BYPASS:
+            fill = (110, 50, 120)
+        box = [*at(*n["pos"]), *at(n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])]
+        draw.rectangle(box, fill=fill, outline=(200, 200, 210) if hyca else (90, 92, 100))
+        draw.text((box[0] + 3, box[1] + 2), n.get("title") or n["type"], fill=(240, 240, 240))
+    image.save(path, quality=88)
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     specs = [("flux-dev-t2i", flux, "flux-dev", False), ("qwen-image-edit", qwen_edit, "qwen-image-edit", False),
@@ -193,6 +229,7 @@ def main():
                     if variant == "calibrate" else
                     "Needs models/hyca/{0}.safetensors from the calibrate workflow (or any shared map for this model).")
             g.dump(OUT / f"hyca-{stem}-{variant}.json", note.format(name))
+            thumbnail(g, f"{TITLES[stem]}: {variant}", OUT / f"hyca-{stem}-{variant}.jpg")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ def test_generator_and_files_agree(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_each_workflow_has_a_thumbnail_for_the_template_browser(path):
+    """ComfyUI's template browser asks for ``<workflow>.jpg`` beside each custom node workflow."""
+    card = path.with_suffix(".jpg")
+    assert card.is_file(), f"{card.name} missing: run python tests/build_workflows.py"
+    data = card.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and 4_000 < len(data) < 200_000
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_links_connect(path):
     data = json.loads(path.read_text())
     nodes = {n["id"]: n for n in data["nodes"]}
