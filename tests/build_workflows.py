@@ -17,7 +17,7 @@ OUT = Path(__file__).resolve().parent.parent / "example_workflows"
 
 class Graph:
     def __init__(self):
-        self.nodes, self.links = [], []
+        self.nodes, self.links, self.groups = [], [], []
 
     def node(self, type_, inputs=(), outputs=(), widgets=(), title=None, x=0, y=0, width=320, mode=0, height=None):
         node = {
@@ -41,9 +41,30 @@ class Graph:
         source["outputs"][slot]["links"].append(link_id)
         target["inputs"][index]["link"] = link_id
 
+    def stack(self) -> None:
+        """Push nodes of one column down until none overlaps the one above it, title bars included."""
+        columns = {}
+        for n in self.nodes:
+            columns.setdefault(n["pos"][0], []).append(n)
+        for column in columns.values():
+            column.sort(key=lambda n: n["pos"][1])
+            for above, below in zip(column, column[1:]):
+                lowest = above["pos"][1] + above["size"][1] + TITLE + GAP
+                below["pos"][1] = max(below["pos"][1], lowest)
+
+    def group(self, title: str, nodes, color: str = "#3f3f8f") -> None:
+        """A frame around ``nodes`` with room for its own title above their title bars."""
+        x0 = min(n["pos"][0] for n in nodes) - 10
+        y0 = min(n["pos"][1] for n in nodes) - TITLE - 46
+        x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + 10
+        y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + 10
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                            "color": color, "font_size": 24, "flags": {}})
+
     def dump(self, path: Path, note: str):
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": [], "config": {}, "extra": {"hyca_note": note}, "version": 0.4}
+                "links": self.links, "groups": self.groups, "config": {}, "extra": {"hyca_note": note},
+                "version": 0.4}
         path.write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -73,7 +94,7 @@ def flux(variant):
     g = Graph()
     unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["flux1-dev.safetensors", "default"], y=0)
     clip = g.node("DualCLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["clip_l.safetensors", "t5xxl_fp16.safetensors", "flux", "default"], y=130)
-    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["ae.safetensors"], y=290)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["ae.safetensors"], y=330)
     text = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
                   widgets=["a red fox in a snowy forest at dawn, detailed fur, soft light"], x=360, y=0)
     guidance = g.node("FluxGuidance", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")], widgets=[3.5], x=720, y=0)
@@ -90,14 +111,14 @@ def qwen_edit(variant):
     unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["qwen_image_edit_fp8_e4m3fn.safetensors", "default"], y=0)
     shift = g.node("ModelSamplingAuraFlow", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")], widgets=[3.1], x=360, y=0)
     clip = g.node("CLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["qwen_2.5_vl_7b_fp8_scaled.safetensors", "qwen_image", "default"], y=130)
-    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["qwen_image_vae.safetensors"], y=290)
-    image = g.node("LoadImage", outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=["example.png", "image"], y=400)
-    scale = g.node("ImageScaleToTotalPixels", inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")], widgets=["lanczos", 1.0], x=360, y=400)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["qwen_image_vae.safetensors"], y=330)
+    image = g.node("LoadImage", outputs=[("IMAGE", "IMAGE"), ("MASK", "MASK")], widgets=["example.png", "image"], y=470)
+    scale = g.node("ImageScaleToTotalPixels", inputs=[("image", "IMAGE")], outputs=[("IMAGE", "IMAGE")], widgets=["lanczos", 1.0], x=360, y=470)
     positive = g.node("TextEncodeQwenImageEdit", inputs=[("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE")],
                       outputs=[("CONDITIONING", "CONDITIONING")], widgets=["make it a watercolor painting"], x=720, y=130)
     negative = g.node("TextEncodeQwenImageEdit", inputs=[("clip", "CLIP"), ("vae", "VAE"), ("image", "IMAGE")],
                       outputs=[("CONDITIONING", "CONDITIONING")], widgets=[""], x=720, y=330)
-    encode = g.node("VAEEncode", inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[("LATENT", "LATENT")], x=720, y=530)
+    encode = g.node("VAEEncode", inputs=[("pixels", "IMAGE"), ("vae", "VAE")], outputs=[("LATENT", "LATENT")], x=720, y=560)
     g.link(unet, 0, shift, "model")
     g.link(image, 0, scale, "image")
     for node in (positive, negative):
@@ -114,7 +135,7 @@ def hunyuan(variant):
     unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["hunyuan_video_t2v_720p_bf16.safetensors", "default"], y=0)
     shift = g.node("ModelSamplingSD3", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")], widgets=[7.0], x=360, y=0)
     clip = g.node("DualCLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors", "hunyuan_video", "default"], y=130)
-    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["hunyuan_video_vae_bf16.safetensors"], y=290)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["hunyuan_video_vae_bf16.safetensors"], y=330)
     text = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
                   widgets=["a paper boat drifting down a rainy street, cinematic"], x=360, y=130)
     guidance = g.node("FluxGuidance", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")], widgets=[6.0], x=720, y=130)
@@ -128,6 +149,9 @@ def hunyuan(variant):
 
 
 BYPASS = 4  # LiteGraph node mode: skipped, its links left out of the prompt
+TITLE = 30  # the frontend draws a node's title bar above its position
+GAP = 20
+PANEL = 330  # the pack's page panels (web/hyca.js): up to 320 px, then they scroll
 APPLY_NOTE = """## HyCa on this model
 
 **Runs as loaded**: HyCa Apply without a map forecasts every channel with `taylor1` (TaylorSeer-style).
@@ -150,35 +174,44 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, s
                                                    description=f"{name}: calibrated with the example workflow"))
         if not video:
             g.link(vae, 0, sampler, "vae")
-        chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=x, y=560, width=380)
+        chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=x,
+                       y=sampler["size"][1] + TITLE + GAP, width=380, height=300)
         g.link(sampler, 2, chart, "images")
     else:
         # bypassed (mode 4) until the calibrate workflow has written the map: the workflow then runs
         # as loaded, at the uniform default; the note says what calibrating adds
+        # sized as the page draws them: the loader's details panel (440 wide, up to 320 high) and
+        # HyCa Apply's run report (up to 320 high) below their widgets
         loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"],
-                        x=x, y=0, mode=BYPASS)
+                        x=x, y=0, mode=BYPASS, width=440, height=60 + 26 + PANEL)
         g.node("MarkdownNote", widgets=[APPLY_NOTE.format(name=name, stem=stem)], title="HyCa: read me", x=x - 400,
-               y=-320, width=380, height=300)
-        apply = g.node("HyCaApply", **APPLY_IO, widgets=apply_widgets(s["interval"], s["warmup"]), x=x, y=120)
+               y=-(300 + TITLE + GAP), width=380, height=300)
+        widgets = apply_widgets(s["interval"], s["warmup"])
+        apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
+                       height=60 + 26 * (len(widgets) + 2) + PANEL)
         g.link(model, 0, apply, "model")
         g.link(loader, 0, apply, "solver_map")
         model = apply
-        sampler = g.node("KSampler", **KSAMPLER_IO, x=x + 380, y=0,
+        sampler = g.node("KSampler", **KSAMPLER_IO, x=x + 480, y=0,
                          widgets=[0, "fixed", s["steps"], s["cfg"], s["sampler"], s["scheduler"], 1.0])
     g.link(model, 0, sampler, "model")
     g.link(positive, 0, sampler, "positive")
     g.link(negative, 0, sampler, "negative")
     g.link(latent, 0, sampler, "latent_image")
     slot = 1 if variant == "calibrate" else 0
+    right = x + 860
     if video:
         decode = g.node("VAEDecodeTiled", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")],
-                        widgets=[256, 64, 64, 8], x=x + 760, y=0)
+                        widgets=[256, 64, 64, 8], x=right, y=0)
     else:
-        decode = g.node("VAEDecode", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], x=x + 760, y=0)
+        decode = g.node("VAEDecode", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], x=right, y=0)
     g.link(sampler, slot, decode, "samples")
     g.link(vae, 0, decode, "vae")
-    save = g.node("SaveImage", inputs=[("images", "IMAGE")], widgets=[f"hyca/{name}-{variant}"], x=x + 1100, y=0)
+    save = g.node("SaveImage", inputs=[("images", "IMAGE")], widgets=[f"hyca/{name}-{variant}"], x=right + 360, y=0,
+                  height=300)
     g.link(decode, 0, save, "images")
+    g.stack()
+    g.group("HyCa", [n for n in g.nodes if n["type"].startswith("HyCa") or n.get("title") == "Calibration chart"])
 
 
 TITLES = {"flux-dev-t2i": "FLUX.1-dev text to image", "qwen-image-edit": "Qwen-Image-Edit",

@@ -40,6 +40,35 @@ def test_each_workflow_has_a_thumbnail_for_the_template_browser(path):
     assert data[:3] == b"\xff\xd8\xff" and 4_000 < len(data) < 200_000
 
 
+TITLE_BAR = 30  # drawn above a node's position
+
+
+def boxes(data):
+    """Each node's box as drawn: its size below its position, its title bar above."""
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in data["nodes"]}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_nodes_do_not_overlap_and_the_hyca_group_frames_its_nodes(path):
+    """Sizes are the page's: the loader's details panel and Apply's report (320 px) included."""
+    data = json.loads(path.read_text())
+    drawn = boxes(data)
+    ids = sorted(drawn)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = drawn[a], drawn[b]
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, (path.name, a, b)
+    by_id = {n["id"]: n for n in data["nodes"]}
+    loader = [n for n in data["nodes"] if n["type"] == "HyCaSolverMapLoader"]
+    assert all(n["size"][0] >= 440 for n in loader)  # the details panel's width (web/hyca.js)
+    (group,) = data["groups"]
+    gx, gy, gw, gh = group["bounding"]
+    for node_id, (x0, y0, x1, y1) in drawn.items():
+        if by_id[node_id]["type"].startswith("HyCa"):
+            assert gx <= x0 and gy + 40 <= y0 and x1 <= gx + gw and y1 <= gy + gh, (path.name, node_id)
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_links_connect(path):
     data = json.loads(path.read_text())
