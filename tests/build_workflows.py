@@ -207,9 +207,17 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, s
         decode = g.node("VAEDecode", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], x=right, y=0)
     g.link(sampler, slot, decode, "samples")
     g.link(vae, 0, decode, "vae")
-    save = g.node("SaveImage", inputs=[("images", "IMAGE")], widgets=[f"hyca/{name}-{variant}"], x=right + 360, y=0,
-                  height=300)
-    g.link(decode, 0, save, "images")
+    if video:  # as core video workflows do: frames -> CreateVideo -> SaveVideo
+        frames = g.node("CreateVideo", inputs=[("images", "IMAGE")], outputs=[("VIDEO", "VIDEO")], widgets=[24.0],
+                        x=right + 360, y=0)
+        g.link(decode, 0, frames, "images")
+        save = g.node("SaveVideo", inputs=[("video", "VIDEO")], widgets=[f"hyca/{name}-{variant}", "auto", "auto"],
+                      x=right + 720, y=0, height=300)
+        g.link(frames, 0, save, "video")
+    else:
+        save = g.node("SaveImage", inputs=[("images", "IMAGE")], widgets=[f"hyca/{name}-{variant}"], x=right + 360,
+                      y=0, height=300)
+        g.link(decode, 0, save, "images")
     g.stack()
     g.group("HyCa", [n for n in g.nodes if n["type"].startswith("HyCa") or n.get("title") == "Calibration chart"])
 
