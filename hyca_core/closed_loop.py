@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from statistics import fmean
 import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence
@@ -231,19 +232,15 @@ def refine(m: SolverMap, judge: Judge, seeds: Sequence[int], budget: int, mode: 
             score = judge.items(judge.config(n, trial, mode=mode), seeds)
             if clear_gain(score, current, REFINE_Z, MARGIN_DB):
                 log.info("HyCa refine N=%d: %s cluster %d -> %s: %.2f -> %.2f dB", n, scope, cluster, solver,
-                         _mean(current), _mean(score))
+                         fmean(current), fmean(score))
                 m, current = trial, score
     return m
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
 
 
 def _gain(kept: Sequence[float], default: Sequence[float]) -> float:
     """Mean gain over the items both were sampled on (the first ones: seeds are taken in order)."""
     common = min(len(kept), len(default))
-    return _mean(kept[:common]) - _mean(default[:common])
+    return fmean(kept[:common]) - fmean(default[:common])
 
 
 def verify(m: SolverMap, judge: Judge, seeds: Sequence[int], uniform: Optional[int] = None,
@@ -279,16 +276,16 @@ def verify(m: SolverMap, judge: Judge, seeds: Sequence[int], uniform: Optional[i
             # the calibration seeds, and of two equals the uniform solver is the one that cannot
             # hide a rare failure the checked images missed
             best = max((k for k in contenders if k != "map"), key=lambda k: leader_key(k, items[k]))
-        entry = {"map_db": round(_mean(items["map"][:checked]), 3),
-                 "uniform_db": {k: round(_mean(v[:checked]), 3) for k, v in items.items() if k != "map"},
+        entry = {"map_db": round(fmean(items["map"][:checked]), 3),
+                 "uniform_db": {k: round(fmean(v[:checked]), 3) for k, v in items.items() if k != "map"},
                  "kept": best, "gain_db": round(_gain(items[best], items[DEFAULT_SOLVER]), 3)}
         if len(used) > len(seeds):
             entry["deciding_seeds"] = used
-            entry["deciding_db"] = {k: round(_mean(v), 3) for k, v in items.items() if len(v) > checked}
+            entry["deciding_db"] = {k: round(fmean(v), 3) for k, v in items.items() if len(v) > checked}
         if best != "map":
             m = with_uniform(m, n, best)
             log.info("HyCa verify N=%d: the map (%.2f dB) loses to uniform %s (%.2f dB) over %d seeds: using %s at N=%d",
-                     n, _mean(items["map"]), best, _mean(items[best]), len(used), best, n)
+                     n, fmean(items["map"]), best, fmean(items[best]), len(used), best, n)
         record["intervals"][str(n)] = entry
     m = _copy(m)
     m.provenance["closed_loop"] = record
@@ -297,7 +294,7 @@ def verify(m: SolverMap, judge: Judge, seeds: Sequence[int], uniform: Optional[i
 
 def leader_key(name: str, values: Sequence[float]) -> tuple:
     """Order of candidates: the best mean first; at a tie the map, then the default."""
-    return (_mean(values), name == "map", name == DEFAULT_SOLVER)
+    return (fmean(values), name == "map", name == DEFAULT_SOLVER)
 
 
 def level_with_leader(items: dict[str, list[float]], z: float) -> list[str]:

@@ -18,6 +18,7 @@ import argparse
 import os
 import time
 
+import numpy as np
 import torch
 
 from .reference.benchmark import Bench, Setting, calibrate
@@ -135,7 +136,7 @@ def labelled(image: torch.Tensor, names) -> torch.Tensor:
     draw = ImageDraw.Draw(canvas)
     for i, name in enumerate(names):
         draw.text((i * width // len(names) + 4, 2), name, fill=(0, 0, 0))
-    return torch.from_numpy(__import__("numpy").asarray(canvas).copy()).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
 
 
 if __name__ == "__main__":

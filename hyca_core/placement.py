@@ -14,6 +14,7 @@ be forecast without an anchor).
 from __future__ import annotations
 
 import logging
+from statistics import fmean
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 from .closed_loop import MARGIN_DB, REFINE_Z, clear_gain
@@ -27,10 +28,6 @@ Score = Callable[[tuple[int, ...]], Union[float, Sequence[float]]]
 
 def _values(score) -> list[float]:
     return [float(score)] if isinstance(score, (int, float)) else [float(v) for v in score]
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
 
 
 def fixed_placements(steps: int, budget: int, warmups: Iterable[int] = range(1, 5),
@@ -85,9 +82,9 @@ def search(score: Score, steps: int, budget: int, trials: int,
             round(i * (steps - 1) / max(budget - 1, 1)) for i in range(budget))))]
         for full in fixed:
             measure(full)
-        start = max(fixed, key=lambda full: _mean(measured[full]))
+        start = max(fixed, key=lambda full: fmean(measured[full]))
     best, best_values = start, measure(start)
-    fixed_best = _mean(best_values)
+    fixed_best = fmean(best_values)
     used = 0
     improved = True
     while improved and used < trials:
@@ -100,10 +97,10 @@ def search(score: Score, steps: int, budget: int, trials: int,
             used += 1
             values = measure(candidate)
             if clear_gain(values, best_values, REFINE_Z, MARGIN_DB):
-                log.info("HyCa placement (%d full of %d): %s -> %.2f dB", budget, steps, candidate, _mean(values))
+                log.info("HyCa placement (%d full of %d): %s -> %.2f dB", budget, steps, candidate, fmean(values))
                 best, best_values, improved = candidate, values, True
                 break
-    return best, _mean(best_values), {"start": list(start), "start_db": round(fixed_best, 3), "trials": used,
+    return best, fmean(best_values), {"start": list(start), "start_db": round(fixed_best, 3), "trials": used,
                                       "scored": len(measured)}
 
 

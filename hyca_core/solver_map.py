@@ -264,7 +264,7 @@ def load_solver_map(path: str) -> SolverMap:
     source = str(path)
     if not os.path.isfile(path):
         raise SolverMapError(source, "file", "no such file")
-    metadata, tensors = _read_safetensors(path, source)
+    metadata, header, tensors = _read_safetensors(path, source)
 
     def need(key: str) -> str:
         if key not in metadata:
@@ -280,12 +280,8 @@ def load_solver_map(path: str) -> SolverMap:
     if version > FORMAT_VERSION or version < 1:
         raise SolverMapError(source, "format_version", f"version {version} is not supported by this pack "
                                                        f"(reads 1..{FORMAT_VERSION}); update ComfyUI-HyCa")
-    text = need("hyca")
-    # maps written since the header checksum exists carry it; older ones of the same version are read
-    if "header_checksum" in metadata and _text_checksum(text) != metadata["header_checksum"]:
-        raise SolverMapError(source, "header_checksum", "the metadata does not match its checksum: the file is "
-                                                        "corrupted or was edited")
-    header = parse_json(source, "hyca", text)
+    if header is None:
+        need("hyca")
     if not isinstance(header, dict):
         raise SolverMapError(source, "hyca", "metadata is not a JSON object")
     if _checksum(tensors) != need("checksum"):
@@ -295,10 +291,11 @@ def load_solver_map(path: str) -> SolverMap:
     return m
 
 
-def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file. The header is read and checked first (layout,
-    and a data size no larger than the map's own architecture implies), the data only then, whole
-    into memory; nothing returned shares memory with the file."""
+def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], Any, dict[str, torch.Tensor]]:
+    """(metadata, the parsed ``hyca`` header or None, tensors) of a safetensors file. The header is
+    read and checked first (layout, header checksum, and a data size no larger than the map's own
+    architecture implies), the data only then, whole into memory; nothing returned shares memory
+    with the file."""
     from safetensors.torch import load
 
     def unreadable(reason: str):
@@ -320,7 +317,8 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str,
         metadata, end = _layout(source, header_bytes, unreadable)
         if 8 + length + end != size:
             unreadable(f"it holds {size - 8 - length} bytes of tensor data, its header declares {end}")
-        implied = _implied_bytes(metadata)
+        header = _verified_header(source, metadata)
+        implied = _implied_bytes(header)
         if implied is not None and end > implied:
             raise SolverMapError(source, "file", f"{end} bytes of tensors, far more than the {implied} its "
                                                  "architecture, intervals and pool need: not a solver map")
@@ -331,7 +329,19 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], dict[str,
         tensors = load(data)
     except Exception as exc:  # safetensors' own checks, should ours have missed a defect
         unreadable(str(exc)[:200])
-    return metadata, {name: t.clone() for name, t in tensors.items()}  # owned, writable
+    return metadata, header, {name: t.clone() for name, t in tensors.items()}  # owned, writable
+
+
+def _verified_header(source: str, metadata: dict[str, str]):
+    """The ``hyca`` metadata, checked against its checksum and parsed; None when absent."""
+    text = metadata.get("hyca")
+    if text is None:
+        return None
+    # maps written since the header checksum exists carry it; older ones of the same version are read
+    if "header_checksum" in metadata and _text_checksum(text) != metadata["header_checksum"]:
+        raise SolverMapError(source, "header_checksum", "the metadata does not match its checksum: the file is "
+                                                        "corrupted or was edited")
+    return parse_json(source, "hyca", text)
 
 
 def _layout(source: str, header_bytes: bytes, unreadable) -> tuple[dict[str, str], int]:
@@ -362,17 +372,16 @@ def _layout(source: str, header_bytes: bytes, unreadable) -> tuple[dict[str, str
     return metadata, end
 
 
-def _implied_bytes(metadata: dict[str, str]) -> Optional[int]:
+def _implied_bytes(header) -> Optional[int]:
     """The most tensor bytes a map with this header's architecture, intervals, pool and scopes can
     hold (every tensor in 8-byte types, one cluster per channel, fitted weights at every interval),
     or None when the header cannot tell (it is refused later, naming the field)."""
     try:
-        header = parse_json("", "hyca", metadata.get("hyca", ""))
         channels, intervals = header["architecture"]["hidden_size"], header["intervals"]
         pool, scopes = len(header["pool"]), len(header["scopes"])
         if not (_is_int(channels) and isinstance(intervals, list) and all(_is_int(n) for n in intervals)):
             return None
-    except (SolverMapError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
     i, fitted = len(intervals), sum(max(n, 0) for n in intervals) * 3
     per_scope = 8 * channels * (1 + i + (pool + 1) * i + fitted)
