@@ -132,3 +132,13 @@ def test_gpu_speed_script_runs_tiny_on_the_cpu(tmp_path):
     assert rows[0]["full"] == 8 and all(r["full"] == 4 and r["flops_speedup"] == 2.0 for r in rows[1:])
     assert all(r["predicted_step_ms"] > 0 for r in rows[1:])
     assert "| 2 | HyCa | stack | 3 | 4 |" in (tmp_path / "speed.md").read_text()
+
+
+def test_seed_spread_prints_a_difference_per_seed(capsys):
+    from hyca_core.reference import seed_spread
+
+    assert seed_spread.main(["--steps", "8", "--interval", "3", "--seeds", "2", "3", "reuse", "taylor1"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 2: reuse - taylor1 = " in out and "seed 3: " in out and "mean" in out
+    assert seed_spread.main(["--steps", "8", "--interval", "3", "--seeds", "2", "2", "taylor1", "taylor1"]) == 0
+    assert "mean +0.00 dB" in capsys.readouterr().out  # a candidate against itself
