@@ -1,7 +1,7 @@
 # Two entry points, both self-installing on a fresh machine (pip only).
 PYTHON ?= python3
 
-.PHONY: demo test deps bench bench-engine test-comfyui test-browser
+.PHONY: demo test deps bench bench-engine test-comfyui test-browser frontend
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
@@ -26,6 +26,11 @@ bench-engine: deps
 test-comfyui:
 	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
 	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_comfy_integration.py tests/test_comfy_server.py
+
+# The newest ComfyUI frontend from PyPI, unpacked into .frontends/: the browser test runs on it too
+frontend:
+	rm -rf .frontends/download && $(PYTHON) -m pip download -q --no-deps comfyui-frontend-package -d .frontends/download
+	cd .frontends && for w in download/*.whl; do d=$$(basename $$w | cut -d- -f1-2); rm -rf $$d; unzip -q $$w -d $$d; done
 
 # The page in headless chromium (apt-get install chromium; Node.js): same variables as test-comfyui
 test-browser:

@@ -12,7 +12,7 @@ import asyncio
 from typing import Callable
 
 from ..hyca_core.solver_map import SolverMapError, describe, load_solver_map
-from . import map_folder, report
+from . import map_folder, report, templates
 
 ROUTE = "/hyca/map"
 CHART_ROUTE = "/hyca/map/chart"
@@ -99,4 +99,5 @@ def register() -> None:
     async def map_chart(request):
         return await answer(request, chart_png, lambda png: web.Response(body=png, content_type="image/png"))
 
+    templates.add_route(server.routes)
     _registered = True

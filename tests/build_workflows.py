@@ -18,6 +18,7 @@ OUT = Path(__file__).resolve().parent.parent / "example_workflows"
 class Graph:
     def __init__(self):
         self.nodes, self.links, self.groups = [], [], []
+        self.growth = {}  # node id -> height a node grows by on the page (HyCa Apply's run report)
 
     def node(self, type_, inputs=(), outputs=(), widgets=(), title=None, x=0, y=0, width=320, mode=0, height=None):
         node = {
@@ -49,7 +50,7 @@ class Graph:
         for column in columns.values():
             column.sort(key=lambda n: n["pos"][1])
             for above, below in zip(column, column[1:]):
-                lowest = above["pos"][1] + above["size"][1] + TITLE + GAP
+                lowest = above["pos"][1] + above["size"][1] + self.growth.get(above["id"], 0) + TITLE + GAP
                 below["pos"][1] = max(below["pos"][1], lowest)
 
     def group(self, title: str, nodes, color: str = "#3f3f8f") -> None:
@@ -57,7 +58,7 @@ class Graph:
         x0 = min(n["pos"][0] for n in nodes) - 10
         y0 = min(n["pos"][1] for n in nodes) - TITLE - 46
         x1 = max(n["pos"][0] + n["size"][0] for n in nodes) + 10
-        y1 = max(n["pos"][1] + n["size"][1] for n in nodes) + 10
+        y1 = max(n["pos"][1] + n["size"][1] + self.growth.get(n["id"], 0) for n in nodes) + 10
         self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
                             "color": color, "font_size": 24, "flags": {}})
 
@@ -157,13 +158,14 @@ APPLY_NOTE = """## HyCa on this model
 **Runs as loaded**: HyCa Apply without a map forecasts every channel with `taylor1` (TaylorSeer-style).
 
 **Calibrating adds** a solver per channel cluster and interval, checked against every uniform solver on
-held-out seeds: run **hyca-{stem}-calibrate** once. It writes `models/hyca/{name}.safetensors`.
+held-out seeds: run the template **{calibrate}** (Templates, ComfyUI-HyCa) once. It writes
+`models/hyca/{name}.safetensors`.
 
 Then select the **HyCa Solver Map Loader** and press **Ctrl+B** to stop bypassing it (press **R** first
 if the map is not listed)."""
 
 
-def finish(g, model, vae, positive, negative, latent, s, variant, name, video, stem=""):
+def finish(g, model, vae, positive, negative, latent, s, variant, name, video, calibrate=""):
     x = 1100
     if variant == "calibrate":
         # images: the closed-loop check compares decoded images (the optional vae input); video: it
@@ -184,11 +186,13 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, s
         # HyCa Apply's run report (up to 320 high) below their widgets
         loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"],
                         x=x, y=0, mode=BYPASS, width=440, height=60 + 26 + PANEL)
-        g.node("MarkdownNote", widgets=[APPLY_NOTE.format(name=name, stem=stem)], title="HyCa: read me", x=x - 400,
+        g.node("MarkdownNote", widgets=[APPLY_NOTE.format(name=name, calibrate=calibrate)], title="HyCa: read me", x=x - 400,
                y=-(300 + TITLE + GAP), width=380, height=300)
         widgets = apply_widgets(s["interval"], s["warmup"])
+        # saved at its size before a run; its report appears after one, below it, inside the group
         apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
-                       height=60 + 26 * (len(widgets) + 2) + PANEL)
+                       height=60 + 26 * (len(widgets) + 2))
+        g.growth[apply["id"]] = PANEL
         g.link(model, 0, apply, "model")
         g.link(loader, 0, apply, "solver_map")
         model = apply
@@ -222,20 +226,29 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, s
     g.group("HyCa", [n for n in g.nodes if n["type"].startswith("HyCa") or n.get("title") == "Calibration chart"])
 
 
-TITLES = {"flux-dev-t2i": "FLUX.1-dev text to image", "qwen-image-edit": "Qwen-Image-Edit",
-          "hunyuan-video-t2v": "HunyuanVideo text to video"}
+MODELS = {"flux-dev-t2i": "FLUX.1-dev", "qwen-image-edit": "Qwen-Image-Edit", "hunyuan-video-t2v": "HunyuanVideo"}
+STEPS = {"calibrate": "1 calibrate a solver map", "apply": "2 sample with the map"}
+
+
+def template_name(stem: str, variant: str) -> str:
+    """The file name, which is what the template browser shows: its cards' title and description are
+    the name (ComfyUI frontend 1.27 and 1.58: ``getTemplateTitle``), and newer servers list a pack's
+    workflows sorted by name (``collect_workflow_templates`` in app/custom_node_manager.py,
+    Comfy-Org/ComfyUI fcd026bf), so each model's calibrate card comes before its apply card."""
+    return f"HyCa {MODELS[stem]} {STEPS[variant]}"
 
 
 def thumbnail(g: Graph, title: str, path: Path) -> None:
     """The template browser's card (``<workflow>.jpg``): the workflow's nodes as a small map, HyCa's
     in the pack colour, under its title. Drawn with Pillow from the graph itself, so it stays true."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
-    width, height, top = 512, 384, 56
+    width, height, top = 512, 384, 124
     image = Image.new("RGB", (width, height), (32, 34, 38))
     draw = ImageDraw.Draw(image)
-    draw.text((16, 14), "ComfyUI-HyCa", fill=(150, 160, 255))
-    draw.text((16, 32), title, fill=(235, 235, 235))
+    # readable at card size (about 230 px wide): Pillow's own scalable font, no system font needed
+    draw.text((16, 12), "ComfyUI-HyCa", fill=(150, 160, 255), font=ImageFont.load_default(size=22))
+    draw.multiline_text((16, 42), title, fill=(235, 235, 235), font=ImageFont.load_default(size=28), spacing=6)
     shown = [n for n in g.nodes if n["type"] != "MarkdownNote"]
     x0 = min(n["pos"][0] for n in shown)
     y0 = min(n["pos"][1] for n in shown)
@@ -265,13 +278,14 @@ def main():
     for stem, build, name, video in specs:
         for variant in ("calibrate", "apply"):
             g, model, vae, positive, negative, latent, settings = build(variant)
-            finish(g, model, vae, positive, negative, latent, settings, variant, name, video, stem)
+            finish(g, model, vae, positive, negative, latent, settings, variant, name, video,
+                   calibrate=template_name(stem, "calibrate"))
             note = ("Run once: HyCa Calibrate samples the uncached model and writes models/hyca/{0}.safetensors."
                     if variant == "calibrate" else
                     "Needs models/hyca/{0}.safetensors from the calibrate workflow (or any shared map for this model).")
-            g.dump(OUT / f"hyca-{stem}-{variant}.json", note.format(name))
-            thumbnail(g, f"{TITLES[stem]}: {variant}", OUT / f"hyca-{stem}-{variant}.jpg")
-
+            file = template_name(stem, variant)  # has a dot of its own: no Path.with_suffix
+            g.dump(OUT / f"{file}.json", note.format(name))
+            thumbnail(g, f"{MODELS[stem]}\n{STEPS[variant]}", OUT / f"{file}.jpg")
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,6 +25,8 @@ def comfyui_path():
 
 
 def require_comfyui():
+    import pytest  # here, not at the top: the test-only nodes import this module in a server without pytest
+
     path = comfyui_path()
     if path is None:
         pytest.skip("no ComfyUI found: set COMFYUI_PATH to a ComfyUI checkout (see README, 'Integration tests')",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,9 +30,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def copy_tracked_files(source: Path, target: Path) -> None:
+    """The files git tracks (with changes not yet committed): what a clone of the pack holds."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source,
+                            capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target / name)
+
+
 class ComfyServer:
-    def __init__(self, comfyui: str, base: Path, python: str = sys.executable):
+    def __init__(self, comfyui: str, base: Path, python: str = sys.executable, front_end_root: str | None = None,
+                 with_pack: bool = True, copy_pack: bool = False):
+        """``front_end_root``: a frontend's static folder (``--front-end-root``), else the pinned one;
+        ``with_pack=False``: the same server without the pack, for the browser test's baseline;
+        ``copy_pack``: copy the pack's tracked files, as a ``git clone`` has them, instead of a link."""
         self.comfyui, self.base, self.python = comfyui, Path(base), python
+        self.front_end_root, self.with_pack, self.copy_pack = front_end_root, with_pack, copy_pack
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = None
@@ -45,11 +61,24 @@ class ComfyServer:
         nodes = self.base / "custom_nodes"
         nodes.mkdir(parents=True, exist_ok=True)
         self.maps_dir.mkdir(parents=True, exist_ok=True)
-        for name, target in ((PACK_DIR_NAME, ROOT), ("hyca_test_nodes", ROOT / "tests" / "comfy_test_nodes")):
+        # ComfyUI ships input/example.png, which the Qwen-Image-Edit workflows load: as on a real install
+        example = Path(self.comfyui) / "input" / "example.png"
+        if example.is_file() and not (self.base / "input" / "example.png").exists():
+            (self.base / "input").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(example, self.base / "input" / "example.png")
+        links = [("hyca_test_nodes", ROOT / "tests" / "comfy_test_nodes")]
+        if self.with_pack and self.copy_pack:
+            copy_tracked_files(ROOT, nodes / PACK_DIR_NAME)
+        elif self.with_pack:
+            links.append((PACK_DIR_NAME, ROOT))
+        for name, target in links:
             if not (nodes / name).exists():
                 (nodes / name).symlink_to(target, target_is_directory=True)
         command = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                    "--base-directory", str(self.base), "--disable-auto-launch"]
+        if self.front_end_root:
+            command += ["--front-end-root", str(self.front_end_root)]
+        ready = "/object_info/HyCaApply" if self.with_pack else "/object_info/HyCaTestModel"
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, cwd=self.comfyui, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -57,14 +86,14 @@ class ComfyServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                status, info = self.get("/object_info/HyCaApply")
-                if status == 200 and "HyCaApply" in info:
+                status, info = self.get(ready)
+                if status == 200 and ready.rsplit("/", 1)[1] in info:
                     return self
             except OSError:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"ComfyUI did not serve HyCaApply within {timeout:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"ComfyUI did not serve {ready} within {timeout:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -176,3 +205,28 @@ def apply_prompt(map_name: str | None, apply_id: str = "8", second_pass: bool = 
 def all_nodes_prompt(map_name: str) -> dict:
     """Calibrate with its chart previewed, and Loader -> Apply -> two KSampler passes: the three HyCa nodes."""
     return {**calibrate_prompt(map_name.removesuffix(".safetensors")), **apply_prompt(map_name, second_pass=True)}
+
+
+def core_prompt() -> dict:
+    """The tiny model sampled without the pack: what the browser test's baseline page runs."""
+    prompt = _inputs()
+    prompt["9"] = {"class_type": "KSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], **SAMPLING}}
+    prompt["10"] = {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "baseline"}}
+    return prompt
+
+
+def start_pack_server(comfyui: str, base: Path, front_end_root: str | None = None) -> ComfyServer:
+    """A server with the pack, a calibrated map ``tiny-flux.safetensors`` (made by a HyCa Calibrate
+    prompt, its messages kept in ``.calibration``), a broken map and a file outside the map folders."""
+    import struct
+
+    server = ComfyServer(comfyui, base, front_end_root=front_end_root).start()
+    try:
+        (server.maps_dir / "broken.safetensors").write_bytes(struct.pack("<Q", 12) + b'{"oops": 1}')
+        (Path(base) / "outside.safetensors").write_bytes(b"not in a map folder")
+        server.calibration = server.run(calibrate_prompt("tiny-flux"))
+    except BaseException:
+        server.stop()
+        raise
+    return server

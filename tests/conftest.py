@@ -17,20 +17,12 @@ def rng():
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
-    """A real ComfyUI server with the pack, a calibrated map ``tiny-flux.safetensors`` (made by a
-    HyCa Calibrate prompt, kept in ``.calibration``), a broken map and a file outside the folders."""
-    import struct
-
+    """A real ComfyUI server with the pack and its test maps (``comfy_server.start_pack_server``)."""
     from comfy_env import require_comfyui
-    from comfy_server import ComfyServer, calibrate_prompt
+    from comfy_server import start_pack_server
 
-    path = require_comfyui()
-    base = tmp_path_factory.mktemp("comfy-base")
-    server = ComfyServer(path, base).start()
+    server = start_pack_server(require_comfyui(), tmp_path_factory.mktemp("comfy-base"))
     try:
-        (server.maps_dir / "broken.safetensors").write_bytes(struct.pack("<Q", 12) + b'{"oops": 1}')
-        (base / "outside.safetensors").write_bytes(b"not in a map folder")
-        server.calibration = server.run(calibrate_prompt("tiny-flux"))
         yield server
     finally:
         server.stop()

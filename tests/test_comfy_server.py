@@ -6,6 +6,7 @@ Skipped with the reason when no ComfyUI is found (set COMFYUI_PATH; see README).
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from comfy_server import apply_prompt  # noqa: E402
 from hyca_core.solver_map import load_solver_map, save_solver_map  # noqa: E402
 
 MAP = "tiny-flux.safetensors"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -104,8 +106,24 @@ def test_help_pages_and_schema_read_well(server, node):
     assert status == 200 and info[node]["category"] == "sampling/HyCa" and len(info[node]["description"]) > 40
     import urllib.request
 
-    with urllib.request.urlopen(f"{server.url}/extensions/ComfyUI-HyCa/docs/{node}.md") as page:
+    # where both frontends look first (then docs/<node>.md): no 404 before the page
+    with urllib.request.urlopen(f"{server.url}/extensions/ComfyUI-HyCa/docs/{node}/en.md") as page:
         assert page.status == 200 and page.read().decode().startswith("# HyCa")
+
+
+def test_template_browser_lists_the_workflows_with_their_thumbnails(server):
+    """What the template browser asks for: the pack's workflow names, each one's JSON and JPEG."""
+    import urllib.parse
+    import urllib.request
+
+    status, listing = server.get("/api/workflow_templates")
+    expected = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+    assert status == 200 and sorted(listing["ComfyUI-HyCa"]) == expected
+    for name in expected:
+        for suffix, kind in ((".json", "application/json"), (".jpg", "image/jpeg")):
+            url = f"{server.url}/api/workflow_templates/ComfyUI-HyCa/{urllib.parse.quote(name + suffix)}"
+            with urllib.request.urlopen(url) as response:
+                assert response.status == 200 and response.headers["Content-Type"].startswith(kind), url
 
 
 def test_two_sampling_passes_send_two_reports_of_one_prompt(server):

@@ -17,8 +17,20 @@ FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the frontend's own note nodes
 
 def test_there_is_a_calibrate_and_an_apply_workflow_per_family():
     names = {p.stem for p in WORKFLOWS}
-    for family in ("flux-dev-t2i", "qwen-image-edit", "hunyuan-video-t2v"):
-        assert {f"hyca-{family}-calibrate", f"hyca-{family}-apply"} <= names
+    for model in ("FLUX.1-dev", "Qwen-Image-Edit", "HunyuanVideo"):
+        assert {f"HyCa {model} 1 calibrate a solver map", f"HyCa {model} 2 sample with the map"} <= names
+
+
+def test_template_names_read_as_titles_in_calibrate_then_apply_order():
+    """The template browser shows the file name as the card's title and description, and newer
+    servers list a pack's workflows sorted by name: each model's calibrate card must come first.
+    Names stay portable: ASCII, none of Windows' reserved characters."""
+    stems = [p.stem for p in WORKFLOWS]  # sorted, as the server sorts them
+    for calibrate, apply in zip(stems[::2], stems[1::2]):
+        assert calibrate.endswith("1 calibrate a solver map") and apply.endswith("2 sample with the map")
+        assert calibrate[: -len("1 calibrate a solver map")] == apply[: -len("2 sample with the map")]
+    for stem in stems:
+        assert stem.isascii() and not set(stem) & set('<>:"/\\|?*') and stem.startswith("HyCa ")
 
 
 def test_generator_and_files_agree(tmp_path, monkeypatch):
@@ -41,12 +53,16 @@ def test_each_workflow_has_a_thumbnail_for_the_template_browser(path):
 
 
 TITLE_BAR = 30  # drawn above a node's position
+REPORT = 330  # HyCa Apply grows by its run report (up to 320 px, web/hyca.js) after the first run
 
 
 def boxes(data):
-    """Each node's box as drawn: its size below its position, its title bar above."""
-    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
-            for n in data["nodes"]}
+    """Each node's box as drawn: its size below its position, its title bar above, HyCa Apply's
+    box with the report it shows after a run."""
+    def bottom(n):
+        return n["pos"][1] + n["size"][1] + (REPORT if n["type"] == "HyCaApply" else 0)
+
+    return {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0], bottom(n)) for n in data["nodes"]}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -89,7 +105,7 @@ def test_links_connect(path):
     assert hyca and all(i["link"] is not None for n in hyca for i in n["inputs"] if i["name"] != "solver_map")
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem.endswith("-apply")], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "2 sample" in p.stem], ids=lambda p: p.stem)
 def test_apply_workflows_run_as_loaded_and_say_how_to_add_a_map(path):
     """No map exists on a fresh install: the loader is bypassed (the prompt leaves it and its link
     out, so HyCa Apply runs at the uniform default), and a visible note names the calibrate
@@ -101,7 +117,8 @@ def test_apply_workflows_run_as_loaded_and_say_how_to_add_a_map(path):
     assert {n["type"] for n in active} >= {"HyCaApply", "KSampler"}
     (note,) = [n for n in data["nodes"] if n["type"] == "MarkdownNote"]
     text = note["widgets_values"][0]
-    assert path.stem.replace("-apply", "-calibrate") in text and "Ctrl+B" in text and "taylor1" in text
+    calibrate = path.stem.replace("2 sample with the map", "1 calibrate a solver map")
+    assert calibrate in text and "Ctrl+B" in text and "taylor1" in text
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ const HYCA_NODES = new Set(["HyCaApply", "HyCaSolverMapLoader", "HyCaCalibrate"]
 const STYLE = `
 .hyca-panel { font: 11px/1.35 ui-monospace, SFMono-Regular, Menlo, monospace; color: #d8e2e8;
   background: #13232b; border: 1px solid #2f5566; border-radius: 6px; padding: 5px 7px; overflow: auto;
-  box-sizing: border-box; white-space: normal; user-select: text; }
+  box-sizing: border-box; white-space: normal; user-select: text; max-height: 320px; }
 .hyca-panel .hyca-head { font-weight: 600; color: #9fe0c9; }
 .hyca-panel .hyca-dim { color: #8aa2ad; }
 .hyca-panel .hyca-warn { color: #ffcf70; }
@@ -35,7 +35,7 @@ function injectStyle() {
 }
 
 // -- a display panel as a DOM widget ------------------------------------------------------------
-const PANEL_MAX_HEIGHT = 320; // longer contents scroll
+const PANEL_MAX_HEIGHT = 320; // longer contents scroll (also in STYLE: Vue nodes ignore getMaxHeight)
 const PANEL_MARGIN = 4;
 
 function addPanel(node, name, placeholder, minWidth = 320) {
@@ -90,13 +90,22 @@ function nodeByExecutionId(id) {
   return node;
 }
 
-async function showMapDetails(node, name) {
+// One request per map shown: a workflow load sets the value several ways (creation, saved values, the
+// combo's callback); R asks again with `force`, since a calibration may have rewritten the map.
+async function showMapDetails(node, name, force = false) {
   const panel = node.hycaDetails;
+  if (!force && name && node.hycaAsked === name) return;
   if (!name) {
     panel.show(`<span class="hyca-dim">No maps yet: run HyCa Calibrate, or put a shared map in models/hyca/.</span>`);
     return;
   }
   const asked = (node.hycaAsked = name);
+  const listed = mapCombo(node)?.options?.values;
+  if (Array.isArray(listed) && !listed.includes(name)) { // a saved workflow's map that is not here (yet)
+    panel.show(`<span class="hyca-warn">${esc(name)} is not in models/hyca/: run the workflow that calibrates it, ` +
+      `or copy a shared map there, then press R.</span>`);
+    return;
+  }
   panel.show(`<span class="hyca-dim">reading ${esc(name)}…</span>`);
   let html;
   try {
@@ -106,13 +115,32 @@ async function showMapDetails(node, name) {
     html = response.ok ? detailsHtml(body, chart) : `<span class="hyca-error">${esc(body.error || response.statusText)}</span>`;
   } catch (error) {
     html = `<span class="hyca-error">could not read ${esc(name)}: ${esc(error.message)}</span>`;
+    if (node.hycaAsked === asked) node.hycaAsked = null; // the next selection tries again
   }
   if (node.hycaAsked === asked) panel.show(html); // a later selection wins
 }
 
+function mapCombo(node) {
+  return node.widgets?.find((w) => w.name === "map_name");
+}
+
+// Creating a node and applying a saved workflow's values happen in one synchronous run: asking in a
+// microtask asks once, for the value the user sees, never for the default the saved one replaces.
+function scheduleDetails(node, force = false) {
+  if (!node.hycaDetails) return;
+  node.hycaDetailsForce ||= force;
+  if (node.hycaDetailsPending) return;
+  node.hycaDetailsPending = true;
+  queueMicrotask(() => {
+    const forced = node.hycaDetailsForce;
+    node.hycaDetailsPending = node.hycaDetailsForce = false;
+    showMapDetails(node, mapCombo(node)?.value, forced);
+  });
+}
+
 function setUpLoader(node) {
   node.hycaDetails = addPanel(node, "hyca_map_details", "Select a map to see what it holds.", 440);
-  const combo = node.widgets?.find((w) => w.name === "map_name");
+  const combo = mapCombo(node);
   if (!combo) return;
   const callback = combo.callback;
   combo.callback = function (value, ...rest) { // user edits; loading a workflow sets values directly
@@ -120,7 +148,21 @@ function setUpLoader(node) {
     showMapDetails(node, combo.value);
     return result;
   };
-  showMapDetails(node, combo.value);
+  scheduleDetails(node);
+}
+
+// After R (refresh node definitions) the frontend lists new maps but leaves a loader that was added
+// while none existed without a value: give it the first map, as a newly added loader gets, and
+// re-read every loader's map (a calibration may have rewritten it). A saved choice is never changed.
+function refreshLoaders(graph) {
+  for (const node of graph?._nodes ?? graph?.nodes ?? []) {
+    if (node.subgraph) refreshLoaders(node.subgraph);
+    if (node.comfyClass !== "HyCaSolverMapLoader" || !node.hycaDetails) continue;
+    const combo = mapCombo(node);
+    const listed = combo?.options?.values ?? [];
+    if (combo && (combo.value == null || combo.value === "") && listed.length) combo.value = listed[0];
+    scheduleDetails(node, true);
+  }
 }
 
 // Saved values arrive in onConfigure (workflow load, reload, paste, subgraphs), after nodeCreated.
@@ -144,8 +186,14 @@ app.registerExtension({
       const saved = (node.properties[REPORT_PROPERTY] = withRun(node.properties[REPORT_PROPERTY], detail));
       showReport(node, saved);
       // store the open workflow now, so the report is still there after a reload
-      app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState();
+      const tracker = app.extensionManager?.workflow?.activeWorkflow?.changeTracker;
+      if (tracker?.captureCanvasState) tracker.captureCanvasState(); // checkState is deprecated there
+      else tracker?.checkState?.(); // frontend 1.27
     });
+  },
+
+  async refreshComboInNodes() {
+    refreshLoaders(app.rootGraph ?? app.graph);
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
@@ -155,10 +203,7 @@ app.registerExtension({
         if (saved?.runs?.length) showReport(node, saved);
       });
     } else if (nodeData.name === "HyCaSolverMapLoader") {
-      afterConfigure(nodeType, (node) => {
-        const combo = node.widgets?.find((w) => w.name === "map_name");
-        if (node.hycaDetails && combo) showMapDetails(node, combo.value);
-      });
+      afterConfigure(nodeType, scheduleDetails);
     }
   },
 
