@@ -37,7 +37,8 @@ class EvalContext:
     family: Family
     diffusion_model: torch.nn.Module
     verify: bool = False  # first full evaluation at module granularity: check our rebuild
-    mismatch: Optional[str] = None  # set when the check failed
+    mismatch: Optional[str] = None  # set when the check failed, or our code raised on this block
+    failed: bool = False  # our code raised while forecasting: the evaluation must be recomputed
     scratch: dict = field(default_factory=dict)
     # Sensitivity probes only (``hyca_core.sensitivity``): feature, value -> a small change to add
     # to that fully computed feature, so its effect on the final output can be measured.
@@ -47,6 +48,17 @@ class EvalContext:
 def context(args: dict) -> Optional[EvalContext]:
     options = args.get("transformer_options") or {}
     return options.get(CONTEXT_KEY)
+
+
+class OriginalBlockError(Exception):
+    """Wraps an exception of ComfyUI's own block, so that the patch lets it through unchanged."""
+
+
+def _run_original(original, args):
+    try:
+        return original(args)
+    except Exception as exc:
+        raise OriginalBlockError() from exc
 
 
 class BlockPatch:
@@ -63,9 +75,29 @@ class BlockPatch:
     def __call__(self, args: dict, extra: dict) -> dict:
         original = extra["original_block"]
         ctx = context(args)
-        if ctx is None:
+        if ctx is None or ctx.failed or ctx.granularity == "off":
             return original(args)
-        return getattr(self, "_" + ctx.granularity)(ctx, args, original)
+        key = ("out", self.prefix)
+        try:
+            return getattr(self, "_" + ctx.granularity)(ctx, args, original)
+        except OriginalBlockError as exc:
+            raise exc.__cause__  # ComfyUI's own block failed: not ours to hide
+        except Exception as exc:  # noqa: BLE001  an unknown block variant must not end the run
+            ctx.mismatch = f"{self.prefix} ({ctx.granularity}): {type(exc).__name__}: {exc}"
+            log.debug("HyCa block patch failed", exc_info=True)
+            out = ctx.scratch.pop(key, None)
+            if out is not None and ctx.full:
+                return out  # a full step's output is ComfyUI's own, whatever failed after it
+            ctx.failed = not ctx.full  # a forecast is redone as a full evaluation (session.evaluate)
+            return original(args)
+        finally:
+            ctx.scratch.pop(key, None)
+
+    def _full(self, ctx: EvalContext, original, args: dict) -> dict:
+        """ComfyUI's block, its output kept until this patch returns (our code may still fail)."""
+        out = _run_original(original, args)
+        ctx.scratch[("out", self.prefix)] = out
+        return out
 
     def block_module(self, ctx: EvalContext) -> torch.nn.Module:
         return getattr(ctx.diffusion_model, self.attr)[self.index]
@@ -75,7 +107,7 @@ class BlockPatch:
         stream = ctx.stream
         if ctx.full:
             inputs = {k: args[k].clone() for k in self.outputs}  # blocks update their inputs in place
-            out = original(args)
+            out = self._full(ctx, original, args)
             for k in self.outputs:
                 name = f"{self.prefix}.{k}"
                 stream.remember(name, out[k] - inputs[k])
@@ -90,7 +122,7 @@ class BlockPatch:
         if self.first:
             ctx.scratch["stack_input"] = self.family.stack_input(args)  # a new tensor: a copy
         if ctx.full:
-            out = original(args)
+            out = self._full(ctx, original, args)
             if self.last:
                 residual = out["img"] - ctx.scratch["stack_input"]
                 ctx.stream.remember("stack", residual)
@@ -119,7 +151,7 @@ class BlockPatch:
             for branch in self.adapter.branches:
                 hook = self._capture(branch, stream, seen, kept, ctx.perturb)
                 handles.append(block.get_submodule(branch.module).register_forward_hook(hook))
-            out = original(args)
+            out = self._full(ctx, original, args)
         finally:
             for handle in handles:
                 handle.remove()  # never leave state on the shared model
@@ -134,8 +166,12 @@ class BlockPatch:
         name = f"{self.prefix}.{branch.name}"
 
         def hook(module, inputs, output):
-            value = output[branch.output_index] if branch.output_index is not None else output
-            stream.remember(name, value)  # copies now: the block may gate it in place right after
+            try:
+                value = output[branch.output_index] if branch.output_index is not None else output
+                stream.remember(name, value)  # copies now: the block may gate it in place right after
+            except Exception as exc:  # noqa: BLE001  ours: the block must run on (the branch is then missing)
+                log.debug("HyCa capture of %s failed: %r", name, exc)
+                return None
             seen.add(branch.name)
             if kept is not None:
                 kept[branch.name] = value.clone()

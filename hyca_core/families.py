@@ -24,11 +24,14 @@ class UnsupportedModel(ValueError):
 
 def _gate(x: torch.Tensor, gate: torch.Tensor, modulation_dims=None) -> torch.Tensor:
     """``x * gate`` as ComfyUI's ``apply_mod`` computes it (per token range when modulation_dims
-    is given: HunyuanVideo's per-frame modulation). ``x`` is ours, so in-place is fine."""
+    is given: HunyuanVideo's per-frame modulation, gate ``(batch, frames, channels)``). Frame
+    ``index``'s gate is kept 3-d, ``gate[:, index:index + 1]``, as newer ComfyUI indexes it
+    (comfy/ldm/flux/layers.py ``apply_mod``): ``gate[:, index]`` broadcasts wrongly at batch > 1.
+    ``x`` is ours, so in-place is fine."""
     if modulation_dims is None:
         return x * gate
     for start, end, index in modulation_dims:
-        x[:, start:end] *= gate[:, index]
+        x[:, start:end] *= gate[:, index:index + 1]
     return x
 
 

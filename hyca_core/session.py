@@ -24,6 +24,10 @@ from .solver_map import SolverMap, uniform_predictors
 
 log = logging.getLogger("hyca")
 
+# When HyCa's code fails on a block it does not know, the run goes on one step coarser; block
+# granularity only adds each block's output residual, so its failing leaves nothing to cache.
+FALLBACK = {"module": "block", "stack": "block", "block": "off"}
+
 CONFIG_KEY = "hyca"  # transformer_options: the node's (immutable) config
 RUN_KEY = "hyca_run"  # transformer_options of the cloned model_options: the per-run state
 WRAPPER_KEY = "hyca"
@@ -88,13 +92,20 @@ class RunState:
         if ctx.verify and ctx.mismatch is None:
             self.verified = True
         if ctx.mismatch is not None:
-            message = f"HyCa: {ctx.mismatch}; falling back to block granularity for this run"
+            fallback = FALLBACK[self.granularity]
+            what = "block granularity" if fallback == "block" else "no caching"
+            message = f"HyCa: {ctx.mismatch}; falling back to {what} for this run"
             log.warning(message)
             self.notes.append(message)
-            self.granularity = "block"
+            self.granularity = fallback
             self.verified = True
             for stream in self.run.streams.values():
-                stream.reset()  # module anchors are useless to block patches: start over
+                stream.reset()  # the anchors of another granularity are useless: start over
+
+    @property
+    def passthrough(self) -> bool:
+        """Every block failed us: the rest of the run is computed as if HyCa were not there."""
+        return self.granularity == "off"
 
     def place(self, stream) -> None:
         """cache_device "auto": after the first full evaluation the size of one anchor set is
@@ -261,7 +272,9 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         ctx = options[CONTEXT_KEY] = state.context(stream, full)
         out = executor(*args, **kwargs)
         state.after(ctx)
-        if not stream.accept(None if full else out):
+        if getattr(state, "passthrough", False):
+            return out if full or not ctx.failed else executor(*args, **kwargs)
+        if ctx.failed or not stream.accept(None if full else out):
             stream.begin(t, n_steps, signature, force_full=True)
             ctx = options[CONTEXT_KEY] = state.context(stream, True)
             out = executor(*args, **kwargs)
