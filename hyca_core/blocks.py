@@ -38,7 +38,7 @@ class EvalContext:
     diffusion_model: torch.nn.Module
     verify: bool = False  # first full evaluation at module granularity: check our rebuild
     mismatch: Optional[str] = None  # set when the check failed, or our code raised on this block
-    failed: bool = False  # our code raised while forecasting: the evaluation must be recomputed
+    failed: bool = False  # our code raised: the other blocks run unpatched, a forecast is recomputed
     scratch: dict = field(default_factory=dict)
     # Sensitivity probes only (``hyca_core.sensitivity``): feature, value -> a small change to add
     # to that fully computed feature, so its effect on the final output can be measured.
@@ -48,6 +48,17 @@ class EvalContext:
 def context(args: dict) -> Optional[EvalContext]:
     options = args.get("transformer_options") or {}
     return options.get(CONTEXT_KEY)
+
+
+def _joined_like(joined: torch.Tensor, outputs: dict, inputs: dict) -> torch.Tensor:
+    """``inputs``' img and txt joined in the token order in which ``joined`` holds ``outputs``'."""
+    for order in (("txt", "img"), ("img", "txt")):
+        head = outputs[order[0]].shape[1]
+        if (joined.shape[1] == head + outputs[order[1]].shape[1] and torch.equal(joined[:, :head], outputs[order[0]])
+                and torch.equal(joined[:, head:], outputs[order[1]])):
+            return torch.cat([inputs[k] for k in order], 1)
+    raise ValueError("the single blocks' input is not the double blocks' img and txt joined: "
+                     "stack granularity cannot tell this model's token order")
 
 
 class OriginalBlockError(Exception):
@@ -64,9 +75,13 @@ def _run_original(original, args):
 class BlockPatch:
     """The replacement of one block (kind, index); stateless, so clones of a model share it."""
 
-    def __init__(self, family: Family, kind: str, index: int, first: bool, last: bool):
+    def __init__(self, family: Family, kind: str, index: int, first: bool, last: bool, count: Optional[int] = None):
         self.family, self.kind, self.index = family, kind, index
         self.first, self.last = first, last
+        # the first block of a later block list (FLUX's first single block): its input is the
+        # model's own joining of the earlier list's outputs
+        self.joins = index == 0 and not first
+        self.ends_list = count is not None and index == count - 1 and not last
         self.prefix = f"{FEATURE_PREFIX[kind]}.{index}"
         self.outputs = family.outputs[kind]
         self.adapter = family.adapters[kind]
@@ -84,11 +99,11 @@ class BlockPatch:
             raise exc.__cause__  # ComfyUI's own block failed: not ours to hide
         except Exception as exc:  # noqa: BLE001  an unknown block variant must not end the run
             ctx.mismatch = f"{self.prefix} ({ctx.granularity}): {type(exc).__name__}: {exc}"
+            ctx.failed = True  # the other blocks run as they are; a forecast is redone in full (session)
             log.debug("HyCa block patch failed", exc_info=True)
             out = ctx.scratch.pop(key, None)
             if out is not None and ctx.full:
                 return out  # a full step's output is ComfyUI's own, whatever failed after it
-            ctx.failed = not ctx.full  # a forecast is redone as a full evaluation (session.evaluate)
             return original(args)
         finally:
             ctx.scratch.pop(key, None)
@@ -118,21 +133,34 @@ class BlockPatch:
         return {k: args[k] + stream.predict(f"{self.prefix}.{k}", device=device) for k in self.outputs}
 
     # -- stack: the residual of the whole block stack --------------------------------------------
+    # On a forecast step every block but the last passes its input through, so the model joins
+    # the first block's img and txt into the single blocks' input itself, in its own token order.
+    # On a full step that order is read off the model: the single blocks' input must equal the
+    # double blocks' outputs joined one way or the other (HunyuanVideo put img first, newer
+    # ComfyUI puts txt first); the stack's residual is then taken against the first block's
+    # inputs joined the same way. Nothing here assumes an order.
     def _stack(self, ctx, args, original):
-        if self.first:
-            ctx.scratch["stack_input"] = self.family.stack_input(args)  # a new tensor: a copy
+        scratch = ctx.scratch
+        if self.first:  # full steps: a copy, the blocks update their inputs in place
+            scratch["stack_first"] = {k: args[k].clone() for k in self.outputs} if ctx.full else dict(args)
+        if self.joins:
+            scratch["stack_input"] = (_joined_like(args["img"], scratch.pop("list_out"), scratch["stack_first"])
+                                      if ctx.full else args["img"])
         if ctx.full:
             out = self._full(ctx, original, args)
+            if self.ends_list:
+                scratch["list_out"] = out
             if self.last:
-                residual = out["img"] - ctx.scratch["stack_input"]
+                residual = out["img"] - scratch.get("stack_input", scratch["stack_first"]["img"])
                 ctx.stream.remember("stack", residual)
                 if ctx.perturb is not None:
                     out = {**out, "img": out["img"] + ctx.perturb("stack", residual)}
             return out
         if not self.last:
             return {k: args[k] for k in self.outputs}  # skipped: the input passes through
+        stack_input = scratch.get("stack_input", scratch["stack_first"]["img"])
         out = {k: args[k] for k in self.outputs}
-        out["img"] = ctx.scratch["stack_input"] + ctx.stream.predict("stack", device=args["img"].device)
+        out["img"] = stack_input + ctx.stream.predict("stack", device=args["img"].device)
         return out
 
     # -- module: pre-gate attention / MLP branch outputs -----------------------------------------

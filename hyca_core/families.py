@@ -56,9 +56,20 @@ class ModuleAdapter:
     rebuild: Callable[[torch.nn.Module, dict, dict], dict]
 
 
+def _own_modulation(block, name: str):
+    """The block's own modulation module, or None where the model computes every block's
+    modulation once and hands it in as ``vec`` (Chroma, FLUX.2 / Klein): told by what the block
+    has, never by a version."""
+    module = getattr(block, name, None)
+    return module if isinstance(module, torch.nn.Module) else None
+
+
 def _flux_double_rebuild(block, args, f):
-    img_mod1, img_mod2 = block.img_mod(args["vec"])
-    txt_mod1, txt_mod2 = block.txt_mod(args["vec"])
+    vec = args["vec"]
+    if _own_modulation(block, "img_mod") is not None:
+        (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(vec), block.txt_mod(vec)
+    else:
+        (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
     dims_img, dims_txt = args.get("modulation_dims_img"), args.get("modulation_dims_txt")
     img = args["img"] + _gate(f["img_attn"], img_mod1.gate, dims_img)
     img = img + _gate(f["img_mlp"], img_mod2.gate, dims_img)
@@ -68,7 +79,8 @@ def _flux_double_rebuild(block, args, f):
 
 
 def _flux_single_rebuild(block, args, f):
-    mod, _ = block.modulation(args["vec"])
+    modulation = _own_modulation(block, "modulation")
+    mod = modulation(args["vec"])[0] if modulation is not None else args["vec"]
     return {"img": _fp16_guard(args["img"] + _gate(f["total"], mod.gate, args.get("modulation_dims")))}
 
 
@@ -98,16 +110,34 @@ QWEN_BLOCK = ModuleAdapter(
 )
 
 
-def _flux_stack_input(first: dict) -> torch.Tensor:
-    return torch.cat((first["txt"], first["img"]), 1)  # single blocks see cat(txt, img)
+def _repeat_per_token(e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-frame modulation row ``(B, frames, C)`` spread over ``x``'s tokens, frame-major, as
+    ComfyUI's Wan ``repeat_e`` does (Wan 2.2 5B with a denoise mask: one timestep per frame)."""
+    if e.size(1) <= 1 or e.size(1) == x.size(1):
+        return e
+    repeats = x.size(1) // e.size(1)
+    if repeats * e.size(1) == x.size(1):
+        return torch.repeat_interleave(e, repeats, dim=1)
+    return torch.repeat_interleave(e, repeats + 1, dim=1)[:, : x.size(1)]
 
 
-def _hunyuan_stack_input(first: dict) -> torch.Tensor:
-    return torch.cat((first["img"], first["txt"]), 1)  # single blocks see cat(img, txt)
+def _wan_rebuild(block, args, f):
+    x, e = args["img"], args["vec"]
+    modulation = block.modulation.to(dtype=x.dtype, device=x.device)
+    # e0: (B, 6, C) from a scalar timestep, or (B, frames, 6, C) per frame
+    e = (modulation + e).chunk(6, dim=1) if e.ndim < 4 else (modulation.unsqueeze(0) + e).unbind(2)
+    x = torch.addcmul(x, f["self_attn"], _repeat_per_token(e[2], x))
+    x = x + f["cross_attn"]  # Wan's cross-attention is not gated
+    patches = (args.get("transformer_options") or {}).get("patches", {})
+    for patch in patches.get("attn2_patch", ()):  # newer ComfyUI runs these right after cross-attention
+        x = patch({"x": x, "transformer_options": args.get("transformer_options")})
+    return {"img": torch.addcmul(x, f["ffn"], _repeat_per_token(e[5], x))}
 
 
-def _qwen_stack_input(first: dict) -> torch.Tensor:
-    return first["img"]
+WAN_BLOCK = ModuleAdapter(
+    (Branch("self_attn", "self_attn"), Branch("cross_attn", "cross_attn"), Branch("ffn", "ffn")),
+    _wan_rebuild,
+)
 
 
 @dataclass(frozen=True)
@@ -117,21 +147,25 @@ class Family:
     blocks: tuple[tuple[str, str], ...]  # (patches_replace block name, attribute of the block list)
     adapters: dict  # block name -> ModuleAdapter
     outputs: dict  # block name -> keys the block returns
-    stack_input: Callable[[dict], torch.Tensor]  # the first block's input laid out as the last block sees it
     warmup: int = 3  # warm-up full steps the paper's tables use for this family
 
+
+FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
+FLUX_ADAPTERS = {"double_block": FLUX_DOUBLE, "single_block": FLUX_SINGLE}
+FLUX_OUTPUTS = {"double_block": ("img", "txt"), "single_block": ("img",)}
 
 FAMILIES = {
     f.class_name: f
     for f in (
-        Family("flux", "Flux", (("double_block", "double_blocks"), ("single_block", "single_blocks")),
-               {"double_block": FLUX_DOUBLE, "single_block": FLUX_SINGLE},
-               {"double_block": ("img", "txt"), "single_block": ("img",)}, _flux_stack_input),
-        Family("hunyuan_video", "HunyuanVideo", (("double_block", "double_blocks"), ("single_block", "single_blocks")),
-               {"double_block": FLUX_DOUBLE, "single_block": FLUX_SINGLE},
-               {"double_block": ("img", "txt"), "single_block": ("img",)}, _hunyuan_stack_input, warmup=1),
+        Family("flux", "Flux", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS),  # FLUX.1, Kontext, FLUX.2, Klein
+        Family("hunyuan_video", "HunyuanVideo", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS, warmup=1),
+        Family("chroma", "Chroma", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS),
         Family("qwen_image", "QwenImageTransformer2DModel", (("double_block", "transformer_blocks"),),
-               {"double_block": QWEN_BLOCK}, {"double_block": ("img", "txt")}, _qwen_stack_input),
+               {"double_block": QWEN_BLOCK}, {"double_block": ("img", "txt")}),
+        # Wan 2.1 / 2.2 and their variants (VACE, camera, S2V, ...): ComfyUI calls each block a
+        # "double_block" and the block returns only "img"
+        Family("wan", "WanModel", (("double_block", "blocks"),), {"double_block": WAN_BLOCK},
+               {"double_block": ("img",)}),
     )
 }
 
@@ -152,7 +186,7 @@ def block_counts(diffusion_model: torch.nn.Module, family: Family) -> dict[str, 
 
 
 def hidden_size(diffusion_model: torch.nn.Module) -> int:
-    for attr in ("hidden_size", "inner_dim"):
+    for attr in ("hidden_size", "inner_dim", "dim"):
         value = getattr(diffusion_model, attr, None)
         if isinstance(value, int):
             return value

@@ -272,9 +272,10 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         ctx = options[CONTEXT_KEY] = state.context(stream, full)
         out = executor(*args, **kwargs)
         state.after(ctx)
+        redo = ctx.failed and not full  # a forecast our code could not finish: compute it
         if getattr(state, "passthrough", False):
-            return out if full or not ctx.failed else executor(*args, **kwargs)
-        if ctx.failed or not stream.accept(None if full else out):
+            return executor(*args, **kwargs) if redo else out
+        if redo or not stream.accept(None if full else out):
             stream.begin(t, n_steps, signature, force_full=True)
             ctx = options[CONTEXT_KEY] = state.context(stream, True)
             out = executor(*args, **kwargs)
@@ -293,5 +294,5 @@ def block_patches(diffusion_model: torch.nn.Module, family: families.Family):
         for i in range(count):
             first = k == 0 and i == 0
             last = k == len(kinds) - 1 and i == count - 1
-            patches[(kind, i)] = BlockPatch(family, kind, i, first, last)
+            patches[(kind, i)] = BlockPatch(family, kind, i, first, last, count)
     return patches

@@ -57,7 +57,15 @@ HUNYUAN = dict(image_model="hunyuan_video", in_channels=16, out_channels=16, vec
                hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12],
                theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False)
 
-CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN)}
+WAN = dict(image_model="wan2.1", model_type="t2v", dim=64, ffn_dim=128, num_heads=2, num_layers=3, in_dim=16,
+           out_dim=16, text_dim=32, freq_dim=256, eps=1e-6, patch_size=(1, 2, 2), window_size=(-1, -1), qk_norm=True,
+           cross_attn_norm=True)
+CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,
+              num_heads=2, depth=2, depth_single_blocks=3, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
+              qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2)
+
+CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN),
+           "wan": ("WAN21_T2V", WAN), "chroma": ("Chroma", CHROMA)}
 
 
 def build(family: str, seed: int = 0, dtype=None):
@@ -86,7 +94,7 @@ def conditioning(family: str, seed: int = 1, tokens: int = 8):
 
     g = torch.Generator().manual_seed(seed)
     extra = {"guidance": 3.5}
-    if family in ("flux", "hunyuan_video"):
+    if family in ("flux", "hunyuan_video", "chroma"):  # Chroma's model asks for it and ignores it
         extra["pooled_output"] = torch.randn(1, 32, generator=g)
     return [[torch.randn(1, tokens, 32, generator=g), extra]]
 
@@ -94,7 +102,7 @@ def conditioning(family: str, seed: int = 1, tokens: int = 8):
 def latent(family: str, batch: int = 1, size: int = 16, frames: int = 3):
     import torch
 
-    if family == "hunyuan_video":
+    if family in ("hunyuan_video", "wan"):
         return torch.zeros(batch, 16, frames, size, size)
     if family == "qwen_image":
         return torch.zeros(batch, 16, 1, size, size)  # Qwen-Image uses a video VAE: one frame

@@ -26,7 +26,7 @@ patch = importlib.import_module("comfyui_hyca.nodes.patch")
 map_folder = importlib.import_module("comfyui_hyca.nodes.map_folder")
 solver_map_mod = importlib.import_module("comfyui_hyca.hyca_core.solver_map")
 
-FAMILIES = ["flux", "qwen_image", "hunyuan_video"]
+FAMILIES = ["flux", "qwen_image", "hunyuan_video", "wan", "chroma"]
 STEPS = 16
 
 
@@ -101,8 +101,11 @@ def test_predictions_stay_close_to_the_uncached_output(setup, reference, granula
 # -- skipping -------------------------------------------------------------------------------------
 def heavy_modules(diffusion_model):
     """Modules that only attention/MLP computation runs (QKV projections, MLPs, fused linears)."""
-    names = ("img_attn.qkv", "txt_attn.qkv", "img_mlp", "txt_mlp", "linear1", "attn.to_q", "attn.add_q_proj")
-    return [m for n, m in diffusion_model.named_modules() if any(n.endswith(x) for x in names)]
+    names = ("img_attn.qkv", "txt_attn.qkv", "img_mlp", "txt_mlp", "linear1", "attn.to_q", "attn.add_q_proj",
+             "self_attn.q", "cross_attn.q", "ffn")  # FLUX, HunyuanVideo, Chroma; Qwen-Image; Wan
+    modules = [m for n, m in diffusion_model.named_modules() if any(n.endswith(x) for x in names)]
+    assert modules, f"no attention or MLP module found in {type(diffusion_model).__name__}"
+    return modules
 
 
 @pytest.mark.parametrize("granularity", families.GRANULARITIES)
@@ -122,6 +125,7 @@ def test_predicted_steps_skip_attention_and_mlp(setup, granularity, caplog):
     assert len(calls) == full * len(modules)  # cond and uncond batched in one call per step
     (line,) = reports(caplog)
     assert f"{full} full + {STEPS - full} predicted" in line and "FLOPs bound" in line and "peak cache" in line
+    assert f", {granularity}]" in line  # no fall-back: the module self-check passed
 
 
 # -- ComfyUI behaviours ---------------------------------------------------------------------------
@@ -486,7 +490,7 @@ def with_extra(s, **extra):
 
 @pytest.mark.parametrize("granularity", families.GRANULARITIES)
 def test_reference_latents_kontext_and_qwen_edit(setup, granularity):
-    if setup["family"] == "hunyuan_video":
+    if setup["family"] not in ("flux", "qwen_image"):
         pytest.skip("reference latents are a FLUX Kontext / Qwen-Image-Edit feature")
     g = torch.Generator().manual_seed(5)
     ref_latent = torch.randn(setup["latent"].shape, generator=g)
@@ -500,7 +504,8 @@ def test_reference_latents_kontext_and_qwen_edit(setup, granularity):
 
 def test_lora_patches_keep_working(setup):
     model = setup["model"].clone()
-    key = next(k for k in model.model_state_dict() if k.endswith(".weight") and "blocks.0." in k and ("qkv" in k or "to_q" in k))
+    key = next(k for k in model.model_state_dict() if k.endswith(".weight") and "blocks.0." in k
+               and ("qkv" in k or "to_q" in k or "self_attn.q." in k))  # FLUX/HunyuanVideo, Qwen, Wan
     weight = model.model_state_dict()[key]
     g = torch.Generator().manual_seed(7)
     model.add_patches({key: (torch.randn(weight.shape, generator=g) * 0.3,)}, 1.0)
@@ -546,7 +551,7 @@ class FakeControlNet:
 
 
 def test_controlnet_residuals_keep_working(setup):
-    if setup["family"] == "hunyuan_video":
+    if setup["family"] not in ("flux", "qwen_image"):
         pytest.skip("ControlNet is tested for FLUX and Qwen-Image")
     tokens = 64  # 16x16 latent, patch 2
     g = torch.Generator().manual_seed(9)

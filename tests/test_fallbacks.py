@@ -17,19 +17,20 @@ from hyca_core.schedule import Schedule
 from test_blocks import SIGMAS, Flux, inputs, reference
 
 
-def evaluate(model, options, step):
+def evaluate(model, options, step, same_inputs=False):
     """One model call; each (re)computation gets fresh inputs, as ComfyUI's model makes its own
-    ``img`` and ``txt`` from the call's arguments (the toy blocks update ``txt`` in place)."""
-    img, txt, vec = inputs(step)
+    ``img`` and ``txt`` from the call's arguments (the toy blocks update ``txt`` in place).
+    ``same_inputs``: every step sees step 0's inputs, so every forecast is exact."""
+    img, txt, vec = inputs(0 if same_inputs else step)
     call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
     return patch.evaluate(lambda *a, **k: model(img.clone(), txt.clone(), vec, call), (img,), {}, call)
 
 
-def run_with(model, family, granularity, steps=12):
+def run_with(model, family, granularity, steps=12, same_inputs=False):
     options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
     config = patch.ApplyConfig(family, granularity, Schedule(interval=3, warmup=2))
     options[patch.RUN_KEY] = state = config.start(model)
-    outputs = [evaluate(model, options, step) for step in range(steps)]
+    outputs = [evaluate(model, options, step, same_inputs) for step in range(steps)]
     return state, outputs
 
 
@@ -105,3 +106,50 @@ def test_per_frame_gates_broadcast_per_sample():
     for start, end, frame in dims:
         for b in range(2):
             assert torch.allclose(out[b, start:end], x[b, start:end] * gate[b, frame])
+
+
+class Flux(Flux):  # noqa: F811  the toy FLUX with the single blocks' token order as a parameter
+    def __init__(self, order="txt-first", mangle=False):
+        super().__init__()
+        self.order, self.mangle = order, mangle
+
+    def forward(self, img, txt, vec, transformer_options):
+        replace = transformer_options.get("patches_replace", {}).get("dit", {})
+        for i, block in enumerate(self.double_blocks):
+            def wrap(args, block=block):
+                out = {}
+                out["img"], out["txt"] = block(args["img"], args["txt"], args["vec"])
+                return out
+            args = {"img": img, "txt": txt, "vec": vec, "transformer_options": transformer_options}
+            out = replace[("double_block", i)](args, {"original_block": wrap}) if replace else wrap(args)
+            img, txt = out["img"], out["txt"]
+        x = torch.cat((txt, img) if self.order == "txt-first" else (img, txt), 1)
+        if self.mangle:
+            x = x * 1.01  # something between the block lists: no order can explain the input
+        for i, block in enumerate(self.single_blocks):
+            def wrap(args, block=block):
+                return {"img": block(args["img"], args["vec"])}
+            args = {"img": x, "vec": vec, "transformer_options": transformer_options}
+            x = (replace[("single_block", i)](args, {"original_block": wrap}) if replace else wrap(args))["img"]
+        return x[:, txt.shape[1]:] if self.order == "txt-first" else x[:, : img.shape[1]]
+
+
+@pytest.mark.parametrize("order", ["txt-first", "img-first"])
+def test_stack_granularity_reads_the_token_order_off_the_model(order):
+    """HunyuanVideo joined img first before its single blocks; newer ComfyUI joins txt first. With
+    the same inputs at every step the stack's residual is constant, so every forecast is exact
+    when, and only when, the residual is taken against the inputs joined in the model's order."""
+    toy = Flux(order)
+    state, outputs = run_with(toy, families.detect(toy), "stack", same_inputs=True)
+    assert state.granularity == "stack" and not state.notes
+    assert state.run.streams[("c",)].stats.predicted == 7
+    expected = reference(toy, 0)
+    for step, out in enumerate(outputs):
+        assert torch.allclose(out, expected, atol=1e-5), step
+
+
+def test_stack_granularity_falls_back_when_no_token_order_explains_the_input():
+    toy = Flux(mangle=True)
+    state, outputs = run_with(toy, families.detect(toy), "stack")
+    assert state.granularity == "block" and any("token order" in note for note in state.notes)
+    assert torch.equal(outputs[0], reference(toy, 0))
