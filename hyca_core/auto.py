@@ -122,8 +122,8 @@ class AutoState:
     def stream(self, key, name):
         return self.inner.stream(key, name)
 
-    def context(self, stream, full):
-        return self.inner.context(stream, full)
+    def context(self, stream, full, diffusion_model=None):
+        return self.inner.context(stream, full, diffusion_model)
 
     def after(self, ctx) -> None:
         self.inner.after(ctx)

@@ -133,9 +133,9 @@ class ProbeState:
     def stream(self, key, name):
         return self.taps.setdefault(key, ProbeTap(self, key))
 
-    def context(self, stream: ProbeTap, full) -> EvalContext:
+    def context(self, stream: ProbeTap, full, diffusion_model=None) -> EvalContext:
         at_probe = stream.time is not None and abs(stream.time - self.config.step) < 1e-6
-        return EvalContext(stream, True, self.config.granularity, self.config.family, self.diffusion_model,
+        return EvalContext(stream, True, self.config.granularity, self.config.family, diffusion_model or self.diffusion_model,
                            perturb=stream.perturb if at_probe else None)
 
     def after(self, ctx: EvalContext) -> None:

@@ -9,6 +9,7 @@ and the reference benchmark both drive it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -71,6 +72,9 @@ class RunState:
     free_memory: Any = None  # device -> free bytes; torch's view of the GPU by default
 
     def __post_init__(self):
+        # Newer ComfyUI's multi-GPU sampling calls the model from one worker thread per device:
+        # one evaluation at a time keeps the run's streams and decisions consistent.
+        self.lock = threading.RLock()
         self.granularity = self.config.granularity
         self.verified = self.granularity != "module"
         device = {"cpu": "cpu"}.get(self.config.cache_device)
@@ -81,9 +85,10 @@ class RunState:
         stream.name = name
         return stream
 
-    def context(self, stream, full: bool) -> EvalContext:
+    def context(self, stream, full: bool, diffusion_model=None) -> EvalContext:
         verify = full and not self.verified
-        return EvalContext(stream, full, self.granularity, self.config.family, self.diffusion_model, verify=verify)
+        return EvalContext(stream, full, self.granularity, self.config.family, diffusion_model or self.diffusion_model,
+                           verify=verify)
 
     def after(self, ctx: EvalContext) -> None:
         """Act on what the blocks found during one evaluation."""
@@ -198,8 +203,9 @@ class CalibrationState:
     def stream(self, key, name):
         return self.taps.setdefault(key, CalibrationTap(self.config.calibrator, key))
 
-    def context(self, stream, full) -> EvalContext:
-        return EvalContext(stream, True, self.config.granularity, self.config.family, self.diffusion_model)
+    def context(self, stream, full, diffusion_model=None) -> EvalContext:
+        return EvalContext(stream, True, self.config.granularity, self.config.family,
+                           diffusion_model or self.diffusion_model)
 
     def after(self, ctx: EvalContext) -> None:
         if ctx.mismatch is not None:
@@ -253,7 +259,23 @@ def _cond_name(options: dict) -> str:
 
 
 def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
-    """Run one model call (``executor(*args, **kwargs)``) under the run state in ``options``."""
+    """Run one model call (``executor(*args, **kwargs)``) under the run state in ``options``,
+    one call at a time per run (``RunState.lock``)."""
+    state = options.get(RUN_KEY)
+    lock = getattr(state, "lock", None)
+    if lock is None:
+        return _evaluate(executor, args, kwargs, options)
+    with lock:
+        return _evaluate(executor, args, kwargs, options)
+
+
+def _running_model(executor):
+    """The diffusion model this call runs: with multi-GPU sampling, each device's own copy."""
+    model = getattr(executor, "class_obj", None)
+    return model if isinstance(model, torch.nn.Module) else None
+
+
+def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     state: Optional[RunState] = options.get(RUN_KEY)
     sample_sigmas = options.get("sample_sigmas")
     if state is None or getattr(state, "passthrough", False) or sample_sigmas is None or options.get("sigmas") is None:
@@ -269,7 +291,8 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     signature = (tuple(x.shape), x.dtype, x.device)
     full = stream.begin(t, n_steps, signature)
     try:
-        ctx = options[CONTEXT_KEY] = state.context(stream, full)
+        running = _running_model(executor)
+        ctx = options[CONTEXT_KEY] = state.context(stream, full, running)
         out = executor(*args, **kwargs)
         state.after(ctx)
         redo = ctx.failed and not full  # a forecast our code could not finish: compute it
@@ -277,7 +300,7 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
             return executor(*args, **kwargs) if redo else out
         if redo or not stream.accept(None if full else out):
             stream.begin(t, n_steps, signature, force_full=True)
-            ctx = options[CONTEXT_KEY] = state.context(stream, True)
+            ctx = options[CONTEXT_KEY] = state.context(stream, True, running)
             out = executor(*args, **kwargs)
             state.after(ctx)
             stream.accept()
@@ -286,13 +309,18 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         options.pop(CONTEXT_KEY, None)
 
 
-def block_patches(diffusion_model: torch.nn.Module, family: families.Family):
-    """One ``BlockPatch`` per block: ``{(block name, index): patch}``, first and last marked."""
+def block_patches(diffusion_model: torch.nn.Module, family: families.Family, existing: Optional[dict] = None):
+    """One ``BlockPatch`` per block: ``{(block name, index): patch}``, first and last marked.
+    ``existing``: the model's replacements so far; another node's is wrapped, an earlier HyCa's
+    is replaced."""
     kinds = [(kind, len(getattr(diffusion_model, attr))) for kind, attr in family.blocks]
     patches = {}
     for k, (kind, count) in enumerate(kinds):
         for i in range(count):
             first = k == 0 and i == 0
             last = k == len(kinds) - 1 and i == count - 1
-            patches[(kind, i)] = BlockPatch(family, kind, i, first, last, count)
+            inner = (existing or {}).get((kind, i))
+            if isinstance(inner, BlockPatch):
+                inner = inner.inner
+            patches[(kind, i)] = BlockPatch(family, kind, i, first, last, count, inner=inner)
     return patches

@@ -38,6 +38,20 @@ REFINE_TOOLTIP = (
     f"the maximum). thorough: {_level_tooltip('thorough')}.")
 
 
+def fix_empty_latent(model, latent_image: dict):
+    """``comfy.sample.fix_empty_latent_channels`` as ``common_ksampler`` calls it: newer ComfyUI also
+    passes the latent's own downscale ratios (nodes.py, Comfy-Org/ComfyUI 02217e36)."""
+    import inspect
+
+    import comfy.sample
+
+    fix = comfy.sample.fix_empty_latent_channels
+    if len(inspect.signature(fix).parameters) > 2:
+        return fix(model, latent_image["samples"], latent_image.get("downscale_ratio_spacial"),
+                   latent_image.get("downscale_ratio_temporal"))
+    return fix(model, latent_image["samples"])
+
+
 class HyCaCalibrate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -91,6 +105,16 @@ class HyCaCalibrate(io.ComfyNode):
                              tooltip="Optional: the model's VAE. The closed-loop check and the placement then "
                                      "compare decoded images, what you see, instead of latents (one decode per "
                                      "checked run). Without it they compare latents."),
+                io.Int.Input("start_at_step", default=0, min=0, max=10000, optional=True,
+                             tooltip="For a model that samples only part of the steps (Wan 2.2's two experts, "
+                                     "KSamplerAdvanced): calibrate just its steps, as KSamplerAdvanced's "
+                                     "start_at_step. HyCa Apply on that model then sees the same steps."),
+                io.Int.Input("end_at_step", default=10000, min=0, max=10000, optional=True,
+                             tooltip="As KSamplerAdvanced's end_at_step (10000: to the last step)."),
+                io.Boolean.Input("add_noise", default=True, optional=True,
+                                 tooltip="Off for the second expert: its latent_image is the first expert's output "
+                                         "with leftover noise (KSamplerAdvanced: add_noise disable). Every seed "
+                                         "then gives the same run."),
             ],
             outputs=[
                 SolverMapType.Output(display_name="solver_map", tooltip="The calibrated map, also saved to disk."),
@@ -104,9 +128,11 @@ class HyCaCalibrate(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
                 clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="",
-                refine="fast", full_step_budgets="", vae=None) -> io.NodeOutput:
+                refine="fast", full_step_budgets="", vae=None, start_at_step=0, end_at_step=10000,
+                add_noise=True) -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
+        import torch
 
         path = map_folder.save_path(name)
         replacing = os.path.exists(path)
@@ -114,19 +140,25 @@ class HyCaCalibrate(io.ComfyNode):
             log.warning("HyCa Calibrate: %s exists and will be replaced when this calibration finishes "
                         "(choose another name to keep it)", path)
         interval_list = parse_intervals(intervals)
-        if steps <= warmup_steps + cooldown_steps:
-            raise ValueError(f"steps ({steps}) must exceed warmup_steps + cooldown_steps ({warmup_steps + cooldown_steps}): "
-                             "calibration scores the steps HyCa Apply would forecast, and those forecast none")
+        last = min(end_at_step, steps)
+        if start_at_step >= last:
+            raise ValueError(f"start_at_step ({start_at_step}) must be below end_at_step and steps ({last}): "
+                             "there is no step to calibrate")
+        span = last - start_at_step  # the steps this model samples: what HyCa Apply on it will see
+        if span <= warmup_steps + cooldown_steps:
+            raise ValueError(f"steps sampled ({span}) must exceed warmup_steps + cooldown_steps "
+                             f"({warmup_steps + cooldown_steps}): calibration scores the steps HyCa Apply would "
+                             "forecast, and those forecast none")
         diffusion_model = diffusion_model_of(model)
         family = families.detect(diffusion_model)
-        budgets = parse_budgets(full_step_budgets, steps)
-        procedure = Procedure(steps=steps, warmup=warmup_steps, cooldown=cooldown_steps, intervals=interval_list,
+        budgets = parse_budgets(full_step_budgets, span)
+        procedure = Procedure(steps=span, warmup=warmup_steps, cooldown=cooldown_steps, intervals=interval_list,
                               clusters=clusters, per_channel=clusters == 0, fit=fit, refine=refine, seed=seed,
                               runs=runs, budgets=budgets)
-        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        latent = fix_empty_latent(model, latent_image)
         total = runs + (expected_runs(refine, len(interval_list), runs) + held_out_seeds(refine)
                         if refine != "off" else 0) + len(budgets) * (12 + procedure.placement_trials) * runs
-        pbar = comfy.utils.ProgressBar(steps * total)
+        pbar = comfy.utils.ProgressBar(span * total)
         done = [0]
 
         def run(run_seed, config):
@@ -137,21 +169,26 @@ class HyCaCalibrate(io.ComfyNode):
             if config is not None:
                 patched = model.clone()
                 install(patched, config)
-            noise = comfy.sample.prepare_noise(latent, run_seed, latent_image.get("batch_index"))
-            offset = done[0] * steps
+            if add_noise:
+                noise = comfy.sample.prepare_noise(latent, run_seed, latent_image.get("batch_index"))
+            else:  # as KSamplerAdvanced with add_noise disabled
+                noise = torch.zeros(latent.size(), dtype=latent.dtype, layout=latent.layout, device="cpu")
+            offset = done[0] * span
 
             def callback(step, x0, x, total_steps):
-                pbar.update_absolute(min(offset + step + 1, steps * total), steps * total)
+                pbar.update_absolute(min(offset + step + 1, span * total), span * total)
 
             out = comfy.sample.sample(
                 patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=denoise,
-                noise_mask=latent_image.get("noise_mask"), callback=callback,
+                noise_mask=latent_image.get("noise_mask"), callback=callback, start_step=start_at_step,
+                last_step=last, force_full_denoise=last >= steps,
                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=run_seed)
             done[0] += 1
             return out
 
         provenance = {
             "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
+            "step_range": [start_at_step, last, steps],  # sampled steps of a schedule of that many
             "seeds": procedure.fit_seeds, "latent_shape": list(latent.shape),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
@@ -166,4 +203,6 @@ class HyCaCalibrate(io.ComfyNode):
         log.info("HyCa Calibrate: wrote %s (%s)", path, ", ".join(f"{k} {v} runs" for k, v in outcome.runs.items()))
         out = latent_image.copy()
         out["samples"] = outcome.first_output
+        for key in ("downscale_ratio_spacial", "downscale_ratio_temporal"):  # as newer common_ksampler does
+            out.pop(key, None)
         return io.NodeOutput(solver_map, out, calibration_chart(solver_map))

@@ -12,6 +12,8 @@ ComfyUI modules are imported inside functions only, never when the pack is impor
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and tests)
@@ -22,6 +24,7 @@ from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and 
 from . import report
 
 WRAPPER_KEY = "hyca"
+log = logging.getLogger("hyca")
 
 
 def _comfy_free_memory(device) -> int:
@@ -40,7 +43,9 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     guider.model_options = comfy.model_patcher.create_model_options_clone(original)
     options = guider.model_options["transformer_options"]
     state = options[CONFIG_KEY].start(guider.model_patcher.model.diffusion_model)
-    state.free_memory = _comfy_free_memory
+    # Newer ComfyUI: the patcher's own count also holds VRAM that Dynamic VRAM would free for us
+    # (model_management.get_free_memory's comment says to ask the ModelPatcher instead)
+    state.free_memory = getattr(guider.model_patcher, "get_free_memory", None) or _comfy_free_memory
     options[RUN_KEY] = state
     status = "failed"
     try:
@@ -63,18 +68,29 @@ def diffusion_model_wrapper(executor, *args, **kwargs):
 
 def install(model_patcher, config, report_to=None, notes=()) -> None:
     """Patch a (cloned) ModelPatcher: config, wrappers and a replacement for every block.
-    ``report_to``: the node id that receives each run's report in the browser, with ``notes``."""
+    ``report_to``: the node id that receives each run's report in the browser, with ``notes``.
+    Another node's replacement of a block (ComfyUI's own block-sparse attention, say) is kept:
+    HyCa runs it on full steps and skips it with the block on forecast steps."""
     import comfy.patcher_extension
 
     options = model_patcher.model_options.setdefault("transformer_options", {})
     options[CONFIG_KEY] = config
     options.pop(report.NODE_KEY, None)  # a model patched before (HyCa Apply -> Calibrate) reports no more
+    existing = options.get("patches_replace", {}).get("dit", {})
+    patches = block_patches(model_patcher.model.diffusion_model, config.family, existing)
+    chained = sorted({type(p.inner).__name__ for p in patches.values() if p.inner is not None})
+    if chained:
+        count = sum(p.inner is not None for p in patches.values())
+        message = (f"HyCa: {count} blocks already had another node's replacement ({', '.join(chained)}): "
+                   "HyCa runs it on full steps and skips it with the block on forecast steps")
+        log.warning(message)
+        notes = (*notes, message)
     options[report.NOTES_KEY] = tuple(notes)
     if report_to is not None:
         options[report.NODE_KEY] = str(report_to)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
-    for (kind, i), patch in block_patches(model_patcher.model.diffusion_model, config.family).items():
+    for (kind, i), patch in patches.items():
         model_patcher.set_model_patch_replace(patch, "dit", kind, i)
 
 

@@ -78,11 +78,13 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
                            ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
 
 
-def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description=""):
+def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description="",
+                      step_range=(0, 10000), add_noise=True):
     # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps,
-    # cooldown_steps, fit, granularity, refine, name, description, full_step_budgets
+    # cooldown_steps, fit, granularity, refine, name, description, full_step_budgets, start_at_step,
+    # end_at_step, add_noise
     return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, "module", "fast",
-            name, description, ""]
+            name, description, "", *step_range, add_noise]
 
 
 def apply_widgets(interval, warmup):
@@ -226,7 +228,8 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, c
     g.group("HyCa", [n for n in g.nodes if n["type"].startswith("HyCa") or n.get("title") == "Calibration chart"])
 
 
-MODELS = {"flux-dev-t2i": "FLUX.1-dev", "qwen-image-edit": "Qwen-Image-Edit", "hunyuan-video-t2v": "HunyuanVideo"}
+MODELS = {"flux-dev-t2i": "FLUX.1-dev", "qwen-image-edit": "Qwen-Image-Edit", "hunyuan-video-t2v": "HunyuanVideo",
+          "wan22-t2v": "Wan 2.2 14B"}
 STEPS = {"calibrate": "1 calibrate a solver map", "apply": "2 sample with the map"}
 
 
@@ -271,6 +274,98 @@ def thumbnail(g: Graph, title: str, path: Path) -> None:
     image.save(path, quality=88)
 
 
+KSAMPLER_ADVANCED_IO = KSAMPLER_IO  # the same sockets; its widgets differ
+WAN22_NOTE = """## HyCa on Wan 2.2's two experts
+
+Each expert samples half of the 20 steps (KSamplerAdvanced), and each has its own **HyCa Apply**:
+each caches only its own steps.
+
+**Runs as loaded**: without maps, every channel is forecast with `taylor1`.
+
+**Calibrating adds** a map per expert: run the template **{calibrate}** (Templates, ComfyUI-HyCa)
+once. It writes `models/hyca/wan22-high.safetensors` and `wan22-low.safetensors`.
+
+Then select both **HyCa Solver Map Loader** nodes and press **Ctrl+B** (press **R** first if the
+maps are not listed)."""
+
+
+def wan22(variant: str) -> Graph:
+    """Wan 2.2 14B text to video: a high-noise expert for steps 0-10, a low-noise one for 10-20, as
+    ComfyUI's own Wan 2.2 template chains them (KSamplerAdvanced), with HyCa on each expert."""
+    g = Graph()
+    steps, split, cfg = 20, 10, 3.5
+    high = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], title="high-noise expert",
+                  widgets=["wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "default"], y=0)
+    low = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], title="low-noise expert",
+                 widgets=["wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors", "default"], y=130)
+    clip = g.node("CLIPLoader", outputs=[("CLIP", "CLIP")], widgets=["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan", "default"], y=260)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["wan_2.1_vae.safetensors"], y=390)
+    shifts = [g.node("ModelSamplingSD3", inputs=[("model", "MODEL")], outputs=[("MODEL", "MODEL")], widgets=[8.0], x=360, y=y)
+              for y in (0, 130)]
+    positive = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                      widgets=["a red fox trotting through fresh snow at dawn, cinematic"], x=360, y=260)
+    negative = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                      widgets=["blurry, static, low quality"], x=360, y=390)
+    empty = g.node("EmptyHunyuanLatentVideo", outputs=[("LATENT", "LATENT")], widgets=[832, 480, 33, 1], x=360, y=520)
+    for expert, shift in zip((high, low), shifts):
+        g.link(expert, 0, shift, "model")
+    g.link(clip, 0, positive, "clip")
+    g.link(clip, 0, negative, "clip")
+    x = 760
+    ranges = {"high": (0, split, True), "low": (split, 10000, False)}
+    hyca_nodes, last = [], empty
+    for (expert, (start, end, first)), shift in zip(ranges.items(), shifts):
+        if variant == "calibrate":
+            slots = dict(CALIBRATE_IO, inputs=CALIBRATE_IO["inputs"])
+            node = g.node("HyCaCalibrate", **slots, x=x, y=0, width=360, title=f"HyCa Calibrate ({expert}-noise expert)",
+                          widgets=calibrate_widgets(steps, cfg, "euler", "simple", f"wan22-{expert}", 1, intervals="2-6",
+                                                    description=f"Wan 2.2 14B {expert}-noise expert, steps {start}-{min(end, steps)} of {steps}",
+                                                    step_range=(start, end), add_noise=first))
+            g.link(shift, 0, node, "model")
+            out_slot = 1
+            hyca_nodes.append(node)
+        else:
+            loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], x=x, y=0, mode=BYPASS,
+                            widgets=[f"wan22-{expert}.safetensors"], width=440, height=60 + 26 + PANEL,
+                            title=f"HyCa Solver Map Loader ({expert})")
+            widgets = apply_widgets(5, 1)
+            apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
+                           height=60 + 26 * (len(widgets) + 2), title=f"HyCa Apply ({expert}-noise expert)")
+            g.growth[apply["id"]] = PANEL
+            g.link(shift, 0, apply, "model")
+            g.link(loader, 0, apply, "solver_map")
+            node = g.node("KSamplerAdvanced", **KSAMPLER_ADVANCED_IO, x=x + 480, y=0, title=f"KSampler ({expert}-noise expert)",
+                          widgets=["enable" if first else "disable", 0, "fixed", steps, cfg, "euler", "simple", start, end,
+                                   "enable" if first else "disable"])
+            g.link(apply, 0, node, "model")
+            out_slot = 0
+            hyca_nodes += [loader, apply]
+        g.link(positive, 0, node, "positive")
+        g.link(negative, 0, node, "negative")
+        g.link(last, 0 if last is empty else last_slot, node, "latent_image")
+        last, last_slot = node, out_slot
+        x += 480 if variant == "calibrate" else 960
+    decode = g.node("VAEDecode", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], x=x, y=0)
+    g.link(last, last_slot, decode, "samples")
+    g.link(vae, 0, decode, "vae")
+    video = g.node("CreateVideo", inputs=[("images", "IMAGE")], outputs=[("VIDEO", "VIDEO")], widgets=[16.0], x=x + 360, y=0)
+    g.link(decode, 0, video, "images")
+    save = g.node("SaveVideo", inputs=[("video", "VIDEO")], widgets=[f"hyca/wan22-{variant}", "auto", "auto"],
+                  x=x + 720, y=0, height=300)
+    g.link(video, 0, save, "video")
+    if variant == "calibrate":
+        for node in hyca_nodes:
+            chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=node["pos"][0],
+                           y=node["size"][1] + TITLE + GAP, width=380, height=300)
+            g.link(node, 2, chart, "images")
+    else:
+        g.node("MarkdownNote", widgets=[WAN22_NOTE.format(calibrate=template_name("wan22-t2v", "calibrate"))],
+               title="HyCa: read me", x=360, y=-(300 + TITLE + GAP), width=380, height=300)
+    g.stack()
+    g.group("HyCa", [n for n in g.nodes if n["type"].startswith("HyCa") or n.get("title") == "Calibration chart"])
+    return g
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     specs = [("flux-dev-t2i", flux, "flux-dev", False), ("qwen-image-edit", qwen_edit, "qwen-image-edit", False),
@@ -286,6 +381,14 @@ def main():
             file = template_name(stem, variant)  # has a dot of its own: no Path.with_suffix
             g.dump(OUT / f"{file}.json", note.format(name))
             thumbnail(g, f"{MODELS[stem]}\n{STEPS[variant]}", OUT / f"{file}.jpg")
+    for variant in ("calibrate", "apply"):
+        g = wan22(variant)
+        note = ("Run once: calibrates each expert on its own steps and writes models/hyca/wan22-high.safetensors "
+                "and wan22-low.safetensors." if variant == "calibrate" else
+                "Needs models/hyca/wan22-high.safetensors and wan22-low.safetensors from the calibrate workflow.")
+        file = template_name("wan22-t2v", variant)
+        g.dump(OUT / f"{file}.json", note)
+        thumbnail(g, f"{MODELS['wan22-t2v']}\n{STEPS[variant]}", OUT / f"{file}.jpg")
 
 if __name__ == "__main__":
     main()

@@ -582,3 +582,49 @@ def test_comfyui_loader_registers_the_three_nodes():
         assert schema.display_name == display
         assert all(i.tooltip for i in schema.inputs), node_id  # every input explains itself
     assert nodes.EXTENSION_WEB_DIRS  # WEB_DIRECTORY was picked up
+
+
+# -- Wan 2.2 14B: two expert models, each sampling its part of the steps ------------------------------
+def ksampler_advanced(model, s, lat, start, end, add_noise, leftover, steps=12, seed=0):
+    """ComfyUI's own KSamplerAdvanced, as Wan 2.2's two-expert workflows chain it."""
+    import nodes
+
+    return nodes.KSamplerAdvanced().sample(model, "enable" if add_noise else "disable", seed, steps, 2.0, "euler",
+                                           "simple", s["pos"], s["neg"], {"samples": lat}, start, end,
+                                           "enable" if leftover else "disable")[0]["samples"]
+
+
+def two_experts(high, low, s, split=6):
+    noisy = ksampler_advanced(high, s, s["latent"], 0, split, add_noise=True, leftover=True)
+    return noisy, ksampler_advanced(low, s, noisy, split, 10000, add_noise=False, leftover=False)
+
+
+def test_wan22_two_experts_each_cache_their_own_steps_and_calibrate_their_own_map(maps_dir, caplog):
+    s = dict(pos=conditioning("wan", 1), neg=conditioning("wan", 2), latent=latent("wan"))
+    high, low = build("wan", seed=0), build("wan", seed=1)  # two experts: same architecture, other weights
+    noisy, plain = two_experts(high, low, s)
+    _, same = two_experts(hyca(high, interval=1, warmup=1), hyca(low, interval=1, warmup=1), s)
+    assert torch.equal(same, plain)  # interval 1: nothing forecast, bit-identical
+
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        _, cached = two_experts(hyca(high, interval=3, warmup=1), hyca(low, interval=3, warmup=1), s)
+    lines = reports(caplog)
+    assert len(lines) == 2  # one run per expert, each over its own 6 steps: 1 warm-up, then full every 3rd
+    full = len(patch.Schedule(interval=3, warmup=1).full_steps(6))
+    for line in lines:
+        assert f"{full} full + {6 - full} predicted" in line and ", module]" in line, line
+    assert torch.isfinite(cached).all() and snr(cached, plain) > 10
+
+    # the low-noise expert is calibrated on its own steps, from the high-noise expert's output
+    node = calibrate_node.HyCaCalibrate.execute(
+        low, s["pos"], s["neg"], {"samples": noisy}, 0, 12, 2.0, "euler", "simple", 1.0, 1, 2, "2-3", 1, 1, False,
+        "module", "wan22-low", "low-noise expert", refine="off", start_at_step=6, end_at_step=10000, add_noise=False)
+    solver_map, first_output, _ = node.result
+    assert torch.equal(first_output["samples"], plain)  # its uncached run is the low expert's own part
+    assert solver_map.provenance["step_range"] == [6, 12, 12] and solver_map.provenance["steps"] == 6
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        out = ksampler_advanced(hyca(low, interval=3, warmup=1, cooldown=1, solver_map=solver_map), s, noisy, 6,
+                                10000, add_noise=False, leftover=False)
+    (line,) = reports(caplog)
+    assert torch.isfinite(out).all() and "predicted" in line and ", module]" in line

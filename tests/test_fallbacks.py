@@ -153,3 +153,81 @@ def test_stack_granularity_falls_back_when_no_token_order_explains_the_input():
     state, outputs = run_with(toy, families.detect(toy), "stack")
     assert state.granularity == "block" and any("token order" in note for note in state.notes)
     assert torch.equal(outputs[0], reference(toy, 0))
+
+
+# -- living with newer ComfyUI ------------------------------------------------------------------------
+def test_another_nodes_block_replacement_runs_on_full_steps_and_is_skipped_on_forecasts():
+    """ComfyUI's own nodes install dit replacements too (block-sparse attention): HyCa keeps them."""
+    toy = Flux()
+    family = families.detect(toy)
+    calls = []
+
+    def other(args, extra):  # another node's replacement: runs the block, counts itself
+        calls.append(1)
+        return extra["original_block"](args)
+    existing = {("double_block", 0): other}
+    options = {"patches_replace": {"dit": patch.block_patches(toy, family, existing)}}
+    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "block", Schedule(interval=3, warmup=2)).start(toy)
+    outputs = [evaluate(toy, options, step) for step in range(12)]
+    stream = state.run.streams[("c",)]
+    assert len(calls) == stream.stats.full == 5 and stream.stats.predicted == 7
+    assert torch.equal(outputs[0], reference(toy, 0))
+    again = patch.block_patches(toy, family, options["patches_replace"]["dit"])  # HyCa on HyCa: replaced
+    assert again[("double_block", 0)].inner is other and again[("double_block", 1)].inner is None
+
+
+class Executor:
+    """ComfyUI's wrapper executor as the DIFFUSION_MODEL wrapper sees it: ``class_obj`` is the model
+    that runs this call (with multi-GPU sampling, each device's own copy)."""
+
+    def __init__(self, model, img, txt, vec, call):
+        self.class_obj, self.inputs, self.call = model, (img, txt, vec), call
+
+    def __call__(self, *args, **kwargs):
+        img, txt, vec = self.inputs
+        return self.class_obj(img.clone(), txt.clone(), vec, self.call)
+
+
+def test_module_hooks_go_on_the_model_that_runs_the_call():
+    first, device_copy = Flux(), Flux()
+    device_copy.load_state_dict(first.state_dict())
+    family = families.detect(first)
+    options = {"patches_replace": {"dit": patch.block_patches(first, family)}}
+    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "module", Schedule(interval=3, warmup=2)).start(first)
+    for step in range(6):
+        img, txt, vec = inputs(step)
+        call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
+        out = patch.evaluate(Executor(device_copy, img, txt, vec, call), (img,), {}, call)
+        assert torch.isfinite(out).all()
+    assert state.granularity == "module" and not state.notes
+
+
+def test_one_evaluation_at_a_time_per_run():
+    """Multi-GPU sampling calls the model from a worker thread per device: the run state is locked."""
+    import threading
+
+    toy = Flux()
+    family = families.detect(toy)
+    options = {"patches_replace": {"dit": patch.block_patches(toy, family)}}
+    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "block", Schedule(interval=3, warmup=2)).start(toy)
+    inside, overlaps = [], []
+
+    def call(step):
+        img, txt, vec = inputs(step)
+        opts = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=[f"c{step % 2}"],
+                    cond_or_uncond=[0])
+
+        def executor(*a, **k):
+            inside.append(1)
+            overlaps.append(len(inside) > 1)
+            out = toy(img.clone(), txt.clone(), vec, opts)
+            inside.pop()
+            return out
+        patch.evaluate(executor, (img,), {}, opts)
+
+    threads = [threading.Thread(target=call, args=(step,)) for step in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(overlaps) == 8 and not any(overlaps) and isinstance(state.lock, type(threading.RLock()))

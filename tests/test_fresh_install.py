@@ -21,7 +21,9 @@ from comfy_server import ComfyServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
-FAMILIES = {"FLUX.1-dev": "flux", "Qwen-Image-Edit": "qwen_image", "HunyuanVideo": "hunyuan_video"}
+FAMILIES = {"FLUX.1-dev": "flux", "Qwen-Image-Edit": "qwen_image", "HunyuanVideo": "hunyuan_video",
+            "Wan 2.2 14B": "wan"}
+SAMPLERS = {"KSampler", "KSamplerAdvanced"}
 HYCA = {"HyCaCalibrate", "HyCaSolverMapLoader", "HyCaApply"}
 BYPASS = 4
 
@@ -61,9 +63,7 @@ def hyca_part(workflow: dict, family: str, object_info: dict, enable_loader: boo
     Calibrate then checks latents)."""
     nodes = {n["id"]: n for n in workflow["nodes"]}
     links = {link[0]: link for link in workflow["links"]}
-    kept = {i: n for i, n in nodes.items() if n["type"] in HYCA or n["type"] == "KSampler"}
-    stand_ins = {"MODEL": ("HyCaTestModel", {"family": family, "seed": 0}),
-                 "LATENT": ("HyCaTestLatent", {"family": family})}
+    kept = {i: n for i, n in nodes.items() if n["type"] in HYCA or n["type"] in SAMPLERS}
     prompt = {}
     for node_id, node in kept.items():
         if node["mode"] == BYPASS and not enable_loader:
@@ -86,13 +86,15 @@ def hyca_part(workflow: dict, family: str, object_info: dict, enable_loader: boo
                 prompt[stand_in] = {"class_type": "HyCaTestConditioning",
                                     "inputs": {"family": family, "seed": 1 if slot["name"] == "positive" else 2}}
                 inputs[slot["name"]] = [stand_in, 0]
-            elif slot["type"] in stand_ins:
-                class_type, stand_in_inputs = stand_ins[slot["type"]]
-                prompt[slot["type"]] = {"class_type": class_type, "inputs": stand_in_inputs}
-                inputs[slot["name"]] = [slot["type"], 0]
+            elif slot["type"] == "MODEL":  # one tiny model per loaded model (Wan 2.2: one per expert)
+                prompt[f"model-{source}"] = {"class_type": "HyCaTestModel", "inputs": {"family": family, "seed": source}}
+                inputs[slot["name"]] = [f"model-{source}", 0]
+            elif slot["type"] == "LATENT":
+                prompt["latent"] = {"class_type": "HyCaTestLatent", "inputs": {"family": family}}
+                inputs[slot["name"]] = ["latent", 0]
         prompt[str(node_id)] = {"class_type": node["type"], "inputs": inputs}
     for node_id, node in kept.items():  # what a sampler makes is saved, the calibration chart previewed
-        if node["type"] == "KSampler":
+        if node["type"] in SAMPLERS:
             prompt[f"save-{node_id}"] = {"class_type": "SaveLatent",
                                          "inputs": {"samples": [str(node_id), 0], "filename_prefix": "fresh"}}
         elif node["type"] == "HyCaCalibrate":
@@ -117,17 +119,20 @@ def test_each_example_workflows_hyca_part_runs(fresh_server, model):
     calibrate_file, apply_file = [p for p in WORKFLOWS if p.stem.startswith(f"HyCa {model} ")]
     calibrate, apply = (json.loads(p.read_text()) for p in (calibrate_file, apply_file))
     object_info = fresh_server.get("/object_info")[1]
+    applies = [n for n in apply["nodes"] if n["type"] == "HyCaApply"]
 
-    # the apply workflow as loaded: no map yet, the loader bypassed, sampling at the uniform default
-    (report,) = reports(fresh_server.run(hyca_part(apply, family, object_info), timeout=900))
-    assert report["map"] is None and report["solver"] == "taylor1" and report["predicted"] > 0
+    # the apply workflow as loaded: no map yet, the loaders bypassed, sampling at the uniform default
+    found = reports(fresh_server.run(hyca_part(apply, family, object_info), timeout=900))
+    assert len(found) == len(applies) and all(r["map"] is None and r["solver"] == "taylor1" for r in found)
+    assert all(r["predicted"] > 0 for r in found)
 
-    # the calibrate workflow writes the map the apply workflow's loader names
-    (loader,) = [n for n in apply["nodes"] if n["type"] == "HyCaSolverMapLoader"]
-    map_name = loader["widgets_values"][0]
+    # the calibrate workflow writes the maps the apply workflow's loaders name (Wan 2.2: one per expert)
+    map_names = {n["widgets_values"][0] for n in apply["nodes"] if n["type"] == "HyCaSolverMapLoader"}
     fresh_server.run(hyca_part(calibrate, family, object_info), timeout=1800)
-    assert (fresh_server.maps_dir / map_name).is_file(), fresh_server.log_tail()
+    for map_name in map_names:
+        assert (fresh_server.maps_dir / map_name).is_file(), fresh_server.log_tail()
 
-    # after R and Ctrl+B, as the workflow's note says: the loader is in, and Apply uses its map
-    (report,) = reports(fresh_server.run(hyca_part(apply, family, object_info, enable_loader=True), timeout=900))
-    assert report["map"] == map_name and report["predicted"] > 0
+    # after R and Ctrl+B, as the workflow's note says: the loaders are in, and each Apply uses its map
+    found = reports(fresh_server.run(hyca_part(apply, family, object_info, enable_loader=True), timeout=900))
+    assert len(found) == len(applies) and {r["map"] for r in found} == map_names
+    assert all(r["predicted"] > 0 for r in found)

@@ -305,6 +305,11 @@ async function templateBrowserShowsTheCards(files) {
   const shown = titles.filter((t) => text.includes(t.slice(0, 30)));
   check("template browser lists every workflow by its title", shown.length === titles.length,
     `shown ${JSON.stringify(shown)}`);
+  for (const title of titles) { // cards load their image when scrolled into view
+    const card = page.locator("[role=dialog]").getByText(title.slice(0, 30)).first(); // not the workflow tab
+    await card.scrollIntoViewIfNeeded().catch(() => {});
+    await page.waitForTimeout(400);
+  }
   const served = titles.filter((t) => [...thumbnails].some(([url, status]) => url.endsWith(`/${t}.jpg`) && status === 200));
   check("template browser loads every thumbnail", served.length === titles.length,
     JSON.stringify([...thumbnails]));
