@@ -85,8 +85,8 @@ class BlockPatch:
         self.joins = index == 0 and not first
         self.ends_list = count is not None and index == count - 1 and not last
         self.prefix = f"{FEATURE_PREFIX[kind]}.{index}"
-        self.outputs = family.outputs[kind]
-        self.adapter = family.adapters[kind]
+        self.outputs = family.outputs[kind]  # () : whichever of img / txt the block returns
+        self.adapter = family.adapters.get(kind)
         self.attr = dict(family.blocks)[kind]
 
     def __call__(self, args: dict, extra: dict) -> dict:
@@ -123,19 +123,25 @@ class BlockPatch:
         return getattr(ctx.diffusion_model, self.attr)[self.index]
 
     # -- block: each block's residual ------------------------------------------------------------
+    def _keys(self, args: dict) -> tuple:
+        return self.outputs or tuple(k for k in ("img", "txt") if isinstance(args.get(k), torch.Tensor))
+
     def _block(self, ctx, args, original):
         stream = ctx.stream
         if ctx.full:
-            inputs = {k: args[k].clone() for k in self.outputs}  # blocks update their inputs in place
+            inputs = {k: args[k].clone() for k in self._keys(args)}  # blocks update their inputs in place
             out = self._full(ctx, original, args)
-            for k in self.outputs:
+            for k in (self.outputs or [k for k in inputs if k in out]):
                 name = f"{self.prefix}.{k}"
                 stream.remember(name, out[k] - inputs[k])
                 if ctx.perturb is not None:
                     out = {**out, k: out[k] + ctx.perturb(name, out[k] - inputs[k])}
             return out
         device = args["img"].device
-        return {k: args[k] + stream.predict(f"{self.prefix}.{k}", device=device) for k in self.outputs}
+        keys = self.outputs or [k for k in self._keys(args) if stream.can_predict(f"{self.prefix}.{k}")]
+        if not keys:
+            raise ValueError("no output of this block was cached on the last full step")
+        return {k: args[k] + stream.predict(f"{self.prefix}.{k}", device=device) for k in keys}
 
     # -- stack: the residual of the whole block stack --------------------------------------------
     # On a forecast step every block but the last passes its input through, so the model joins
@@ -147,7 +153,7 @@ class BlockPatch:
     def _stack(self, ctx, args, original):
         scratch = ctx.scratch
         if self.first:  # full steps: a copy, the blocks update their inputs in place
-            scratch["stack_first"] = {k: args[k].clone() for k in self.outputs} if ctx.full else dict(args)
+            scratch["stack_first"] = {k: args[k].clone() for k in self._keys(args)} if ctx.full else dict(args)
         if self.joins:
             scratch["stack_input"] = (_joined_like(args["img"], scratch.pop("list_out"), scratch["stack_first"])
                                       if ctx.full else args["img"])
@@ -162,14 +168,16 @@ class BlockPatch:
                     out = {**out, "img": out["img"] + ctx.perturb("stack", residual)}
             return out
         if not self.last:
-            return {k: args[k] for k in self.outputs}  # skipped: the input passes through
+            return {k: args[k] for k in self._keys(args)}  # skipped: the input passes through
         stack_input = scratch.get("stack_input", scratch["stack_first"]["img"])
-        out = {k: args[k] for k in self.outputs}
+        out = {k: args[k] for k in self._keys(args)}
         out["img"] = stack_input + ctx.stream.predict("stack", device=args["img"].device)
         return out
 
     # -- module: pre-gate attention / MLP branch outputs -----------------------------------------
     def _module(self, ctx, args, original):
+        if self.adapter is None:
+            raise ValueError(f"no module-level code for {self.family.class_name} blocks")
         block = self.block_module(ctx)
         stream = ctx.stream
         if not ctx.full:

@@ -146,8 +146,9 @@ class Family:
     class_name: str  # ComfyUI's diffusion model class
     blocks: tuple[tuple[str, str], ...]  # (patches_replace block name, attribute of the block list)
     adapters: dict  # block name -> ModuleAdapter
-    outputs: dict  # block name -> keys the block returns
+    outputs: dict  # block name -> keys the block returns; () : whichever of img / txt it returns
     warmup: int = 3  # warm-up full steps the paper's tables use for this family
+    known: bool = True  # False: found by its block lists only (block and stack granularity, no maps)
 
 
 FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
@@ -172,13 +173,41 @@ FAMILIES = {
 FEATURE_PREFIX = {"double_block": "double_blocks", "single_block": "single_blocks"}
 
 
-def detect(diffusion_model: torch.nn.Module) -> Family:
+# Other DiTs whose blocks ComfyUI also routes through patches_replace["dit"] (LTXV, Hunyuan3D, ...):
+# the block lists HyCa looks for, in this order, by the names ComfyUI's models give them.
+GENERIC_BLOCK_LISTS = (
+    (("double_block", "double_blocks"), ("single_block", "single_blocks")),
+    (("double_block", "transformer_blocks"),),
+    (("double_block", "blocks"),),
+)
+
+
+def _generic(diffusion_model: torch.nn.Module) -> Optional[Family]:
+    for blocks in GENERIC_BLOCK_LISTS:
+        lists = [getattr(diffusion_model, attr, None) for _, attr in blocks]
+        if all(isinstance(x, torch.nn.ModuleList) and len(x) for x in lists):
+            name = type(diffusion_model).__name__
+            return Family(f"other:{name}", name, blocks, {}, {kind: () for kind, _ in blocks}, known=False)
+    return None
+
+
+def detect(diffusion_model: torch.nn.Module, generic: bool = False) -> Family:
+    """The model's family; with ``generic``, a model of no known family whose block lists HyCa
+    finds is cached at block or stack granularity (what its blocks return, no per-family code)."""
     for cls in type(diffusion_model).__mro__:
         family = FAMILIES.get(cls.__name__)
         if family is not None:
             return family
+    family = _generic(diffusion_model) if generic else None
+    if family is not None:
+        return family
     known = ", ".join(f"{f.name} ({f.class_name})" for f in FAMILIES.values())
-    raise UnsupportedModel(f"HyCa does not support {type(diffusion_model).__name__} models yet; supported: {known}")
+    lists = [n for n, m in diffusion_model.named_children() if isinstance(m, torch.nn.ModuleList)]
+    found = f"its module lists: {', '.join(lists)}" if lists else "it has no module list"
+    what = ("block and stack granularity need one of double_blocks + single_blocks, transformer_blocks or "
+            f"blocks ({found})" if generic else "maps and module granularity need a known family")
+    raise UnsupportedModel(f"HyCa does not support {type(diffusion_model).__name__} models yet ({what}); "
+                           f"supported: {known}")
 
 
 def block_counts(diffusion_model: torch.nn.Module, family: Family) -> dict[str, int]:

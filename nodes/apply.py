@@ -99,7 +99,13 @@ class HyCaApply(io.ComfyNode):
         if start_percent > end_percent:
             raise ValueError(f"start_percent ({start_percent}) must not exceed end_percent ({end_percent})")
         diffusion_model = diffusion_model_of(model)
-        family = families.detect(diffusion_model)
+        family = families.detect(diffusion_model, generic=solver_map is None and not auto_calibrate)
+        notes = []
+        if not family.known and granularity == "module":
+            granularity = "block"  # module granularity needs per-family code
+            notes.append(f"{family.class_name} is not a family HyCa knows: caching whole blocks "
+                         "(granularity block) found through ComfyUI's block replacement")
+            log.warning("HyCa Apply: %s", notes[-1])
         if solver_map is not None:
             if solver_map.granularity != granularity:
                 raise SolverMapMismatch(
@@ -111,11 +117,10 @@ class HyCaApply(io.ComfyNode):
         else:
             schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                                 start=start_percent, end=end_percent)
-        notes = []
         if solver_map is not None:
             # a calibrated placement is the map's own schedule: only its closed-loop note can apply
             calibrated_here = schedule.full_at is not None
-            notes = map_notes(solver_map, schedule.interval,
+            notes += map_notes(solver_map, schedule.interval,
                               solver_map.warmup if calibrated_here else warmup_steps,
                               solver_map.provenance.get("cooldown", cooldown_steps) if calibrated_here
                               else cooldown_steps)

@@ -64,8 +64,11 @@ CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_
               num_heads=2, depth=2, depth_single_blocks=3, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
               qkv_bias=True, in_dim=64, out_dim=64, hidden_dim=128, n_layers=2)
 
+LTXV = dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=32, num_attention_heads=2,
+            caption_channels=32, num_layers=3)  # no family of HyCa's: cached through its block list
+
 CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN),
-           "wan": ("WAN21_T2V", WAN), "chroma": ("Chroma", CHROMA)}
+           "wan": ("WAN21_T2V", WAN), "chroma": ("Chroma", CHROMA), "ltxv": ("LTXV", LTXV)}
 
 
 def build(family: str, seed: int = 0, dtype=None):
@@ -96,6 +99,8 @@ def conditioning(family: str, seed: int = 1, tokens: int = 8):
     extra = {"guidance": 3.5}
     if family in ("flux", "hunyuan_video", "chroma"):  # Chroma's model asks for it and ignores it
         extra["pooled_output"] = torch.randn(1, 32, generator=g)
+    if family == "ltxv":
+        extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)  # integer: the model makes it additive
     return [[torch.randn(1, tokens, 32, generator=g), extra]]
 
 
@@ -104,6 +109,8 @@ def latent(family: str, batch: int = 1, size: int = 16, frames: int = 3):
 
     if family in ("hunyuan_video", "wan"):
         return torch.zeros(batch, 16, frames, size, size)
+    if family == "ltxv":
+        return torch.zeros(batch, 128, frames, size // 4, size // 4)  # LTXV's VAE: 128 channels, 32x smaller
     if family == "qwen_image":
         return torch.zeros(batch, 16, 1, size, size)  # Qwen-Image uses a video VAE: one frame
     return torch.zeros(batch, 16, size, size)

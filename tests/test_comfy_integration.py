@@ -628,3 +628,23 @@ def test_wan22_two_experts_each_cache_their_own_steps_and_calibrate_their_own_ma
                                 10000, add_noise=False, leftover=False)
     (line,) = reports(caplog)
     assert torch.isfinite(out).all() and "predicted" in line and ", module]" in line
+
+
+# -- a DiT of no known family: LTXV, cached through its block list -------------------------------------
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_ltxv_is_cached_at_block_and_stack_through_its_block_list(granularity, caplog):
+    s = dict(pos=conditioning("ltxv", 1), neg=conditioning("ltxv", 2), latent=latent("ltxv"))
+    model = build("ltxv")
+    plain = sample(model, s)
+    assert torch.equal(sample(hyca(model, interval=1, granularity=granularity), s), plain)
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        cached = sample(hyca(model, interval=3, warmup=2, granularity=granularity), s)
+    (line,) = reports(caplog)
+    used = "block" if granularity == "module" else granularity  # module needs per-family code
+    assert f", {used}]" in line and "predicted" in line, line
+    messages = [r.getMessage() for r in caplog.records if r.name == "hyca"]
+    assert (granularity == "module") == any("not a family HyCa knows" in m for m in messages)
+    assert torch.isfinite(cached).all() and snr(cached, plain) > 10
+    with pytest.raises(families.UnsupportedModel, match="LTXVModel"):  # maps need a known family
+        calibrate_node.HyCaCalibrate.execute(model, s["pos"], s["neg"], {"samples": s["latent"]}, 0, 8, 2.0, "euler",
+                                             "simple", 1.0, 1, 2, "2-3", 2, 1, False, "block", "ltxv", refine="off")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hyca_core import families
+from torch import nn
 from hyca_core import session as patch
 from hyca_core.schedule import Schedule
 from test_blocks import SIGMAS, Flux, inputs, reference
@@ -231,3 +232,51 @@ def test_one_evaluation_at_a_time_per_run():
     for t in threads:
         t.join()
     assert len(overlaps) == 8 and not any(overlaps) and isinstance(state.lock, type(threading.RLock()))
+
+
+# -- a DiT of no known family ---------------------------------------------------------------------------
+class LTXVLike(nn.Module):
+    """Like ComfyUI's LTXV: one list ``transformer_blocks`` called as "double_block", each block
+    returning only ``img`` (the text is cross-attended, never updated)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.transformer_blocks = nn.ModuleList(
+            [nn.ModuleDict({"self": nn.Linear(16, 16), "cross": nn.Linear(16, 16)}) for _ in range(3)])
+
+    def forward(self, img, txt, vec, transformer_options):
+        replace = transformer_options.get("patches_replace", {}).get("dit", {})
+        for i, block in enumerate(self.transformer_blocks):
+            def wrap(args, block=block):
+                x = args["img"]
+                x = x + torch.tanh(block["self"](x)) * args["vec"][:, None]
+                return {"img": x + block["cross"](args["txt"]).mean(1, keepdim=True)}
+            args = {"img": img, "txt": txt, "vec": vec, "transformer_options": transformer_options}
+            img = (replace[("double_block", i)](args, {"original_block": wrap}) if replace else wrap(args))["img"]
+        return img
+
+
+@pytest.mark.parametrize("granularity", ["block", "stack"])
+def test_a_dit_of_no_known_family_is_cached_through_its_block_lists(granularity):
+    toy = LTXVLike()
+    with pytest.raises(families.UnsupportedModel, match="LTXVLike.*known family"):
+        families.detect(toy)  # maps and module granularity need one
+    family = families.detect(toy, generic=True)
+    assert not family.known and family.blocks == (("double_block", "transformer_blocks"),)
+    state, outputs = run_with(toy, family, granularity, same_inputs=True)
+    assert state.granularity == granularity and not state.notes
+    assert state.run.streams[("c",)].stats.predicted == 7
+    expected = reference(toy, 0)
+    for step, out in enumerate(outputs):  # constant inputs: every forecast exact
+        assert torch.allclose(out, expected, atol=1e-5), step
+
+
+def test_a_model_without_block_lists_is_refused_naming_what_it_has():
+    class NotADiT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.Linear(2, 2)])
+
+    with pytest.raises(families.UnsupportedModel, match="NotADiT.*its module lists: layers"):
+        families.detect(NotADiT(), generic=True)
