@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from . import families
 from .calibration import CalibrationConfig, CalibrationError, Calibrator, require_clustering
 from .schedule import Schedule
-from .session import ApplyConfig, CalibrateConfig
+from .session import ApplyConfig, CalibrateConfig, ModuleMismatch
 from .solver_map import SolverMap, SolverMapError, SolverMapMismatch, load_solver_map, save_solver_map
 
 log = logging.getLogger("hyca")
@@ -126,7 +126,13 @@ class AutoState:
         return self.inner.context(stream, full, diffusion_model)
 
     def after(self, ctx) -> None:
-        self.inner.after(ctx)
+        try:
+            self.inner.after(ctx)
+        except ModuleMismatch as exc:  # the run goes on uncached; no map from it
+            if self.calibrator is not None:
+                self.notes.append(f"{exc}: no map written; use granularity block for this model")
+                log.warning(self.notes[-1])
+            self.calibrator = None
 
     def close(self, status: str = "done") -> list[dict]:
         inner, self.inner = self.inner, None

@@ -50,6 +50,11 @@ def context(args: dict) -> Optional[EvalContext]:
     return options.get(CONTEXT_KEY)
 
 
+class ModuleMismatch(RuntimeError):
+    """Calibrating at module granularity met a block HyCa cannot split into branches: the caller
+    calibrates at block granularity instead (HyCa Calibrate), or writes no map (auto-calibration)."""
+
+
 def _joined_like(joined: torch.Tensor, outputs: dict, inputs: dict) -> torch.Tensor:
     """``inputs``' img and txt joined in the token order in which ``joined`` holds ``outputs``'."""
     for order in (("txt", "img"), ("img", "txt")):

@@ -22,7 +22,7 @@ from typing import Callable, Hashable, Optional, Sequence
 import torch
 
 from . import families
-from .blocks import EvalContext
+from .blocks import EvalContext, ModuleMismatch
 
 # Relative size of the probe: small enough to stay linear (on the reference model the measured
 # sensitivity is within 2% from 1e-4 to 1e-3 and 2x off at 0.05), large enough to stay above the
@@ -140,7 +140,7 @@ class ProbeState:
 
     def after(self, ctx: EvalContext) -> None:
         if ctx.mismatch is not None:
-            raise RuntimeError(f"HyCa sensitivity probe: {ctx.mismatch}; calibrate at block granularity instead")
+            raise ModuleMismatch(f"HyCa sensitivity probe: {ctx.mismatch}")
 
     def close(self, status: str = "done"):
         self.config.energies.append(self.energy)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from . import families
-from .blocks import CONTEXT_KEY, BlockPatch, EvalContext
+from .blocks import CONTEXT_KEY, BlockPatch, EvalContext, ModuleMismatch  # noqa: F401
 from .calibration import Calibrator
 from .runtime import CacheRun, PredictorBank
 from .schedule import Schedule, step_coordinate
@@ -209,7 +209,7 @@ class CalibrationState:
 
     def after(self, ctx: EvalContext) -> None:
         if ctx.mismatch is not None:
-            raise RuntimeError(f"HyCa calibration: {ctx.mismatch}; calibrate at block granularity instead")
+            raise ModuleMismatch(f"HyCa calibration: {ctx.mismatch}")
 
     def close(self, status: str = "done"):
         self.config.calibrator.end_run()

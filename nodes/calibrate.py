@@ -11,7 +11,7 @@ from comfy_api.latest import io
 from ..hyca_core import families
 from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs, held_out_seeds
 from ..hyca_core.procedure import Procedure, calibrate
-from ..hyca_core.session import CONFIG_KEY, PlainConfig
+from ..hyca_core.session import CONFIG_KEY, ModuleMismatch, PlainConfig
 from ..hyca_core.solver_map import save_solver_map
 from . import map_folder
 from .chart import calibration_chart
@@ -193,8 +193,19 @@ class HyCaCalibrate(io.ComfyNode):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
         decode = None if vae is None else vae.decode  # images [B, (T,) H, W, C]: scored per batch item
-        outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
-                            decode=decode, description=description or "")
+        try:
+            outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
+                                decode=decode, description=description or "")
+        except ModuleMismatch as exc:
+            if granularity != "module":
+                raise
+            # a block variant HyCa cannot split into branches: whole blocks can still be cached
+            log.warning("HyCa Calibrate: %s; calibrating at block granularity instead (set HyCa Apply's "
+                        "granularity to block for this map)", exc)
+            granularity = "block"
+            done[0] = 0
+            outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
+                                decode=decode, description=description or "")
         solver_map = outcome.solver_map
         save_solver_map(solver_map, path)
         if replacing:

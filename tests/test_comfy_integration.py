@@ -648,3 +648,29 @@ def test_ltxv_is_cached_at_block_and_stack_through_its_block_list(granularity, c
     with pytest.raises(families.UnsupportedModel, match="LTXVModel"):  # maps need a known family
         calibrate_node.HyCaCalibrate.execute(model, s["pos"], s["neg"], {"samples": s["latent"]}, 0, 8, 2.0, "euler",
                                              "simple", 1.0, 1, 2, "2-3", 2, 1, False, "block", "ltxv", refine="off")
+
+
+def test_calibrating_a_block_hyca_cannot_split_falls_back_to_block(maps_dir, monkeypatch, caplog):
+    """Module granularity on a block variant whose branches HyCa cannot find: HyCa Calibrate
+    calibrates whole blocks instead, and auto-calibration finishes its run and writes no map."""
+    family = families.FAMILIES["Flux"]
+    adapter = family.adapters["double_block"]
+    unknown = families.ModuleAdapter((families.Branch("img_attn", "no_such_module"),) + adapter.branches[1:],
+                                     adapter.rebuild)
+    monkeypatch.setitem(family.adapters, "double_block", unknown)
+    s = dict(pos=conditioning("flux", 1), neg=conditioning("flux", 2), latent=latent("flux"))
+    model = build("flux")
+    with caplog.at_level(logging.WARNING, logger="hyca"):
+        node = calibrate_node.HyCaCalibrate.execute(model, s["pos"], s["neg"], {"samples": s["latent"]}, 0, 12, 2.0,
+                                                    "euler", "simple", 1.0, 1, 2, "2-3", 2, 1, False, "module",
+                                                    "unsplittable", refine="off")
+    assert node.result[0].granularity == "block" and (maps_dir / "unsplittable.safetensors").is_file()
+    assert any("calibrating at block granularity instead" in r.getMessage() for r in caplog.records)
+
+    out = apply_node.HyCaApply.execute(model, 3, 2, 1, 0.0, 1.0, "module", "auto", True, auto_calibrate=True)
+    plain = sample(model, s)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hyca"):
+        assert torch.equal(sample(out.result[0], s), plain)  # the auto-calibrating run is computed uncached
+    assert any("no map written; use granularity block" in r.getMessage() for r in caplog.records)
+    assert not list((maps_dir / "auto").glob("*.safetensors"))
