@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .families import FEATURE_PREFIX, Family
+from .families import FEATURE_PREFIX, TARGET_TOKENS, TXT_TOKENS, Family, target_tokens
 
 log = logging.getLogger("hyca")
 
@@ -43,6 +43,7 @@ class EvalContext:
     # Sensitivity probes only (``hyca_core.sensitivity``): feature, value -> a small change to add
     # to that fully computed feature, so its effect on the final output can be measured.
     perturb: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None
+    latent_shape: tuple = ()  # the model call's latent: how many tokens the target image has
 
 
 def context(args: dict) -> Optional[EvalContext]:
@@ -185,10 +186,12 @@ class BlockPatch:
             raise ValueError(f"no module-level code for {self.family.class_name} blocks")
         block = self.block_module(ctx)
         stream = ctx.stream
+        if "txt" in args and self.kind != "single_block":
+            ctx.scratch["txt_tokens"] = args["txt"].shape[1]  # the single blocks' leading text tokens
         if not ctx.full:
             device = args["img"].device
             predicted = {b.name: stream.predict(f"{self.prefix}.{b.name}", device=device) for b in self.adapter.branches}
-            return self.adapter.rebuild(block, args, predicted)
+            return self.adapter.rebuild(block, self._with_token_counts(ctx, args), predicted)
         inputs = {k: args[k].clone() for k in self.outputs} if ctx.verify else None
         seen: set = set()
         kept: Optional[dict] = {} if ctx.verify else None
@@ -207,6 +210,11 @@ class BlockPatch:
         elif ctx.verify and ctx.mismatch is None:
             self._verify(ctx, block, args, inputs, kept, out)
         return out
+
+    def _with_token_counts(self, ctx, args: dict) -> dict:
+        """``args`` plus what a zero-timestep rebuild needs and ComfyUI keeps in the block's closure."""
+        n = target_tokens(ctx.latent_shape, getattr(ctx.diffusion_model, "patch_size", 2))
+        return {**args, TARGET_TOKENS: n, TXT_TOKENS: ctx.scratch.get("txt_tokens")}
 
     def _capture(self, branch, stream, seen, kept, perturb=None):
         name = f"{self.prefix}.{branch.name}"
@@ -233,7 +241,7 @@ class BlockPatch:
 
     @torch.no_grad()
     def _verify(self, ctx, block, args, inputs, captured, out):
-        rebuilt = self.adapter.rebuild(block, {**args, **inputs}, captured)
+        rebuilt = self.adapter.rebuild(block, self._with_token_counts(ctx, {**args, **inputs}), captured)
         for k in self.outputs:
             expected, got = out[k].float(), rebuilt[k].float()
             tol = VERIFY_RTOL.get(out[k].dtype, VERIFY_RTOL_LOW)

@@ -31,7 +31,7 @@ def _gate(x: torch.Tensor, gate: torch.Tensor, modulation_dims=None) -> torch.Te
     if modulation_dims is None:
         return x * gate
     for start, end, index in modulation_dims:
-        x[:, start:end] *= gate[:, index:index + 1]
+        x[:, start:end] *= gate[:, index:index + 1]  # end None: to the last token
     return x
 
 
@@ -70,7 +70,8 @@ def _flux_double_rebuild(block, args, f):
         (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(vec), block.txt_mod(vec)
     else:
         (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
-    dims_img, dims_txt = args.get("modulation_dims_img"), args.get("modulation_dims_txt")
+    dims_img = _zero_timestep_dims(img_mod1.gate, args, "modulation_dims_img")
+    dims_txt = args.get("modulation_dims_txt")
     img = args["img"] + _gate(f["img_attn"], img_mod1.gate, dims_img)
     img = img + _gate(f["img_mlp"], img_mod2.gate, dims_img)
     txt = args["txt"] + _gate(f["txt_attn"], txt_mod1.gate, dims_txt)
@@ -81,7 +82,9 @@ def _flux_double_rebuild(block, args, f):
 def _flux_single_rebuild(block, args, f):
     modulation = _own_modulation(block, "modulation")
     mod = modulation(args["vec"])[0] if modulation is not None else args["vec"]
-    return {"img": _fp16_guard(args["img"] + _gate(f["total"], mod.gate, args.get("modulation_dims")))}
+    # the text tokens come first and take the target's row, as ComfyUI's shifted ranges do
+    dims = _zero_timestep_dims(mod.gate, args, "modulation_dims", offset=args.get(TXT_TOKENS) or 0)
+    return {"img": _fp16_guard(args["img"] + _gate(f["total"], mod.gate, dims))}
 
 
 FLUX_DOUBLE = ModuleAdapter(
@@ -92,13 +95,54 @@ FLUX_DOUBLE = ModuleAdapter(
 FLUX_SINGLE = ModuleAdapter((Branch("total", "linear2"),), _flux_single_rebuild)
 
 
+# Reference images on the "index_timestep_zero" path (FLUX Kontext / FLUX.2, Qwen-Image-Edit-2511):
+# the reference tokens, appended after the target image's, are modulated with a zero timestep. The
+# token split is in the block's closure, not in its args; it is the target latent's token count,
+# which BlockPatch works out from the model call's latent and hands the rebuild under this key.
+TARGET_TOKENS = "hyca_target_tokens"
+TXT_TOKENS = "hyca_txt_tokens"  # single blocks: how many of their tokens are text (FLUX: text first)
+
+
+def _target_tokens(args) -> int:
+    n = args.get(TARGET_TOKENS)
+    if n is None:
+        raise ValueError("reference tokens modulated with a zero timestep, and no target token count")
+    return n
+
+
+def target_tokens(latent_shape: tuple, patch_size) -> Optional[int]:
+    """Tokens of a latent ``(B, C, [T,] H, W)`` once patchified (edges padded, as ComfyUI pads)."""
+    if len(latent_shape) not in (4, 5):
+        return None
+    patch = list(patch_size) if isinstance(patch_size, (list, tuple)) else [1, patch_size, patch_size]
+    pt, ph, pw = ([1] * 3 + patch)[-3:]
+    t = latent_shape[2] if len(latent_shape) == 5 else 1
+    return -(-t // pt) * -(-latent_shape[-2] // ph) * -(-latent_shape[-1] // pw)
+
+
+def _zero_timestep_dims(gate: torch.Tensor, args: dict, key: str, offset: int = 0):
+    """The token ranges of a two-row gate (target row 0, reference row 1) when ComfyUI keeps them in
+    the block's closure; None where the args carry them or the gate has one row."""
+    if args.get(key) is not None or gate.ndim < 3 or gate.shape[1] != 2:
+        return args.get(key)
+    first = offset + _target_tokens(args)
+    return [(0, first, 0), (first, None, 1)]
+
+
 def _qwen_rebuild(block, args, f):
-    img_mod1, img_mod2 = block.img_mod(args["vec"]).chunk(2, dim=-1)
-    txt_mod1, txt_mod2 = block.txt_mod(args["vec"]).chunk(2, dim=-1)
+    temb, img = args["vec"], args["img"]
+    zero = temb.shape[0] == 2 * img.shape[0]  # Qwen-Image-Edit-2511: the zero timestep's rows after the batch
+    img_mod1, img_mod2 = block.img_mod(temb).chunk(2, dim=-1)
+    txt_mod1, txt_mod2 = block.txt_mod(temb.chunk(2, dim=0)[0] if zero else temb).chunk(2, dim=-1)
     gate = lambda mod: mod.chunk(3, dim=-1)[2].unsqueeze(1)  # noqa: E731  (shift, scale, gate)
-    img = args["img"] + gate(img_mod1) * f["img_attn"]
+    if zero:
+        n, b = _target_tokens(args), img.shape[0]
+        gated = lambda x, g: torch.cat((x[:, :n] * g[:b], x[:, n:] * g[b:]), 1)  # noqa: E731
+        img = img + gated(f["img_attn"], gate(img_mod1))
+    else:
+        img = img + gate(img_mod1) * f["img_attn"]
     txt = args["txt"] + gate(txt_mod1) * f["txt_attn"]
-    img = torch.addcmul(img, gate(img_mod2), f["img_mlp"])
+    img = img + gated(f["img_mlp"], gate(img_mod2)) if zero else torch.addcmul(img, gate(img_mod2), f["img_mlp"])
     txt = torch.addcmul(txt, gate(txt_mod2), f["txt_mlp"])
     return {"img": img, "txt": txt}
 

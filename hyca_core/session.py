@@ -293,6 +293,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     try:
         running = _running_model(executor)
         ctx = options[CONTEXT_KEY] = state.context(stream, full, running)
+        ctx.latent_shape = tuple(x.shape)
         out = executor(*args, **kwargs)
         state.after(ctx)
         redo = ctx.failed and not full  # a forecast our code could not finish: compute it
@@ -301,6 +302,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         if redo or not stream.accept(None if full else out):
             stream.begin(t, n_steps, signature, force_full=True)
             ctx = options[CONTEXT_KEY] = state.context(stream, True, running)
+            ctx.latent_shape = tuple(x.shape)
             out = executor(*args, **kwargs)
             state.after(ctx)
             stream.accept()

@@ -7,14 +7,14 @@ protocol:
   no ``img_mod``/``txt_mod``); the model computes one shared modulation and hands the blocks
   ``vec = ((img_mod1, img_mod2), (txt_mod1, txt_mod2))`` (double) or ``vec = mod`` (single); the
   residual adds are in place; SiLU-gated MLPs. With reference latents on the ``index_timestep_zero``
-  path every modulation field has two rows and the token ranges live in the block's closure.
+  path every image modulation field has two rows and the token ranges live in the block's closure.
 - Qwen-Image-Edit-2511 (comfy/ldm/qwen_image/model.py at f8999928): ``index_timestep_zero`` doubles
   the timestep batch, text is modulated with ``temb.chunk(2)[0]`` and the image gate is split at a
   token index held in the block's closure.
 
-Module granularity works where the block's own inputs say how it is gated; where they do not (the
-token ranges of the zero-timestep paths are not in ``args``) it falls back to block granularity for
-the run and says so, and block and stack granularity work everywhere.
+The zero-timestep paths keep their token split in the block's closure, not in ``args``: HyCa works
+it out from the model call's latent (the target image's tokens come first) and its module self-check
+confirms the rebuild; without a latent to count it falls back to block granularity and says so.
 """
 
 from dataclasses import dataclass
@@ -123,6 +123,7 @@ class Flux(nn.Module):
     """FLUX.2 / Klein as newer ComfyUI's ``Flux`` runs it (``global_modulation``)."""
 
     hidden_size = D
+    patch_size = 1
 
     def __init__(self):
         super().__init__()
@@ -173,11 +174,13 @@ def run(model, granularity, batch=1, **forward):
     options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
     options[patch.RUN_KEY] = state = patch.ApplyConfig(family, granularity, Schedule(interval=3, warmup=2)).start(model)
     outputs, references = [], []
+    # the model call's latent, as HyCa sees it: its token count (patch size 1) is the target image's
+    latent = torch.zeros(batch, 1, 1, 12 - forward.get("reference_tokens", 0))
     for step in range(12):
         img, txt, vec = inputs(step, batch)
         call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
         outputs.append(patch.evaluate(lambda *a, **k: model(img.clone(), txt.clone(), vec, call, **forward),
-                                      (img,), {}, call))
+                                      (latent,), {}, call))
         references.append(model(img.clone(), txt.clone(), vec, {}, **forward))
     return state, outputs, references
 
@@ -197,19 +200,32 @@ def test_flux2_blocks_with_shared_modulation(granularity, batch):
 
 
 @pytest.mark.parametrize("granularity", families.GRANULARITIES)
-def test_flux2_reference_latents_on_the_zero_timestep_path(granularity):
-    """The token ranges are not in ``args``: module granularity cannot gate per range and falls
-    back to block for the run, saying why; block and stack need no gates and work."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_flux2_reference_latents_on_the_zero_timestep_path(granularity, batch):
+    """The token ranges are not in ``args``; HyCa works them out from the model call's latent (the
+    target's tokens come first), and the module self-check confirms the rebuild."""
     model = Flux()
-    state, outputs, references = run(model, granularity, reference_tokens=4)
-    expected = "block" if granularity in ("module", "block") else "stack"
-    assert state.granularity == expected
-    assert bool(state.notes) == (granularity == "module")
+    state, outputs, references = run(model, granularity, batch, reference_tokens=4)
+    assert state.granularity == granularity and not state.notes
     stream = state.run.streams[("c",)]
-    assert stream.stats.predicted > 0 and all(torch.isfinite(o).all() for o in outputs)
+    assert stream.stats.predicted == 7 and all(torch.isfinite(o).all() for o in outputs)
     for step, mark in enumerate(stream.stats.pattern):
-        if mark in "F!":
+        if mark == "F":
             assert torch.equal(outputs[step], references[step]), step
+
+
+def test_without_the_latent_the_zero_timestep_path_falls_back_to_block():
+    model = Flux()
+    family = families.detect(model)
+    options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
+    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "module", Schedule(interval=3, warmup=2)).start(model)
+    for step in range(6):
+        img, txt, vec = inputs(step)
+        call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
+        out = patch.evaluate(lambda *a, **k: model(img.clone(), txt.clone(), vec, call, reference_tokens=4),
+                             (img,), {}, call)  # a 3-d "latent": no token count to be had
+        assert torch.isfinite(out).all()
+    assert state.granularity == "block" and any("target token count" in note for note in state.notes)
 
 
 # -- Qwen-Image-Edit-2511 -------------------------------------------------------------------------------
@@ -273,6 +289,7 @@ class QwenBlock(nn.Module):
 
 class QwenImageTransformer2DModel(nn.Module):
     inner_dim = D
+    patch_size = 1
 
     def __init__(self):
         super().__init__()
@@ -300,14 +317,12 @@ class QwenImageTransformer2DModel(nn.Module):
 @pytest.mark.parametrize("granularity", families.GRANULARITIES)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_qwen_image_edit_2511(granularity, batch):
-    """Without reference images the block is Qwen-Image's: every granularity as asked. With them
-    (the zero-timestep path) module granularity falls back to block for the run and says why."""
+    """With and without reference images (the zero-timestep path: text modulated with the real
+    timestep, the image gate split at the target's last token), every granularity as asked."""
     for reference_tokens in (0, 4):
         model = QwenImageTransformer2DModel()
         state, outputs, references = run(model, granularity, batch, reference_tokens=reference_tokens)
-        falls_back = reference_tokens and granularity == "module"
-        assert state.granularity == ("block" if falls_back else granularity)
-        assert bool(state.notes) == bool(falls_back), state.notes
+        assert state.granularity == granularity and not state.notes, state.notes
         stream = state.run.streams[("c",)]
         assert stream.stats.predicted > 0
         for step, mark in enumerate(stream.stats.pattern):
