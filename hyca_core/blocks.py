@@ -39,6 +39,7 @@ class EvalContext:
     verify: bool = False  # first full evaluation at module granularity: check our rebuild
     mismatch: Optional[str] = None  # set when the check failed, or our code raised on this block
     failed: bool = False  # our code raised: the other blocks run unpatched, a forecast is recomputed
+    reached: bool = False  # a block patch found this context (a model that hides it from its blocks does not)
     scratch: dict = field(default_factory=dict)
     # Sensitivity probes only (``hyca_core.sensitivity``): feature, value -> a small change to add
     # to that fully computed feature, so its effect on the final output can be measured.
@@ -101,6 +102,8 @@ class BlockPatch:
             inner = self.inner
             original = lambda a: inner(a, extra)  # noqa: E731  it calls the real block itself
         ctx = context(args)
+        if ctx is not None:
+            ctx.reached = True
         if ctx is None or ctx.failed or ctx.granularity == "off":
             return original(args)
         key = ("out", self.prefix)

@@ -277,6 +277,8 @@ def _running_model(executor):
 
 def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     state: Optional[RunState] = options.get(RUN_KEY)
+    if CONTEXT_KEY in options:  # HyCa's wrapper twice on one model (Apply, then Calibrate): the outer one decides
+        return executor(*args, **kwargs)
     sample_sigmas = options.get("sample_sigmas")
     if state is None or getattr(state, "passthrough", False) or sample_sigmas is None or options.get("sigmas") is None:
         return executor(*args, **kwargs)
@@ -295,6 +297,9 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         ctx = options[CONTEXT_KEY] = state.context(stream, full, running)
         ctx.latent_shape = tuple(x.shape)
         out = executor(*args, **kwargs)
+        if not ctx.reached and ctx.mismatch is None:  # e.g. Wan S2V in ComfyUI 0.3.64 gives its blocks no options
+            ctx.mismatch = "the model's blocks never received HyCa's context (no transformer_options in their args)"
+            ctx.failed, state.granularity = True, "block"  # block -> none: nothing below block could work
         state.after(ctx)
         redo = ctx.failed and not full  # a forecast our code could not finish: compute it
         if getattr(state, "passthrough", False):

@@ -37,3 +37,21 @@ def load_pack():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def patched_options(model, granularity: str, family=None, existing=None, interval: int = 3, warmup: int = 2):
+    """``transformer_options`` of a model under HyCa (block patches and a fresh run state), as
+    ``nodes.patch.install`` and the OUTER_SAMPLE wrapper make them; and that run state."""
+    from hyca_core import families, session
+    from hyca_core.schedule import Schedule
+
+    family = family or families.detect(model)
+    options = {"patches_replace": {"dit": session.block_patches(model, family, existing)}}
+    config = session.ApplyConfig(family, granularity, Schedule(interval=interval, warmup=warmup))
+    options[session.RUN_KEY] = state = config.start(model)
+    return options, state
+
+
+def step_options(options: dict, step: int, sigmas, uuids=("c",)) -> dict:
+    """The options of one model call at ``step``, as ComfyUI's sampler sets them."""
+    return dict(options, sigmas=sigmas[step:step + 1], sample_sigmas=sigmas, uuids=list(uuids), cond_or_uncond=[0])

@@ -674,3 +674,19 @@ def test_calibrating_a_block_hyca_cannot_split_falls_back_to_block(maps_dir, mon
         assert torch.equal(sample(out.result[0], s), plain)  # the auto-calibrating run is computed uncached
     assert any("no map written; use granularity block" in r.getMessage() for r in caplog.records)
     assert not list((maps_dir / "auto").glob("*.safetensors"))
+
+
+def test_free_memory_is_asked_of_the_model_patcher_where_it_can_tell(monkeypatch):
+    """Newer ComfyUI's ModelPatcher.get_free_memory counts VRAM that Dynamic VRAM would free
+    (comfy/model_patcher.py at 08d0e510); the snapshot's has none and model_management answers."""
+    session = importlib.import_module("comfyui_hyca.hyca_core.session")
+    seen = []
+    monkeypatch.setattr(session.RunState, "close", lambda self, status="done": seen.append(self.free_memory) or [])
+    s = dict(pos=conditioning("flux", 1), neg=conditioning("flux", 2), latent=latent("flux"))
+    model = hyca(build("flux"), interval=3)
+    sample(model, s, steps=4)
+    assert seen[-1] is patch._comfy_free_memory  # 0.3.64: no ModelPatcher.get_free_memory
+    asked = lambda device: 123  # noqa: E731
+    model.get_free_memory = asked
+    sample(model, s, steps=4)
+    assert seen[-1] is asked

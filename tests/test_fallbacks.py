@@ -14,7 +14,7 @@ import torch
 from hyca_core import families
 from torch import nn
 from hyca_core import session as patch
-from hyca_core.schedule import Schedule
+from support import patched_options, step_options
 from test_blocks import SIGMAS, Flux, inputs, reference
 
 
@@ -23,14 +23,12 @@ def evaluate(model, options, step, same_inputs=False):
     ``img`` and ``txt`` from the call's arguments (the toy blocks update ``txt`` in place).
     ``same_inputs``: every step sees step 0's inputs, so every forecast is exact."""
     img, txt, vec = inputs(0 if same_inputs else step)
-    call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
+    call = step_options(options, step, SIGMAS)
     return patch.evaluate(lambda *a, **k: model(img.clone(), txt.clone(), vec, call), (img,), {}, call)
 
 
 def run_with(model, family, granularity, steps=12, same_inputs=False):
-    options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
-    config = patch.ApplyConfig(family, granularity, Schedule(interval=3, warmup=2))
-    options[patch.RUN_KEY] = state = config.start(model)
+    options, state = patched_options(model, granularity, family)
     outputs = [evaluate(model, options, step, same_inputs) for step in range(steps)]
     return state, outputs
 
@@ -167,8 +165,7 @@ def test_another_nodes_block_replacement_runs_on_full_steps_and_is_skipped_on_fo
         calls.append(1)
         return extra["original_block"](args)
     existing = {("double_block", 0): other}
-    options = {"patches_replace": {"dit": patch.block_patches(toy, family, existing)}}
-    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "block", Schedule(interval=3, warmup=2)).start(toy)
+    options, state = patched_options(toy, "block", family, existing)
     outputs = [evaluate(toy, options, step) for step in range(12)]
     stream = state.run.streams[("c",)]
     assert len(calls) == stream.stats.full == 5 and stream.stats.predicted == 7
@@ -193,11 +190,10 @@ def test_module_hooks_go_on_the_model_that_runs_the_call():
     first, device_copy = Flux(), Flux()
     device_copy.load_state_dict(first.state_dict())
     family = families.detect(first)
-    options = {"patches_replace": {"dit": patch.block_patches(first, family)}}
-    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "module", Schedule(interval=3, warmup=2)).start(first)
+    options, state = patched_options(first, "module", family)
     for step in range(6):
         img, txt, vec = inputs(step)
-        call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
+        call = step_options(options, step, SIGMAS)
         out = patch.evaluate(Executor(device_copy, img, txt, vec, call), (img,), {}, call)
         assert torch.isfinite(out).all()
     assert state.granularity == "module" and not state.notes
@@ -209,14 +205,12 @@ def test_one_evaluation_at_a_time_per_run():
 
     toy = Flux()
     family = families.detect(toy)
-    options = {"patches_replace": {"dit": patch.block_patches(toy, family)}}
-    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "block", Schedule(interval=3, warmup=2)).start(toy)
+    options, state = patched_options(toy, "block", family)
     inside, overlaps = [], []
 
     def call(step):
         img, txt, vec = inputs(step)
-        opts = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=[f"c{step % 2}"],
-                    cond_or_uncond=[0])
+        opts = step_options(options, step, SIGMAS, uuids=[f"c{step % 2}"])
 
         def executor(*a, **k):
             inside.append(1)
@@ -280,3 +274,18 @@ def test_a_model_without_block_lists_is_refused_naming_what_it_has():
 
     with pytest.raises(families.UnsupportedModel, match="NotADiT.*its module lists: layers"):
         families.detect(NotADiT(), generic=True)
+
+
+def test_a_model_that_hides_the_options_from_its_blocks_is_sampled_uncached_and_says_so():
+    """ComfyUI 0.3.64's Wan S2V calls its block replacements without ``transformer_options``: HyCa
+    cannot reach the blocks, so the run is computed as it is, and the report does not claim forecasts."""
+    class Hiding(Flux):
+        def forward(self, img, txt, vec, transformer_options):
+            hidden = {k: v for k, v in transformer_options.items() if k == "patches_replace"}
+            return super().forward(img, txt, vec, hidden)  # the blocks' args lack transformer_options
+
+    toy = Hiding()
+    state, outputs = run_with(toy, families.detect(toy), "block")
+    assert state.granularity == "off" and any("never received" in note for note in state.notes)
+    for step, out in enumerate(outputs):
+        assert torch.equal(out, reference(toy, step)), step

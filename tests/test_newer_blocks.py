@@ -25,7 +25,7 @@ from torch import nn
 
 from hyca_core import families
 from hyca_core import session as patch
-from hyca_core.schedule import Schedule
+from support import patched_options, step_options
 
 D = 16
 SIGMAS = torch.linspace(1.0, 0.0, 13)
@@ -171,14 +171,13 @@ def inputs(step, batch=1):
 
 def run(model, granularity, batch=1, **forward):
     family = families.detect(model)
-    options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
-    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, granularity, Schedule(interval=3, warmup=2)).start(model)
+    options, state = patched_options(model, granularity, family)
     outputs, references = [], []
     # the model call's latent, as HyCa sees it: its token count (patch size 1) is the target image's
     latent = torch.zeros(batch, 1, 1, 12 - forward.get("reference_tokens", 0))
     for step in range(12):
         img, txt, vec = inputs(step, batch)
-        call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
+        call = step_options(options, step, SIGMAS)
         outputs.append(patch.evaluate(lambda *a, **k: model(img.clone(), txt.clone(), vec, call, **forward),
                                       (latent,), {}, call))
         references.append(model(img.clone(), txt.clone(), vec, {}, **forward))
@@ -217,11 +216,10 @@ def test_flux2_reference_latents_on_the_zero_timestep_path(granularity, batch):
 def test_without_the_latent_the_zero_timestep_path_falls_back_to_block():
     model = Flux()
     family = families.detect(model)
-    options = {"patches_replace": {"dit": patch.block_patches(model, family)}}
-    options[patch.RUN_KEY] = state = patch.ApplyConfig(family, "module", Schedule(interval=3, warmup=2)).start(model)
+    options, state = patched_options(model, "module", family)
     for step in range(6):
         img, txt, vec = inputs(step)
-        call = dict(options, sigmas=SIGMAS[step:step + 1], sample_sigmas=SIGMAS, uuids=["c"], cond_or_uncond=[0])
+        call = step_options(options, step, SIGMAS)
         out = patch.evaluate(lambda *a, **k: model(img.clone(), txt.clone(), vec, call, reference_tokens=4),
                              (img,), {}, call)  # a 3-d "latent": no token count to be had
         assert torch.isfinite(out).all()
