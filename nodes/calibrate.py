@@ -115,6 +115,10 @@ class HyCaCalibrate(io.ComfyNode):
                                  tooltip="Off for the second expert: its latent_image is the first expert's output "
                                          "with leftover noise (KSamplerAdvanced: add_noise disable). Every seed "
                                          "then gives the same run."),
+                io.Sigmas.Input("sigmas", optional=True,
+                                tooltip="Optional: the sigmas your workflow samples with (a scheduler node such as "
+                                        "BasicScheduler or Flux2Scheduler feeding SamplerCustomAdvanced). HyCa "
+                                        "calibrates on exactly these; steps, scheduler and denoise are then unused."),
             ],
             outputs=[
                 SolverMapType.Output(display_name="solver_map", tooltip="The calibrated map, also saved to disk."),
@@ -129,7 +133,7 @@ class HyCaCalibrate(io.ComfyNode):
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, runs,
                 clusters, intervals, warmup_steps, cooldown_steps, fit, granularity, name, description="",
                 refine="fast", full_step_budgets="", vae=None, start_at_step=0, end_at_step=10000,
-                add_noise=True) -> io.NodeOutput:
+                add_noise=True, sigmas=None) -> io.NodeOutput:
         import comfy.sample
         import comfy.utils
         import torch
@@ -140,6 +144,8 @@ class HyCaCalibrate(io.ComfyNode):
             log.warning("HyCa Calibrate: %s exists and will be replaced when this calibration finishes "
                         "(choose another name to keep it)", path)
         interval_list = parse_intervals(intervals)
+        if sigmas is not None:  # the workflow's own schedule decides the steps
+            steps = len(sigmas) - 1
         last = min(end_at_step, steps)
         if start_at_step >= last:
             raise ValueError(f"start_at_step ({start_at_step}) must be below end_at_step and steps ({last}): "
@@ -181,7 +187,7 @@ class HyCaCalibrate(io.ComfyNode):
             out = comfy.sample.sample(
                 patched, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=denoise,
                 noise_mask=latent_image.get("noise_mask"), callback=callback, start_step=start_at_step,
-                last_step=last, force_full_denoise=last >= steps,
+                last_step=last, force_full_denoise=last >= steps, sigmas=sigmas,
                 disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=run_seed)
             done[0] += 1
             return out
@@ -189,6 +195,7 @@ class HyCaCalibrate(io.ComfyNode):
         provenance = {
             "sampler": sampler_name, "scheduler": scheduler, "cfg": cfg, "denoise": denoise,
             "step_range": [start_at_step, last, steps],  # sampled steps of a schedule of that many
+            "custom_sigmas": sigmas is not None,
             "seeds": procedure.fit_seeds, "latent_shape": list(latent.shape),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }

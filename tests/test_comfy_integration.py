@@ -690,3 +690,19 @@ def test_free_memory_is_asked_of_the_model_patcher_where_it_can_tell(monkeypatch
     model.get_free_memory = asked
     sample(model, s, steps=4)
     assert seen[-1] is asked
+
+
+def test_calibrating_on_the_workflows_own_sigmas(maps_dir):
+    """A SamplerCustomAdvanced workflow (FLUX.2's Flux2Scheduler, say) hands HyCa Calibrate its sigmas."""
+    s = dict(pos=conditioning("flux", 1), neg=conditioning("flux", 2), latent=latent("flux"))
+    model = build("flux")
+    sigmas = torch.linspace(1.0, 0.0, 11) ** 1.5  # any schedule: 10 steps, not a ComfyUI scheduler's
+    node = calibrate_node.HyCaCalibrate.execute(model, s["pos"], s["neg"], {"samples": s["latent"]}, 0, 30, 2.0,
+                                                "euler", "simple", 1.0, 1, 2, "2-3", 2, 1, False, "module",
+                                                "own-sigmas", refine="off", sigmas=sigmas)
+    solver_map, first, _ = node.result
+    assert solver_map.provenance["steps"] == 10 and solver_map.provenance["custom_sigmas"]
+    noise = comfy.sample.prepare_noise(s["latent"], 0)
+    expected = comfy.sample.sample(model, noise, 10, 2.0, "euler", "simple", s["pos"], s["neg"], s["latent"],
+                                   sigmas=sigmas, seed=0, disable_pbar=True)
+    assert torch.equal(first["samples"], expected)  # the uncached run used exactly those sigmas
