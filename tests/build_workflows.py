@@ -62,10 +62,10 @@ class Graph:
         self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
                             "color": color, "font_size": 24, "flags": {}})
 
-    def dump(self, path: Path, note: str):
+    def dump(self, path: Path, note: str, requires: dict | None = None):
+        extra = {"hyca_note": note, **({"hyca_requires": requires} if requires else {})}
         data = {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": self.groups, "config": {}, "extra": {"hyca_note": note},
-                "version": 0.4}
+                "links": self.links, "groups": self.groups, "config": {}, "extra": extra, "version": 0.4}
         path.write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -229,7 +229,7 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, c
 
 
 MODELS = {"flux-dev-t2i": "FLUX.1-dev", "qwen-image-edit": "Qwen-Image-Edit", "hunyuan-video-t2v": "HunyuanVideo",
-          "wan22-t2v": "Wan 2.2 14B"}
+          "wan22-t2v": "Wan 2.2 14B", "flux2-dev-t2i": "FLUX.2-dev"}
 STEPS = {"calibrate": "1 calibrate a solver map", "apply": "2 sample with the map"}
 
 
@@ -366,6 +366,92 @@ def wan22(variant: str) -> Graph:
     return g
 
 
+FLUX2_REQUIRES = {  # core nodes and values newer than the tested snapshot: ComfyUI's own FLUX.2 template (0.3.75)
+    "comfyui": "0.3.75", "nodes": ["EmptyFlux2LatentImage", "Flux2Scheduler"], "values": {"CLIPLoader.type": "flux2"},
+}
+FLUX2_NOTE = """## HyCa on FLUX.2
+
+Needs ComfyUI 0.3.75 or newer (FLUX.2's own nodes).
+
+**Runs as loaded**: HyCa Apply without a map forecasts every channel with `taylor1`, between the model
+and the guider of ComfyUI's own FLUX.2 workflow (SamplerCustomAdvanced with Flux2Scheduler).
+
+**Calibrating adds** a solver per channel cluster and interval: run the template **{calibrate}**
+(Templates, ComfyUI-HyCa) once; it calibrates on the same Flux2Scheduler sigmas and writes
+`models/hyca/flux2-dev.safetensors`.
+
+Then select the **HyCa Solver Map Loader** and press **Ctrl+B** (press **R** first if the map is not listed)."""
+
+
+def flux2(variant: str) -> Graph:
+    """FLUX.2-dev text to image as ComfyUI's own template samples it (SamplerCustomAdvanced,
+    Flux2Scheduler), with HyCa between the model and the guider."""
+    g = Graph()
+    steps, size = 20, 1024
+    unet = g.node("UNETLoader", outputs=[("MODEL", "MODEL")], widgets=["flux2_dev_fp8mixed.safetensors", "default"], y=0)
+    clip = g.node("CLIPLoader", outputs=[("CLIP", "CLIP")],
+                  widgets=["mistral_3_small_flux2_bf16.safetensors", "flux2", "default"], y=130)
+    vae = g.node("VAELoader", outputs=[("VAE", "VAE")], widgets=["flux2-vae.safetensors"], y=290)
+    text = g.node("CLIPTextEncode", inputs=[("clip", "CLIP")], outputs=[("CONDITIONING", "CONDITIONING")],
+                  widgets=["a lighthouse on a basalt cliff at golden hour, spray in the air"], x=360, y=0)
+    guidance = g.node("FluxGuidance", inputs=[("conditioning", "CONDITIONING")], outputs=[("CONDITIONING", "CONDITIONING")],
+                      widgets=[4.0], x=720, y=0)
+    empty = g.node("EmptyFlux2LatentImage", outputs=[("LATENT", "LATENT")], widgets=[size, size, 1], x=360, y=200)
+    sigmas = g.node("Flux2Scheduler", outputs=[("SIGMAS", "SIGMAS")], widgets=[steps, size, size], x=360, y=340)
+    g.link(clip, 0, text, "clip")
+    g.link(text, 0, guidance, "conditioning")
+    x = 1100
+    if variant == "calibrate":
+        negative = g.node("ConditioningZeroOut", inputs=[("conditioning", "CONDITIONING")],
+                          outputs=[("CONDITIONING", "CONDITIONING")], x=720, y=130)
+        g.link(text, 0, negative, "conditioning")
+        slots = dict(CALIBRATE_IO, inputs=CALIBRATE_IO["inputs"] + [("vae", "VAE"), ("sigmas", "SIGMAS")])
+        node = g.node("HyCaCalibrate", **slots, x=x, y=0, width=360,
+                      widgets=calibrate_widgets(steps, 1.0, "euler", "simple", "flux2-dev", 3, intervals="2-6",
+                                                description="flux2-dev: calibrated on the FLUX.2 template's sigmas"))
+        for source, name in ((unet, "model"), (guidance, "positive"), (negative, "negative"), (empty, "latent_image"),
+                             (vae, "vae"), (sigmas, "sigmas")):
+            g.link(source, 0, node, name)
+        chart = g.node("PreviewImage", inputs=[("images", "IMAGE")], title="Calibration chart", x=x,
+                       y=node["size"][1] + TITLE + GAP, width=380, height=300)
+        g.link(node, 2, chart, "images")
+        result, slot = node, 1
+    else:
+        loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=["flux2-dev.safetensors"],
+                        x=x, y=0, mode=BYPASS, width=440, height=60 + 26 + PANEL)
+        widgets = apply_widgets(5, 3)
+        apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
+                       height=60 + 26 * (len(widgets) + 2))
+        g.growth[apply["id"]] = PANEL
+        g.link(unet, 0, apply, "model")
+        g.link(loader, 0, apply, "solver_map")
+        g.node("MarkdownNote", widgets=[FLUX2_NOTE.format(calibrate=template_name("flux2-dev-t2i", "calibrate"))],
+               title="HyCa: read me", x=x - 400, y=-(300 + TITLE + GAP), width=380, height=300)
+        guider = g.node("BasicGuider", inputs=[("model", "MODEL"), ("conditioning", "CONDITIONING")],
+                        outputs=[("GUIDER", "GUIDER")], x=x + 480, y=0)
+        g.link(apply, 0, guider, "model")
+        g.link(guidance, 0, guider, "conditioning")
+        noise = g.node("RandomNoise", outputs=[("NOISE", "NOISE")], widgets=[0, "fixed"], x=x + 480, y=120)
+        sampler = g.node("KSamplerSelect", outputs=[("SAMPLER", "SAMPLER")], widgets=["euler"], x=x + 480, y=250)
+        result = g.node("SamplerCustomAdvanced", inputs=[("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"),
+                                                        ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],
+                        outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], x=x + 860, y=0)
+        for source, name in ((noise, "noise"), (guider, "guider"), (sampler, "sampler"), (sigmas, "sigmas"),
+                             (empty, "latent_image")):
+            g.link(source, 0, result, name)
+        slot = 0
+    right = x + (480 if variant == "calibrate" else 1240)
+    decode = g.node("VAEDecode", inputs=[("samples", "LATENT"), ("vae", "VAE")], outputs=[("IMAGE", "IMAGE")], x=right, y=0)
+    g.link(result, slot, decode, "samples")
+    g.link(vae, 0, decode, "vae")
+    save = g.node("SaveImage", inputs=[("images", "IMAGE")], widgets=[f"hyca/flux2-dev-{variant}"], x=right + 360, y=0,
+                  height=300)
+    g.link(decode, 0, save, "images")
+    g.stack()
+    g.group("HyCa", [n for n in g.nodes if n["type"].startswith("HyCa") or n.get("title") == "Calibration chart"])
+    return g
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     specs = [("flux-dev-t2i", flux, "flux-dev", False), ("qwen-image-edit", qwen_edit, "qwen-image-edit", False),
@@ -381,6 +467,14 @@ def main():
             file = template_name(stem, variant)  # has a dot of its own: no Path.with_suffix
             g.dump(OUT / f"{file}.json", note.format(name))
             thumbnail(g, f"{MODELS[stem]}\n{STEPS[variant]}", OUT / f"{file}.jpg")
+    for variant in ("calibrate", "apply"):
+        g = flux2(variant)
+        note = ("Run once: HyCa Calibrate samples FLUX.2 on the template's Flux2Scheduler sigmas and writes "
+                "models/hyca/flux2-dev.safetensors." if variant == "calibrate" else
+                "Needs models/hyca/flux2-dev.safetensors from the calibrate workflow (or any shared map for this model).")
+        file = template_name("flux2-dev-t2i", variant)
+        g.dump(OUT / f"{file}.json", note, requires=FLUX2_REQUIRES)
+        thumbnail(g, f"{MODELS['flux2-dev-t2i']}\n{STEPS[variant]}", OUT / f"{file}.jpg")
     for variant in ("calibrate", "apply"):
         g = wan22(variant)
         note = ("Run once: calibrates each expert on its own steps and writes models/hyca/wan22-high.safetensors "

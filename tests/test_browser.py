@@ -109,5 +109,9 @@ def test_the_pack_in_the_browser(frontend, comfy_server, tmp_path_factory):
                      "template browser lists every workflow by its title", "template browser loads every thumbnail",
                      "no console errors or warnings that ComfyUI's page lacks without the pack"):
         assert expected in names
-    assert sum(name.endswith("no nodes overlap as drawn") for name in names) == len(list((ROOT / "example_workflows").glob("*.json")))
+    workflows = sorted(p.name for p in (ROOT / "example_workflows").glob("*.json"))
+    skipped = [line.split(":")[0] for line in result["skipped"]]  # declared as needing a newer ComfyUI
+    assert all(json.loads((ROOT / "example_workflows" / name).read_text())["extra"].get("hyca_requires")
+               for name in skipped), result["skipped"]
+    assert sum(name.endswith("no nodes overlap as drawn") for name in names) == len(workflows) - len(skipped)
     assert (out / "hyca-workflow.png").stat().st_size > 10_000

@@ -17,7 +17,7 @@ FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the frontend's own note nodes
 
 def test_there_is_a_calibrate_and_an_apply_workflow_per_family():
     names = {p.stem for p in WORKFLOWS}
-    for model in ("FLUX.1-dev", "Qwen-Image-Edit", "HunyuanVideo", "Wan 2.2 14B"):
+    for model in ("FLUX.1-dev", "FLUX.2-dev", "Qwen-Image-Edit", "HunyuanVideo", "Wan 2.2 14B"):
         assert {f"HyCa {model} 1 calibrate a solver map", f"HyCa {model} 2 sample with the map"} <= names
 
 
@@ -114,7 +114,8 @@ def test_apply_workflows_run_as_loaded_and_say_how_to_add_a_map(path):
     loaders = [n for n in data["nodes"] if n["type"] == "HyCaSolverMapLoader"]
     assert loaders and all(loader["mode"] == 4 for loader in loaders)
     active = [n for n in data["nodes"] if n["mode"] == 0]
-    assert "HyCaApply" in {n["type"] for n in active} and {n["type"] for n in active} & {"KSampler", "KSamplerAdvanced"}
+    samplers = {"KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"}
+    assert "HyCaApply" in {n["type"] for n in active} and {n["type"] for n in active} & samplers
     (note,) = [n for n in data["nodes"] if n["type"] == "MarkdownNote"]
     text = note["widgets_values"][0]
     calibrate = path.stem.replace("2 sample with the map", "1 calibrate a solver map")
@@ -154,12 +155,34 @@ def widget_inputs(cls):
     return out
 
 
+def newer_than_this_comfyui(data: dict, node_classes: dict) -> tuple[set, dict]:
+    """What a workflow declares it needs of a newer ComfyUI (``extra.hyca_requires``, FLUX.2's core
+    nodes and the CLIPLoader type "flux2") that this ComfyUI lacks: those are not checked here."""
+    requires = data["extra"].get("hyca_requires", {})
+    missing = {n for n in requires.get("nodes", []) if n not in node_classes}
+    return missing, (requires.get("values", {}) if missing else {})
+
+
+def test_a_workflow_that_needs_a_newer_comfyui_says_which():
+    for path in WORKFLOWS:
+        data = json.loads(path.read_text())
+        requires = data["extra"].get("hyca_requires")
+        if "FLUX.2" in path.stem:
+            assert requires["comfyui"] == "0.3.75" and set(requires["nodes"]) <= {n["type"] for n in data["nodes"]}
+            if "2 sample" in path.stem:
+                (note,) = [n for n in data["nodes"] if n["type"] == "MarkdownNote"]
+                assert "ComfyUI 0.3.75" in note["widgets_values"][0]
+        else:
+            assert requires is None, path.name
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_node_types_exist_and_widget_values_fit(path, node_classes):
     data = json.loads(path.read_text())
+    newer_nodes, newer_values = newer_than_this_comfyui(data, node_classes)
     for node in data["nodes"]:
-        if node["type"] in FRONTEND_ONLY:
-            continue  # drawn by the frontend, never sent to the server
+        if node["type"] in FRONTEND_ONLY or node["type"] in newer_nodes:
+            continue  # drawn by the frontend, never sent to the server; or declared newer than this ComfyUI
         cls = node_classes.get(node["type"])
         assert cls is not None, f"{path.name}: unknown node type {node['type']}"
         values = list(node["widgets_values"])
@@ -177,6 +200,8 @@ def test_node_types_exist_and_widget_values_fit(path, node_classes):
             elif kind == "STRING":
                 assert isinstance(value, str), where
             elif kind == "COMBO" and options.get("options") and not name.endswith(("_name", "name1", "name2", "image")):
+                if newer_values.get(f"{node['type']}.{name}") == value:
+                    continue  # a value a newer ComfyUI offers (declared)
                 assert value in options["options"], where  # file lists are the user's: not checked
         if node["type"] == "LoadImage" and values:
             values.pop(0)  # the "image" upload widget ComfyUI saves after the file name

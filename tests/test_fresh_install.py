@@ -21,9 +21,10 @@ from comfy_server import ComfyServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
-FAMILIES = {"FLUX.1-dev": "flux", "Qwen-Image-Edit": "qwen_image", "HunyuanVideo": "hunyuan_video",
-            "Wan 2.2 14B": "wan"}
-SAMPLERS = {"KSampler", "KSamplerAdvanced"}
+FAMILIES = {"FLUX.1-dev": "flux", "FLUX.2-dev": "flux", "Qwen-Image-Edit": "qwen_image",
+            "HunyuanVideo": "hunyuan_video", "Wan 2.2 14B": "wan"}
+SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustomAdvanced"}
+CUSTOM_SAMPLING = {"BasicGuider", "RandomNoise", "KSamplerSelect"}  # SamplerCustomAdvanced's own inputs
 HYCA = {"HyCaCalibrate", "HyCaSolverMapLoader", "HyCaApply"}
 BYPASS = 4
 
@@ -58,12 +59,14 @@ def widget_names(info: dict) -> list[tuple[str, bool]]:
 
 
 def hyca_part(workflow: dict, family: str, object_info: dict, enable_loader: bool = False) -> dict:
-    """An API prompt of the workflow's HyCa nodes and samplers with their saved values; the tiny
-    test model, conditioning and latent stand in for whatever fed them (the VAE is left out:
-    Calibrate then checks latents)."""
+    """An API prompt of the workflow's HyCa nodes and samplers (with SamplerCustomAdvanced's guider,
+    noise and sampler) with their saved values; the tiny test model, conditioning, latent and a
+    plain scheduler of as many steps stand in for whatever fed them, so a workflow for a newer
+    ComfyUI (FLUX.2's own nodes) runs its HyCa part here too (the VAE is left out: Calibrate then
+    checks latents)."""
     nodes = {n["id"]: n for n in workflow["nodes"]}
     links = {link[0]: link for link in workflow["links"]}
-    kept = {i: n for i, n in nodes.items() if n["type"] in HYCA or n["type"] in SAMPLERS}
+    kept = {i: n for i, n in nodes.items() if n["type"] in HYCA | SAMPLERS | CUSTOM_SAMPLING}
     prompt = {}
     for node_id, node in kept.items():
         if node["mode"] == BYPASS and not enable_loader:
@@ -92,6 +95,12 @@ def hyca_part(workflow: dict, family: str, object_info: dict, enable_loader: boo
             elif slot["type"] == "LATENT":
                 prompt["latent"] = {"class_type": "HyCaTestLatent", "inputs": {"family": family}}
                 inputs[slot["name"]] = ["latent", 0]
+            elif slot["type"] == "SIGMAS":  # a scheduler node (FLUX.2's Flux2Scheduler): as many steps, simple
+                steps = next((v for v in nodes[source]["widgets_values"] if isinstance(v, int)), 12)
+                prompt["sigmas-model"] = {"class_type": "HyCaTestModel", "inputs": {"family": family, "seed": 0}}
+                prompt["sigmas"] = {"class_type": "BasicScheduler", "inputs": {
+                    "model": ["sigmas-model", 0], "scheduler": "simple", "steps": steps, "denoise": 1.0}}
+                inputs[slot["name"]] = ["sigmas", 0]
         prompt[str(node_id)] = {"class_type": node["type"], "inputs": inputs}
     for node_id, node in kept.items():  # what a sampler makes is saved, the calibration chart previewed
         if node["type"] in SAMPLERS:

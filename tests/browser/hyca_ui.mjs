@@ -31,7 +31,7 @@ const EXPECTED = [
 ];
 
 mkdirSync(opts.out, { recursive: true });
-const summary = { checks: [], new: [], expected: [], seen: [] };
+const summary = { checks: [], new: [], expected: [], seen: [], skipped: [] };
 const check = (name, ok, detail = "") => {
   summary.checks.push({ name, ok, detail });
   if (!ok) throw new Error(`${name}: ${detail}`);
@@ -264,6 +264,13 @@ async function exampleWorkflowsLoad() {
   const files = readdirSync(opts.examples).filter((f) => f.endsWith(".json")).sort();
   for (const file of files) {
     const workflow = JSON.parse(readFileSync(join(opts.examples, file), "utf8"));
+    const requires = workflow.extra?.hyca_requires;
+    const lacking = await page.evaluate((nodes) => nodes.filter((n) => !window.LiteGraph.registered_node_types[n]),
+      requires?.nodes ?? []);
+    if (lacking.length) { // declared: needs a newer ComfyUI than this server
+      summary.skipped.push(`${file}: needs ComfyUI ${requires.comfyui} (${lacking.join(", ")})`);
+      continue;
+    }
     const result = await page.evaluate(async ([workflow, file]) => {
       await window.app.loadGraphData(workflow, true, true, file);
       await new Promise((resolve) => setTimeout(resolve, 1500)); // panels mount and size their nodes
