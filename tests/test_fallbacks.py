@@ -133,14 +133,16 @@ class Flux(Flux):  # noqa: F811  the toy FLUX with the single blocks' token orde
         return x[:, txt.shape[1]:] if self.order == "txt-first" else x[:, : img.shape[1]]
 
 
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
 @pytest.mark.parametrize("order", ["txt-first", "img-first"])
-def test_stack_granularity_reads_the_token_order_off_the_model(order):
+def test_every_granularity_works_with_either_token_order(order, granularity):
     """HunyuanVideo joined img first before its single blocks; newer ComfyUI joins txt first. With
-    the same inputs at every step the stack's residual is constant, so every forecast is exact
-    when, and only when, the residual is taken against the inputs joined in the model's order."""
+    the same inputs at every step every cached feature is constant, so every forecast is exact
+    when, and only when, it is put back where the model expects it (stack: the residual taken
+    against the inputs joined in the model's order)."""
     toy = Flux(order)
-    state, outputs = run_with(toy, families.detect(toy), "stack", same_inputs=True)
-    assert state.granularity == "stack" and not state.notes
+    state, outputs = run_with(toy, families.detect(toy), granularity, same_inputs=True)
+    assert state.granularity == granularity and not state.notes
     assert state.run.streams[("c",)].stats.predicted == 7
     expected = reference(toy, 0)
     for step, out in enumerate(outputs):
