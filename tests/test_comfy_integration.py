@@ -706,3 +706,21 @@ def test_calibrating_on_the_workflows_own_sigmas(maps_dir):
     expected = comfy.sample.sample(model, noise, 10, 2.0, "euler", "simple", s["pos"], s["neg"], s["latent"],
                                    sigmas=sigmas, seed=0, disable_pbar=True)
     assert torch.equal(first["samples"], expected)  # the uncached run used exactly those sigmas
+
+
+def test_calibrate_passes_the_latents_downscale_ratios_where_comfyui_takes_them(monkeypatch):
+    """Newer ``comfy.sample.fix_empty_latent_channels(model, latent, spatial, temporal)`` (nodes.py's
+    common_ksampler at Comfy-Org/ComfyUI 02217e36 passes the latent's own ratios); 0.3.64's takes two."""
+    seen = []
+
+    def newer(model, latent_image, downscale_ratio_spacial=None, downscale_ratio_temporal=None):
+        seen.append((downscale_ratio_spacial, downscale_ratio_temporal))
+        return latent_image
+
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels", newer)
+    samples = latent("flux")
+    out = calibrate_node.fix_empty_latent(None, {"samples": samples, "downscale_ratio_spacial": 16,
+                                                 "downscale_ratio_temporal": 4})
+    assert out is samples and seen == [(16, 4)]
+    monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels", lambda model, latent_image: latent_image * 0)
+    assert torch.equal(calibrate_node.fix_empty_latent(None, {"samples": samples + 1}), samples * 0)
