@@ -65,3 +65,17 @@ def test_the_counts_and_their_extrapolation(model):
     assert forecast["anchor_bytes_read"] == full["anchor_bytes_written"] * 2  # taylor2: the two anchors so far
     counts = {(1, 1): 10.0, (2, 1): 13.0, (1, 2): 12.0}  # fixed 5, 3 per double, 2 per single
     assert cost.extrapolate(counts, 19, 38) == 5 + 19 * 3 + 38 * 2
+
+
+def test_speed_script_builds_fewer_blocks_at_full_width_on_request(tmp_path):
+    """``--depth`` / ``--single``: the full-width forecast/full step ratio can be timed on a CPU."""
+    import json
+
+    from hyca_core.reference import speed
+
+    speed.main(["--tiny", "--device", "cpu", "--steps", "6", "--intervals", "3", "--batches", "1", "--repeats", "1",
+                "--granularities", "block", "--depth", "2", "--single", "1", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["blocks"] == [2, 1] and "--depth 2" in data["command"]
+    (row,) = [r for r in data["rows"] if r["method"] == "HyCa"]
+    assert row["full_step_ms"] > 0 and row["predicted_step_ms"] > 0

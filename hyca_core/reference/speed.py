@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from datetime import date
 
 import torch
@@ -180,15 +181,22 @@ def main(argv=None) -> int:
     parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="1: no CFG, 2: CFG batched")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--depth", type=int, help="double blocks (default: FLUX.1-dev's 19); fewer at full "
+                        "width measure the forecast/full step ratio on a CPU")
+    parser.add_argument("--single", type=int, help="single blocks (default: FLUX.1-dev's 38)")
     parser.add_argument("--out", default="speed_out")
     args = parser.parse_args(argv)
     if args.tiny:
         args.size, args.tokens = min(args.size, 64), min(args.tokens, 8)
     dtype = getattr(torch, args.dtype)
-    model = build(TINY if args.tiny else FLUX_DEV, args.device, dtype)
+    config = TINY if args.tiny else FLUX_DEV
+    config = replace(config, depth=args.depth if args.depth is not None else config.depth,
+                     depth_single_blocks=args.single if args.single is not None else config.depth_single_blocks)
+    model = build(config, args.device, dtype)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     meta = {"device": device_name, "date": date.today().isoformat(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "dtype": args.dtype, "model": "tiny" if args.tiny else "FLUX.1-dev size",
+            "blocks": [config.depth, config.depth_single_blocks],
             "size": args.size, "tokens": args.tokens, "steps": args.steps, "warmup": args.warmup,
             "command": "python -m hyca_core.reference.speed " + " ".join(argv if argv is not None else os.sys.argv[1:])}
     print(json.dumps(meta))
