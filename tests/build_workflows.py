@@ -452,6 +452,12 @@ def flux2(variant: str) -> Graph:
     return g
 
 
+def write(stem: str, variant: str, g: Graph, note: str, requires: dict | None = None) -> None:
+    file = template_name(stem, variant)  # has a dot of its own: no Path.with_suffix
+    g.dump(OUT / f"{file}.json", note, requires=requires)
+    thumbnail(g, f"{MODELS[stem]}\n{STEPS[variant]}", OUT / f"{file}.jpg")
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     specs = [("flux-dev-t2i", flux, "flux-dev", False), ("qwen-image-edit", qwen_edit, "qwen-image-edit", False),
@@ -461,28 +467,20 @@ def main():
             g, model, vae, positive, negative, latent, settings = build(variant)
             finish(g, model, vae, positive, negative, latent, settings, variant, name, video,
                    calibrate=template_name(stem, "calibrate"))
-            note = ("Run once: HyCa Calibrate samples the uncached model and writes models/hyca/{0}.safetensors."
-                    if variant == "calibrate" else
-                    "Needs models/hyca/{0}.safetensors from the calibrate workflow (or any shared map for this model).")
-            file = template_name(stem, variant)  # has a dot of its own: no Path.with_suffix
-            g.dump(OUT / f"{file}.json", note.format(name))
-            thumbnail(g, f"{MODELS[stem]}\n{STEPS[variant]}", OUT / f"{file}.jpg")
+            write(stem, variant, g, f"Run once: HyCa Calibrate samples the uncached model and writes models/hyca/{name}.safetensors."
+                  if variant == "calibrate" else
+                  f"Needs models/hyca/{name}.safetensors from the calibrate workflow (or any shared map for this model).")
     for variant in ("calibrate", "apply"):
-        g = flux2(variant)
-        note = ("Run once: HyCa Calibrate samples FLUX.2 on the template's Flux2Scheduler sigmas and writes "
-                "models/hyca/flux2-dev.safetensors." if variant == "calibrate" else
-                "Needs models/hyca/flux2-dev.safetensors from the calibrate workflow (or any shared map for this model).")
-        file = template_name("flux2-dev-t2i", variant)
-        g.dump(OUT / f"{file}.json", note, requires=FLUX2_REQUIRES)
-        thumbnail(g, f"{MODELS['flux2-dev-t2i']}\n{STEPS[variant]}", OUT / f"{file}.jpg")
-    for variant in ("calibrate", "apply"):
-        g = wan22(variant)
-        note = ("Run once: calibrates each expert on its own steps and writes models/hyca/wan22-high.safetensors "
-                "and wan22-low.safetensors." if variant == "calibrate" else
-                "Needs models/hyca/wan22-high.safetensors and wan22-low.safetensors from the calibrate workflow.")
-        file = template_name("wan22-t2v", variant)
-        g.dump(OUT / f"{file}.json", note)
-        thumbnail(g, f"{MODELS['wan22-t2v']}\n{STEPS[variant]}", OUT / f"{file}.jpg")
+        write("flux2-dev-t2i", variant, flux2(variant),
+              "Run once: HyCa Calibrate samples FLUX.2 on the template's Flux2Scheduler sigmas and writes "
+              "models/hyca/flux2-dev.safetensors." if variant == "calibrate" else
+              "Needs models/hyca/flux2-dev.safetensors from the calibrate workflow (or any shared map for this model).",
+              requires=FLUX2_REQUIRES)
+        write("wan22-t2v", variant, wan22(variant),
+              "Run once: calibrates each expert on its own steps and writes models/hyca/wan22-high.safetensors "
+              "and wan22-low.safetensors." if variant == "calibrate" else
+              "Needs models/hyca/wan22-high.safetensors and wan22-low.safetensors from the calibrate workflow.")
+
 
 if __name__ == "__main__":
     main()
