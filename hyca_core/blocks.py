@@ -215,9 +215,11 @@ class BlockPatch:
         return out
 
     def _with_token_counts(self, ctx, args: dict) -> dict:
-        """``args`` plus what a zero-timestep rebuild needs and ComfyUI keeps in the block's closure."""
-        n = target_tokens(ctx.latent_shape, getattr(ctx.diffusion_model, "patch_size", 2))
-        return {**args, TARGET_TOKENS: n, TXT_TOKENS: ctx.scratch.get("txt_tokens")}
+        """``args`` plus what a zero-timestep rebuild needs and ComfyUI keeps in the block's closure
+        (the target's token count: once per evaluation)."""
+        if "target_tokens" not in ctx.scratch:
+            ctx.scratch["target_tokens"] = target_tokens(ctx.latent_shape, getattr(ctx.diffusion_model, "patch_size", 2))
+        return {**args, TARGET_TOKENS: ctx.scratch["target_tokens"], TXT_TOKENS: ctx.scratch.get("txt_tokens")}
 
     def _capture(self, branch, stream, seen, kept, perturb=None):
         name = f"{self.prefix}.{branch.name}"

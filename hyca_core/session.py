@@ -97,7 +97,8 @@ class RunState:
         if ctx.verify and ctx.mismatch is None:
             self.verified = True
         if ctx.mismatch is not None:
-            fallback = FALLBACK[self.granularity]
+            # blocks that never see HyCa's context cannot be cached at any granularity
+            fallback = FALLBACK[self.granularity] if ctx.reached else "off"
             what = "block granularity" if fallback == "block" else "no caching"
             message = f"HyCa: {ctx.mismatch}; falling back to {what} for this run"
             log.warning(message)
@@ -299,7 +300,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         out = executor(*args, **kwargs)
         if not ctx.reached and ctx.mismatch is None:  # e.g. Wan S2V in ComfyUI 0.3.64 gives its blocks no options
             ctx.mismatch = "the model's blocks never received HyCa's context (no transformer_options in their args)"
-            ctx.failed, state.granularity = True, "block"  # block -> none: nothing below block could work
+            ctx.failed = True
         state.after(ctx)
         redo = ctx.failed and not full  # a forecast our code could not finish: compute it
         if getattr(state, "passthrough", False):

@@ -200,19 +200,18 @@ class HyCaCalibrate(io.ComfyNode):
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         }
         decode = None if vae is None else vae.decode  # images [B, (T,) H, W, C]: scored per batch item
-        try:
-            outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
-                                decode=decode, description=description or "")
-        except ModuleMismatch as exc:
-            if granularity != "module":
-                raise
-            # a block variant HyCa cannot split into branches: whole blocks can still be cached
-            log.warning("HyCa Calibrate: %s; calibrating at block granularity instead (set HyCa Apply's "
-                        "granularity to block for this map)", exc)
-            granularity = "block"
-            done[0] = 0
-            outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
-                                decode=decode, description=description or "")
+        while True:
+            try:
+                outcome = calibrate(run, diffusion_model, family, granularity, procedure, provenance=provenance,
+                                    decode=decode, description=description or "")
+                break
+            except ModuleMismatch as exc:
+                if granularity != "module":
+                    raise
+                # a block variant HyCa cannot split into branches: whole blocks can still be cached
+                log.warning("HyCa Calibrate: %s; calibrating at block granularity instead (set HyCa Apply's "
+                            "granularity to block for this map)", exc)
+                granularity, done[0] = "block", 0
         solver_map = outcome.solver_map
         save_solver_map(solver_map, path)
         if replacing:
