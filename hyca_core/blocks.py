@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .families import FEATURE_PREFIX, TARGET_TOKENS, TXT_TOKENS, Family, target_tokens
+from .gates import Planning, StepGates, vec_matches
 
 log = logging.getLogger("hyca")
 
@@ -45,6 +46,13 @@ class EvalContext:
     # to that fully computed feature, so its effect on the final output can be measured.
     perturb: Optional[Callable[[str, torch.Tensor], torch.Tensor]] = None
     latent_shape: tuple = ()  # the model call's latent: how many tokens the target image has
+    # gates computed ahead (``hyca_core.gates``): a full step fills ``planning``; a forecast step
+    # reads ``planned`` and notes why a block had to compute its gates itself
+    planning: Optional[Planning] = None
+    planned: Optional[StepGates] = None
+    plan_miss: Optional[str] = None  # why this step has no planned gates
+    gate_miss: Optional[str] = None
+    gates_read: bool = False  # a forecast block ran its own modulation
 
 
 def context(args: dict) -> Optional[EvalContext]:
@@ -194,7 +202,11 @@ class BlockPatch:
         if not ctx.full:
             device = args["img"].device
             predicted = {b.name: stream.predict(f"{self.prefix}.{b.name}", device=device) for b in self.adapter.branches}
-            return self.adapter.rebuild(block, self._with_token_counts(ctx, args), predicted)
+            args = self._with_token_counts(ctx, args)
+            gates = self._gates_ahead(ctx, block, args)
+            if gates is None:
+                return self.adapter.rebuild(block, args, predicted)
+            return self.adapter.rebuild(block, args, predicted, gates)
         inputs = {k: args[k].clone() for k in self.outputs} if ctx.verify else None
         seen: set = set()
         kept: Optional[dict] = {} if ctx.verify else None
@@ -212,7 +224,34 @@ class BlockPatch:
             ctx.mismatch = f"{self.prefix}: branch modules {missing} did not run"
         elif ctx.verify and ctx.mismatch is None:
             self._verify(ctx, block, args, inputs, kept, out)
+        if ctx.planning is not None and self.adapter.reads_modulation(block):
+            ctx.planning.add(self.prefix, self.adapter.gates, block, args)  # while its weights are here
         return out
+
+    def _gates_ahead(self, ctx, block, args: dict) -> Optional[dict]:
+        """This forecast block's gates as computed on the last full step, or None (and why, in
+        ``ctx.gate_miss``) where the block must run its own modulation."""
+        if not self.adapter.reads_modulation(block):
+            return None  # its gates come in its vec: nothing to read
+        planned = ctx.planned
+        if planned is None:
+            miss = ctx.plan_miss or "no gates were computed ahead"
+        elif not self._vec_matches(ctx, planned, args["vec"]):
+            miss = "the vec the model gave its blocks differs from the one computed ahead"
+        elif self.prefix not in planned.blocks:
+            miss = "this block's gates were not computed ahead"
+        else:
+            return planned.blocks[self.prefix]
+        ctx.gate_miss = ctx.gate_miss or miss
+        ctx.gates_read = True
+        return None
+
+    @staticmethod
+    def _vec_matches(ctx, planned: StepGates, vec) -> bool:
+        key = ("vec matches", id(vec))  # once per evaluation: the blocks share one vec
+        if key not in ctx.scratch:
+            ctx.scratch[key] = (vec, vec_matches(planned.vec, vec))  # holding vec keeps its id its own
+        return ctx.scratch[key][1]
 
     def _with_token_counts(self, ctx, args: dict) -> dict:
         """``args`` plus what a zero-timestep rebuild needs and ComfyUI keeps in the block's closure

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
+from . import vec_paths
+
 GRANULARITIES = ("module", "block", "stack")
 
 
@@ -50,10 +52,22 @@ class Branch:
 
 @dataclass(frozen=True)
 class ModuleAdapter:
-    """How one kind of block splits into branches, and how it rebuilds from (predicted) branches."""
+    """How one kind of block splits into branches, and how it rebuilds from (predicted) branches.
+
+    ``gates(block, vec, args, steps)`` runs the block's own modulation module on ``vec`` and
+    returns the gate tensors a rebuild needs, or None when the block has no modulation of its own
+    (its gates come in ``vec``, nothing to read). ``vec`` may hold ``steps`` steps' vecs joined
+    along dim 0 (one module call for all of them); each gate then holds ``steps`` equal parts along
+    dim 0. ``rebuild(block, args, f, gates=None)`` computes the gates itself when given none."""
 
     branches: tuple[Branch, ...]
-    rebuild: Callable[[torch.nn.Module, dict, dict], dict]
+    rebuild: Callable[..., dict]
+    gates: Optional[Callable[..., Optional[dict]]] = None
+    modulation: tuple[str, ...] = ()  # the block's own modulation modules, where it has them
+
+    def reads_modulation(self, block: torch.nn.Module) -> bool:
+        """Whether this block's gates cost a call of its own modulation module (weights read)."""
+        return self.gates is not None and any(_own_modulation(block, name) is not None for name in self.modulation)
 
 
 def _own_modulation(block, name: str):
@@ -64,35 +78,45 @@ def _own_modulation(block, name: str):
     return module if isinstance(module, torch.nn.Module) else None
 
 
-def _flux_double_rebuild(block, args, f):
-    vec = args["vec"]
-    if _own_modulation(block, "img_mod") is not None:
-        (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(vec), block.txt_mod(vec)
-    else:
-        (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
-    dims_img = _zero_timestep_dims(img_mod1.gate, args, "modulation_dims_img")
+def _flux_double_gates(block, vec, args=None, steps: int = 1) -> Optional[dict]:
+    if _own_modulation(block, "img_mod") is None:
+        return None
+    (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(vec), block.txt_mod(vec)
+    return {"img1": img_mod1.gate, "img2": img_mod2.gate, "txt1": txt_mod1.gate, "txt2": txt_mod2.gate}
+
+
+def _flux_double_rebuild(block, args, f, gates=None):
+    g = gates or _flux_double_gates(block, args["vec"])
+    if g is None:  # shared modulation: ((img_mod1, img_mod2), (txt_mod1, txt_mod2))
+        (img_mod1, img_mod2), (txt_mod1, txt_mod2) = args["vec"]
+        g = {"img1": img_mod1.gate, "img2": img_mod2.gate, "txt1": txt_mod1.gate, "txt2": txt_mod2.gate}
+    dims_img = _zero_timestep_dims(g["img1"], args, "modulation_dims_img")
     dims_txt = args.get("modulation_dims_txt")
-    img = args["img"] + _gate(f["img_attn"], img_mod1.gate, dims_img)
-    img = img + _gate(f["img_mlp"], img_mod2.gate, dims_img)
-    txt = args["txt"] + _gate(f["txt_attn"], txt_mod1.gate, dims_txt)
-    txt = txt + _gate(f["txt_mlp"], txt_mod2.gate, dims_txt)
+    img = args["img"] + _gate(f["img_attn"], g["img1"], dims_img)
+    img = img + _gate(f["img_mlp"], g["img2"], dims_img)
+    txt = args["txt"] + _gate(f["txt_attn"], g["txt1"], dims_txt)
+    txt = txt + _gate(f["txt_mlp"], g["txt2"], dims_txt)
     return {"img": img, "txt": _fp16_guard(txt)}
 
 
-def _flux_single_rebuild(block, args, f):
+def _flux_single_gates(block, vec, args=None, steps: int = 1) -> Optional[dict]:
     modulation = _own_modulation(block, "modulation")
-    mod = modulation(args["vec"])[0] if modulation is not None else args["vec"]
+    return None if modulation is None else {"gate": modulation(vec)[0].gate}
+
+
+def _flux_single_rebuild(block, args, f, gates=None):
+    g = gates or _flux_single_gates(block, args["vec"]) or {"gate": args["vec"].gate}
     # the text tokens come first and take the target's row, as ComfyUI's shifted ranges do
-    dims = _zero_timestep_dims(mod.gate, args, "modulation_dims", offset=args.get(TXT_TOKENS) or 0)
-    return {"img": _fp16_guard(args["img"] + _gate(f["total"], mod.gate, dims))}
+    dims = _zero_timestep_dims(g["gate"], args, "modulation_dims", offset=args.get(TXT_TOKENS) or 0)
+    return {"img": _fp16_guard(args["img"] + _gate(f["total"], g["gate"], dims))}
 
 
 FLUX_DOUBLE = ModuleAdapter(
     (Branch("img_attn", "img_attn.proj"), Branch("img_mlp", "img_mlp"),
      Branch("txt_attn", "txt_attn.proj"), Branch("txt_mlp", "txt_mlp")),
-    _flux_double_rebuild,
+    _flux_double_rebuild, _flux_double_gates, ("img_mod", "txt_mod"),
 )
-FLUX_SINGLE = ModuleAdapter((Branch("total", "linear2"),), _flux_single_rebuild)
+FLUX_SINGLE = ModuleAdapter((Branch("total", "linear2"),), _flux_single_rebuild, _flux_single_gates, ("modulation",))
 
 
 # Reference images on the "index_timestep_zero" path (FLUX Kontext / FLUX.2, Qwen-Image-Edit-2511):
@@ -129,28 +153,37 @@ def _zero_timestep_dims(gate: torch.Tensor, args: dict, key: str, offset: int = 
     return [(0, first, 0), (first, None, 1)]
 
 
-def _qwen_rebuild(block, args, f):
-    temb, img = args["vec"], args["img"]
-    zero = temb.shape[0] == 2 * img.shape[0]  # Qwen-Image-Edit-2511: the zero timestep's rows after the batch
+def _qwen_gates(block, temb, args, steps: int = 1) -> dict:
+    batch = args["img"].shape[0]
+    rows = temb.shape[0] // steps
+    zero = rows == 2 * batch  # Qwen-Image-Edit-2511: the zero timestep's rows after the batch
     img_mod1, img_mod2 = block.img_mod(temb).chunk(2, dim=-1)
-    txt_mod1, txt_mod2 = block.txt_mod(temb.chunk(2, dim=0)[0] if zero else temb).chunk(2, dim=-1)
+    txt_temb = temb.unflatten(0, (steps, rows))[:, :batch].flatten(0, 1) if zero else temb
+    txt_mod1, txt_mod2 = block.txt_mod(txt_temb).chunk(2, dim=-1)
     gate = lambda mod: mod.chunk(3, dim=-1)[2].unsqueeze(1)  # noqa: E731  (shift, scale, gate)
-    if zero:
+    return {"img1": gate(img_mod1), "img2": gate(img_mod2), "txt1": gate(txt_mod1), "txt2": gate(txt_mod2)}
+
+
+def _qwen_rebuild(block, args, f, gates=None):
+    g = gates or _qwen_gates(block, args["vec"], args)
+    img = args["img"]
+    if g["img1"].shape[0] == 2 * img.shape[0]:  # the zero timestep's rows: reference tokens after the target's
         n, b = _target_tokens(args), img.shape[0]
         gated = lambda x, g: torch.cat((x[:, :n] * g[:b], x[:, n:] * g[b:]), 1)  # noqa: E731
-        img = img + gated(f["img_attn"], gate(img_mod1))
+        img = img + gated(f["img_attn"], g["img1"])
+        img = img + gated(f["img_mlp"], g["img2"])
     else:
-        img = img + gate(img_mod1) * f["img_attn"]
-    txt = args["txt"] + gate(txt_mod1) * f["txt_attn"]
-    img = img + gated(f["img_mlp"], gate(img_mod2)) if zero else torch.addcmul(img, gate(img_mod2), f["img_mlp"])
-    txt = torch.addcmul(txt, gate(txt_mod2), f["txt_mlp"])
+        img = img + g["img1"] * f["img_attn"]
+        img = torch.addcmul(img, g["img2"], f["img_mlp"])
+    txt = args["txt"] + g["txt1"] * f["txt_attn"]
+    txt = torch.addcmul(txt, g["txt2"], f["txt_mlp"])
     return {"img": img, "txt": txt}
 
 
 QWEN_BLOCK = ModuleAdapter(
     (Branch("img_attn", "attn", 0), Branch("txt_attn", "attn", 1), Branch("img_mlp", "img_mlp"),
      Branch("txt_mlp", "txt_mlp")),
-    _qwen_rebuild,
+    _qwen_rebuild, _qwen_gates, ("img_mod", "txt_mod"),
 )
 
 
@@ -165,7 +198,7 @@ def _repeat_per_token(e: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(e, repeats + 1, dim=1)[:, : x.size(1)]
 
 
-def _wan_rebuild(block, args, f):
+def _wan_rebuild(block, args, f, gates=None):
     x, e = args["img"], args["vec"]
     modulation = block.modulation.to(dtype=x.dtype, device=x.device)
     # e0: (B, 6, C) from a scalar timestep, or (B, frames, 6, C) per frame
@@ -193,6 +226,8 @@ class Family:
     outputs: dict  # block name -> keys the block returns; () : whichever of img / txt it returns
     warmup: int = 3  # warm-up full steps the paper's tables use for this family
     known: bool = True  # False: found by its block lists only (block and stack granularity, no maps)
+    # the vec its blocks get at a later step (``hyca_core.vec_paths``): gates computed ahead
+    vec_path: Optional[Callable] = None
 
 
 FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
@@ -202,11 +237,13 @@ FLUX_OUTPUTS = {"double_block": ("img", "txt"), "single_block": ("img",)}
 FAMILIES = {
     f.class_name: f
     for f in (
-        Family("flux", "Flux", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS),  # FLUX.1, Kontext, FLUX.2, Klein
-        Family("hunyuan_video", "HunyuanVideo", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS, warmup=1),
+        Family("flux", "Flux", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS,  # FLUX.1, Kontext, FLUX.2, Klein
+               vec_path=vec_paths.flux_vec),
+        Family("hunyuan_video", "HunyuanVideo", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS, warmup=1,
+               vec_path=vec_paths.hunyuan_video_vec),
         Family("chroma", "Chroma", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS),
         Family("qwen_image", "QwenImageTransformer2DModel", (("double_block", "transformer_blocks"),),
-               {"double_block": QWEN_BLOCK}, {"double_block": ("img", "txt")}),
+               {"double_block": QWEN_BLOCK}, {"double_block": ("img", "txt")}, vec_path=vec_paths.qwen_image_vec),
         # Wan 2.1 / 2.2 and their variants (VACE, camera, S2V, ...): ComfyUI calls each block a
         # "double_block" and the block returns only "img"
         Family("wan", "WanModel", (("double_block", "blocks"),), {"double_block": WAN_BLOCK},

@@ -24,6 +24,7 @@ from typing import Callable, Hashable, Mapping, Optional
 import torch
 
 from .anchors import AnchorStore
+from .gates import GatePlan
 from .predictor import HybridPredictor
 from .schedule import Schedule
 
@@ -70,6 +71,10 @@ class StreamStats:
     recomputed: int = 0  # predicted evaluations thrown away because the output was not finite
     resets: int = 0  # histories dropped after a shape, dtype or device change
     timeline: list = field(default_factory=list)  # per evaluation: F full, · forecast, ! recomputed
+    # module granularity, blocks with their own modulation: forecasts whose gates were computed
+    # ahead on a full step, and why the others computed them on the step
+    gates_ahead: int = 0
+    gates_on_step: Counter = field(default_factory=Counter)
 
     @property
     def pattern(self) -> str:
@@ -91,6 +96,7 @@ class CacheStream:
         self.schedule = schedule
         self.predictors = predictors
         self.store = AnchorStore(capacity, cache_dtype, cache_device)
+        self.gate_plan = GatePlan()
         self.name = name
         self.stats = StreamStats()
         self._last_full: Optional[float] = None
@@ -155,6 +161,7 @@ class CacheStream:
 
     def reset(self) -> None:
         self.store.clear()
+        self.gate_plan.clear()
         self._last_full, self._in_row = None, 0
 
 

@@ -122,6 +122,19 @@ class Schedule:
                 in_row += 1
         return plan
 
+    def predicted_after(self, t: float, n_steps: int) -> list[int]:
+        """The steps predicted after a full evaluation at ``t``, up to the next full step. A
+        sampler that evaluates twice per step (Heun: at ``sigmas[i]`` and ``sigmas[i+1]``) comes
+        back to a full evaluation's own step, so that step is listed too when later ones are."""
+        later: list[int] = []
+        first = math.ceil(t - EPSILON)
+        for step in range(first if first > t + EPSILON else first + 1, n_steps):
+            if self.full_reason(float(step), n_steps, t, len(later)) is not None:
+                break
+            later.append(step)
+        again = abs(t - first) <= EPSILON and self.full_reason(float(first), n_steps, t, 0) is None
+        return [first] + later if later and again else later
+
     def full_steps(self, n_steps: int) -> list[int]:
         return [i for i, full in enumerate(self.plan(n_steps)) if full]
 

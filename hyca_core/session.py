@@ -19,9 +19,11 @@ import torch
 from . import families
 from .blocks import CONTEXT_KEY, BlockPatch, EvalContext, ModuleMismatch  # noqa: F401
 from .calibration import Calibrator
+from .gates import Planning
 from .runtime import CacheRun, PredictorBank
 from .schedule import Schedule, step_coordinate
 from .solver_map import SolverMap, uniform_predictors
+from .vec_paths import ModelCall
 
 log = logging.getLogger("hyca")
 
@@ -70,6 +72,9 @@ class RunState:
     run: CacheRun = None
     placed: bool = False  # cache_device "auto" has decided where anchors live
     free_memory: Any = None  # device -> free bytes; torch's view of the GPU by default
+    # sigma -> the timestep the model call gets (ComfyUI: model_sampling.timestep); None: the sigma
+    timestep_of: Optional[Callable] = None
+    gate_notes: list = field(default_factory=list)
 
     def __post_init__(self):
         # Newer ComfyUI's multi-GPU sampling calls the model from one worker thread per device:
@@ -90,8 +95,77 @@ class RunState:
         return EvalContext(stream, full, self.granularity, self.config.family, diffusion_model or self.diffusion_model,
                            verify=verify)
 
+    def prepare(self, ctx: EvalContext, call: ModelCall, options: dict, sigmas: list, t: float) -> None:
+        """Gates computed ahead (``hyca_core.gates``), module granularity only: a full step plans
+        the coming forecast steps' gates, a forecast step finds its own."""
+        if self.granularity != "module" or self.config.family.vec_path is None:
+            return
+        stream = ctx.stream
+        if not ctx.full:
+            ctx.planned, ctx.plan_miss = stream.gate_plan.lookup(t)
+            return
+        stream.gate_plan.clear()
+        steps = self.config.schedule.predicted_after(t, len(sigmas) - 1)
+        if steps and self._reads_modulation(ctx.diffusion_model):
+            ctx.planning = self._planning(ctx.diffusion_model, call, options, sigmas, steps)
+
+    def _reads_modulation(self, model) -> bool:
+        family = self.config.family
+        return any(family.adapters[kind].reads_modulation(getattr(model, attr)[0])
+                   for kind, attr in family.blocks if kind in family.adapters and len(getattr(model, attr)))
+
+    @torch.no_grad()
+    def _planning(self, model, call: ModelCall, options: dict, sigmas: list, steps: list) -> Optional[Planning]:
+        timestep_of = self.timestep_of or (lambda sigma: sigma)
+        try:
+            # one sampler step: every entry of the batch has the same sigma (ComfyUI's cond batching
+            # may repeat the batch, so the call's timestep can have more entries than ``sigmas``)
+            sigma, timestep = options["sigmas"].flatten()[:1], call.timestep
+            if not (isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and torch.allclose(
+                    timestep_of(sigma).to(timestep).expand(timestep.shape), timestep, rtol=1e-6, atol=0)):
+                self.note_once("HyCa: the model's timestep is not its model sampling's of the sigma; "
+                               "forecast steps compute their gates themselves")
+                return None
+            vec_at = self.config.family.vec_path(model, call, sigmas)
+            if vec_at is None:
+                self.note_once("HyCa: no way to compute this model variant's vec ahead; "
+                               "forecast steps compute their gates themselves")
+                return None
+            at = lambda j: timestep_of(sigma.new_full((1,), sigmas[j])).to(timestep).expand(timestep.shape)  # noqa: E731
+            vecs = [vec_at(at(j), j) for j in steps]
+        except Exception as exc:  # noqa: BLE001  ours: the full step goes on, the forecasts compute their gates
+            log.debug("HyCa could not compute vecs ahead", exc_info=True)
+            self.note_once(f"HyCa: could not compute the coming steps' vec ({type(exc).__name__}: {exc}); "
+                           "forecast steps compute their gates themselves")
+            return None
+        return Planning(steps, vecs)
+
+    def note_once(self, message: str) -> None:
+        """Gates computed on the step cost speed, never quality: logged once, kept apart from the
+        notes on what changed the caching (the report counts them per cond)."""
+        if message not in self.gate_notes:
+            log.info(message)
+            self.gate_notes.append(message)
+
+    def _gate_report(self, ctx: EvalContext) -> None:
+        if ctx.full:
+            if ctx.planning is not None and not ctx.failed:
+                ctx.planning.commit(ctx.stream.gate_plan)
+                for error in ctx.planning.errors[:1]:
+                    self.note_once(f"HyCa: gates not computed ahead for {error}; that block computes them itself")
+            return
+        if ctx.failed or ctx.granularity != "module":
+            return
+        stats = ctx.stream.stats
+        if ctx.gates_read:
+            stats.gates_on_step[ctx.gate_miss] += 1
+            self.note_once(f"HyCa: a forecast step computed its gates itself ({ctx.gate_miss})")
+        elif ctx.planned is not None:
+            stats.gates_ahead += 1
+
     def after(self, ctx: EvalContext) -> None:
         """Act on what the blocks found during one evaluation."""
+        self._gate_report(ctx)
         if ctx.full and self.config.cache_device == "auto" and not self.placed:
             self.place(ctx.stream)
         if ctx.verify and ctx.mismatch is None:
@@ -145,6 +219,7 @@ class RunState:
                 "resets": s.resets, "flops_speedup": s.flops_speedup, "seconds": seconds,
                 "full_reasons": dict(s.full_reasons), "timeline": s.pattern,
                 "peak_cache_bytes": stream.store.peak_nbytes, "granularity": self.granularity,
+                "gates_ahead": s.gates_ahead, "gates_on_step": dict(s.gates_on_step),
             })
         return rows
 
@@ -293,10 +368,18 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     stream = state.stream(uuids, _cond_name(options))
     signature = (tuple(x.shape), x.dtype, x.device)
     full = stream.begin(t, n_steps, signature)
-    try:
-        running = _running_model(executor)
+    running = _running_model(executor)
+    call = ModelCall.of(getattr(executor, "original", executor), args, kwargs)
+
+    def start(full: bool) -> EvalContext:
         ctx = options[CONTEXT_KEY] = state.context(stream, full, running)
         ctx.latent_shape = tuple(x.shape)
+        if hasattr(state, "prepare"):
+            state.prepare(ctx, call, options, sigmas, t)
+        return ctx
+
+    try:
+        ctx = start(full)
         out = executor(*args, **kwargs)
         if not ctx.reached and ctx.mismatch is None:  # e.g. Wan S2V in ComfyUI 0.3.64 gives its blocks no options
             ctx.mismatch = "the model's blocks never received HyCa's context (no transformer_options in their args)"
@@ -307,8 +390,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
             return executor(*args, **kwargs) if redo else out
         if redo or not stream.accept(None if full else out):
             stream.begin(t, n_steps, signature, force_full=True)
-            ctx = options[CONTEXT_KEY] = state.context(stream, True, running)
-            ctx.latent_shape = tuple(x.shape)
+            ctx = start(True)
             out = executor(*args, **kwargs)
             state.after(ctx)
             stream.accept()

@@ -33,6 +33,14 @@ def _comfy_free_memory(device) -> int:
     return comfy.model_management.get_free_memory(device)
 
 
+def _timestep_of(model_patcher):
+    """sigma -> the timestep ComfyUI hands the diffusion model (``BaseModel._apply_model``), read
+    when asked: a node's ``model_sampling`` object patch (ModelSamplingFlux, ...) is in place by then."""
+    def timestep_of(sigma):
+        return model_patcher.get_model_object("model_sampling").timestep(sigma).float()
+    return timestep_of
+
+
 def outer_sample_wrapper(executor, *args, **kwargs):
     """Fresh per-run state for every sampling run, cleared whatever happens."""
     import comfy.model_management
@@ -46,6 +54,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     # Newer ComfyUI: the patcher's own count also holds VRAM that Dynamic VRAM would free for us
     # (model_management.get_free_memory's comment says to ask the ModelPatcher instead)
     state.free_memory = getattr(guider.model_patcher, "get_free_memory", None) or _comfy_free_memory
+    if hasattr(state, "timestep_of"):  # gates computed ahead need each future step's timestep
+        state.timestep_of = _timestep_of(guider.model_patcher)
     options[RUN_KEY] = state
     status = "failed"
     try:

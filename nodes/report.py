@@ -32,6 +32,8 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
     solver_map = config.solver_map
     conds = [{key: row[key] for key in ("cond", "full", "predicted", "recomputed", "resets", "flops_speedup",
                                         "peak_cache_bytes", "full_reasons", "timeline")} for row in rows]
+    for c, row in zip(conds, rows):
+        c["gates_ahead"], c["gates_on_step"] = row.get("gates_ahead", 0), dict(row.get("gates_on_step", {}))
     full = sum(c["full"] for c in conds)
     predicted = sum(c["predicted"] for c in conds)
     seconds = rows[0]["seconds"] if rows else 0.0
@@ -79,6 +81,11 @@ def _diagnoses(conds: list[dict], schedule) -> list[str]:
         if c["resets"]:
             notes.append(f"{c['cond']}: the input changed shape, dtype or device {c['resets']} time(s); "
                          "caching restarted each time")
+        if c["gates_on_step"]:
+            why = "; ".join(f"{reason} ({n})" for reason, n in sorted(c["gates_on_step"].items()))
+            notes.append(f"{c['cond']}: {sum(c['gates_on_step'].values())} forecast step(s) ran the blocks' modulation "
+                         f"themselves instead of using gates computed ahead: {why}. Same images; slower where "
+                         "ComfyUI streams the weights")
         if c["full"] and not c["predicted"]:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["full_reasons"].items()))
             notes.append(f"{c['cond']}: no step was forecast ({reasons}): raise the steps, or lower interval "

@@ -128,6 +128,52 @@ def test_predicted_steps_skip_attention_and_mlp(setup, granularity, caplog):
     assert f", {granularity}]" in line  # no fall-back: the module self-check passed
 
 
+# -- gates computed ahead (issue 14) ---------------------------------------------------------------
+def modulation_modules(diffusion_model):
+    """The blocks' own modulation modules (FLUX.1 / HunyuanVideo / Qwen-Image); Chroma's blocks get
+    theirs in the vec and Wan's is a parameter added to it: nothing to call."""
+    return [m for n, m in diffusion_model.named_modules()
+            if n.rsplit(".", 1)[-1] in ("img_mod", "txt_mod", "modulation") and isinstance(m, torch.nn.Module)
+            and n.count(".") == 2 and n.startswith(("double_blocks.", "single_blocks.", "transformer_blocks."))]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browser, monkeypatch, sampler):
+    """Through ComfyUI's own classes, timesteps and conds: every forecast finds gates computed on the
+    full step before (the vec paths give the model's vec), no forecast runs a modulation module, and
+    the images are those of gates computed on the step. Heun evaluates twice per step, at sigma_i and
+    sigma_i+1: both are steps, so the plan serves both."""
+    modules = modulation_modules(setup["model"].model.diffusion_model)
+    session = importlib.import_module("comfyui_hyca.hyca_core.session")
+    prepare, evaluations, calls = session.RunState.prepare, [], []
+
+    def noting(self, ctx, *args):  # which kind of evaluation the modulation modules run in
+        evaluations.append("full" if ctx.full else "forecast")
+        return prepare(self, ctx, *args)
+    monkeypatch.setattr(session.RunState, "prepare", noting)
+    handles = [m.register_forward_pre_hook(lambda *a: calls.append(evaluations[-1])) for m in modules]
+    try:
+        out = sample(apply_as_node(setup["model"], "5", interval=4, cooldown_steps=0), setup, steps=12, sampler=sampler)
+    finally:
+        for h in handles:
+            h.remove()
+        monkeypatch.setattr(session.RunState, "prepare", prepare)
+    (_, message, _), = browser
+    (cond,) = message["conds"]  # cond and uncond batched in one call
+    if not modules:
+        assert cond["gates_ahead"] == 0 and cond["gates_on_step"] == {}
+        return
+    assert cond["gates_on_step"] == {} and cond["gates_ahead"] == cond["predicted"] > 0, cond
+    assert "forecast" in evaluations and "forecast" not in calls  # no forecast ran a modulation module
+    # a full evaluation runs each at most three times: in the block, to plan, in the first one's self-check
+    assert len(calls) <= 3 * evaluations.count("full") * len(modules)
+
+    family = families.FAMILIES[type(setup["model"].model.diffusion_model).__name__]
+    monkeypatch.setitem(families.FAMILIES, family.class_name, __import__("dataclasses").replace(family, vec_path=None))
+    on_step = sample(apply_as_node(setup["model"], "5", interval=4, cooldown_steps=0), setup, steps=12, sampler=sampler)
+    torch.testing.assert_close(out, on_step, rtol=1e-4, atol=1e-5)
+
+
 # -- ComfyUI behaviours ---------------------------------------------------------------------------
 def test_split_cond_and_uncond_calls_get_their_own_state(setup, caplog, monkeypatch):
     model = hyca(setup["model"])

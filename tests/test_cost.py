@@ -1,6 +1,7 @@
-"""What a forecast step reads (issue 14's first question): at block and stack granularity no block
-weight at all; at module granularity only the blocks' modulation (the gates). Counted with hooks on
-the reference MMDiT, the way ComfyUI's weight casting reads a module's weights on each call."""
+"""What a forecast step reads (issue 14): no block weight at any granularity; at module granularity
+the gates were computed ahead on the full step before, and only a forecast without them runs the
+blocks' modulation. Counted with hooks on the reference MMDiT, the way ComfyUI's weight casting
+reads a module's weights on each call."""
 
 from dataclasses import replace
 
@@ -23,12 +24,12 @@ def model():
     return Flux(replace(TINY, depth=2, depth_single_blocks=2)).eval().requires_grad_(False)
 
 
-def block_modules_run_in_a_forecast(model, granularity):
+def block_modules_run_in_a_forecast(model, granularity, family=None):
     """Names (inside the block lists) of the modules with weights that a forecast step runs."""
     c = model.config
     x, context, pooled = torch.randn(1, c.in_channels, 16, 16), torch.randn(1, 8, c.context_in_dim), torch.randn(1, c.vec_in_dim)
     sigmas = flux_sigmas(12)
-    config = ApplyConfig(families.detect(model), granularity, Schedule(interval=4, warmup=2), solver="taylor2")
+    config = ApplyConfig(family or families.detect(model), granularity, Schedule(interval=4, warmup=2), solver="taylor2")
     call, state = cached_evaluator(model, config)
     ran = []
     with torch.no_grad():
@@ -48,23 +49,65 @@ def block_modules_run_in_a_forecast(model, granularity):
     return ran
 
 
-@pytest.mark.parametrize("granularity", ["block", "stack"])
-def test_block_and_stack_forecasts_read_no_block_weight(model, granularity):
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+def test_forecasts_read_no_block_weight(model, granularity):
     assert block_modules_run_in_a_forecast(model, granularity) == []
 
 
-def test_module_forecasts_read_only_the_blocks_modulation(model):
-    ran = block_modules_run_in_a_forecast(model, "module")
+def test_module_forecasts_without_gates_ahead_read_only_the_blocks_modulation(model):
+    family = replace(families.detect(model), vec_path=None)  # no way to compute the vec ahead
+    ran = block_modules_run_in_a_forecast(model, "module", family)
     assert ran and all(name.rsplit(".", 2)[-2] in ("img_mod", "txt_mod", "modulation") for name in ran), ran
 
 
 def test_the_counts_and_their_extrapolation(model):
-    costs = cost.step_costs(model, "block", 16, 8)
+    subject = cost.flux_subject(model.config, 16, 8, torch.float32)
+    costs = cost.step_costs(model, subject, "block")
     full, forecast = costs["full"], costs["forecast"]
     assert full["param_bytes"] > 4 * forecast["param_bytes"] > 0 and full["ops"] > forecast["ops"] > 0
     assert forecast["anchor_bytes_read"] == full["anchor_bytes_written"] * 2  # taylor2: the two anchors so far
-    counts = {(1, 1): 10.0, (2, 1): 13.0, (1, 2): 12.0}  # fixed 5, 3 per double, 2 per single
-    assert cost.extrapolate(counts, 19, 38) == 5 + 19 * 3 + 38 * 2
+    sizes = subject.sizes()
+    assert sizes == [{"double_blocks": 1, "single_blocks": 1}, {"double_blocks": 2, "single_blocks": 1},
+                     {"double_blocks": 1, "single_blocks": 2}]
+    counts = [10.0, 13.0, 12.0]  # fixed 5, 3 per double, 2 per single
+    assert cost.extrapolate(counts, sizes, {"double_blocks": 19, "single_blocks": 38}) == 5 + 19 * 3 + 38 * 2
+
+
+def test_module_forecasts_read_a_hundredth_of_a_full_step(model):
+    """Issue 14's target on the reference MMDiT: with the gates computed ahead a module forecast
+    reads only the embedders and the final layer. A full step that plans reads the modulation twice,
+    and the time embedder once per planned step (the pooled text's embedder once) for their vecs."""
+    subject = cost.flux_subject(model.config, 16, 8, torch.float32)
+    uncached = cost.step_costs(model, subject, None)["full"]["param_bytes"]
+    costs = cost.step_costs(model, subject, "module")
+    modulation = sum(p.nbytes for n, p in model.named_parameters() if "_mod." in n or ".modulation." in n)
+    outside = sum(p.nbytes for n, p in model.named_parameters() if not n.startswith(("double_blocks", "single_blocks")))
+    assert costs["forecast"]["param_bytes"] == outside  # nothing of any block
+    size = lambda module: sum(p.nbytes for p in module.parameters())  # noqa: E731
+    planned = 3  # warm-up 2, interval 4: the last warm-up step plans steps 2, 3 and 4
+    vecs = planned * size(model.time_in) + size(model.vector_in)
+    assert costs["full"]["param_bytes"] == uncached + modulation + vecs
+
+
+def test_parameters_read_outside_their_modules_call_are_counted_once():
+    """Wan's blocks keep their modulation as a parameter that HyCa's rebuild reads directly."""
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.modulation = torch.nn.Parameter(torch.zeros(6, 4))
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.linear(x) + self.modulation[0]
+
+    model = torch.nn.Sequential(Block())
+    block = model[0]
+    with cost.counting(model) as inside:
+        model(torch.zeros(1, 4))
+    with cost.counting(model) as outside:
+        block.modulation.to(torch.float32) + 1
+    assert inside["param_bytes"] == 6 * 4 * 4 + (16 + 4) * 4  # each parameter once, by its module's call
+    assert outside["param_bytes"] == 2 * 6 * 4 * 4  # read twice (the cast, then the add), both outside
 
 
 def test_speed_script_builds_fewer_blocks_at_full_width_on_request(tmp_path):

@@ -205,3 +205,13 @@ def test_map_notes_carry_the_closed_loop_check_at_the_interval_used(solver_map):
     lost, = report.map_notes(solver_map, 4, 3, 1)
     assert "lost to uniform reuse on held-out seeds, so it uses reuse there (+0.75 dB over taylor1)" in lost
     assert report.map_notes(solver_map, 2, 3, 1) == []  # no record for N=2
+
+
+def test_report_counts_forecasts_that_computed_their_gates_on_the_step():
+    computed = dict(row("positive", 8, 22), gates_ahead=20,
+                    gates_on_step={"the sampler evaluates between steps": 2})
+    message = report.build("3", fake_state(), [computed, row("negative", 8, 22)], "done")
+    assert message["conds"][0]["gates_ahead"] == 20 and message["conds"][1]["gates_on_step"] == {}
+    (note,) = message["notes"]
+    assert note.startswith("positive: 2 forecast step(s) ran the blocks' modulation themselves")
+    assert "the sampler evaluates between steps (2)" in note

@@ -78,3 +78,19 @@ def test_float32_sigma_snaps_to_its_step():
     sigmas = torch.linspace(1.0, 0.0, 29, dtype=torch.float32)
     for i in range(29):
         assert step_coordinate(float(sigmas[i]), sigmas.tolist()) == i
+
+
+def test_predicted_after_lists_the_forecasts_up_to_the_next_full_step():
+    schedule = Schedule(interval=4, warmup=2)
+    plan = schedule.plan(12)
+    for step, full in enumerate(plan):
+        if full:
+            following = schedule.predicted_after(float(step), 12)
+            end = next((j for j in range(step + 1, 12) if plan[j]), 12)
+            later = list(range(step + 1, end))
+            # a full step is listed itself (Heun comes back to it) when its later steps are
+            assert following == ([step] + later if later and step >= 2 else later), step
+    assert schedule.predicted_after(0.0, 12) == []  # warm-up: step 1 is full
+    assert schedule.predicted_after(11.0, 12) == []  # nothing after the last step
+    assert schedule.predicted_after(2.5, 12) == [3, 4, 5, 6]  # between steps: from the next one
+    assert Schedule(interval=4, warmup=0, max_consecutive=1).predicted_after(0.0, 12) == [0, 1]

@@ -61,7 +61,7 @@ def cached_evaluator(model, config: ApplyConfig):
     def call(batch, t, context, pooled, run):
         options = {"patches_replace": {"dit": patches}, RUN_KEY: state, "sigmas": t[:1],
                    "sample_sigmas": run["sigmas"], "uuids": ["batch"], "cond_or_uncond": [0, 1]}
-        return evaluate(lambda *a, **k: model(batch, t, context, pooled, transformer_options=options), (batch,), {}, options)
+        return evaluate(model, (batch, t, context, pooled), {"transformer_options": options}, options)
 
     return call, state
 
