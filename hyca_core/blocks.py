@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .families import FEATURE_PREFIX, TARGET_TOKENS, TXT_TOKENS, Family, target_tokens
-from .gates import Planning, StepGates, vec_matches
+from .gates import Planning, RideAlong, StepGates, vec_matches, weights_streamed
 
 log = logging.getLogger("hyca")
 
@@ -210,12 +210,27 @@ class BlockPatch:
         inputs = {k: args[k].clone() for k in self.outputs} if ctx.verify else None
         seen: set = set()
         kept: Optional[dict] = {} if ctx.verify else None
+        planning = ctx.planning if ctx.planning is not None and self.adapter.reads_modulation(block) else None
+        ride = self._ride_along(planning, block, args)
         handles = []
         try:
             for branch in self.adapter.branches:
                 hook = self._capture(branch, stream, seen, kept, ctx.perturb)
                 handles.append(block.get_submodule(branch.module).register_forward_hook(hook))
-            out = self._full(ctx, original, args)
+            riding = ride.install(block) if ride is not None else []
+            handles += riding
+            try:
+                out = self._full(ctx, original, args)
+            except OriginalBlockError:
+                if ride is None or set(ride.rows) == set(ride.outputs) or seen:
+                    raise
+                # it failed inside a modulation call we had extended, before any branch ran: ours,
+                # so run the block again as it is and let the plan call the modules itself
+                for handle in riding:
+                    handle.remove()
+                planning.errors.append(f"{self.prefix}: its modulation refused the extra rows")
+                ride = None
+                out = self._full(ctx, original, args)
         finally:
             for handle in handles:
                 handle.remove()  # never leave state on the shared model
@@ -224,9 +239,24 @@ class BlockPatch:
             ctx.mismatch = f"{self.prefix}: branch modules {missing} did not run"
         elif ctx.verify and ctx.mismatch is None:
             self._verify(ctx, block, args, inputs, kept, out)
-        if ctx.planning is not None and self.adapter.reads_modulation(block):
-            ctx.planning.add(self.prefix, self.adapter.gates, block, args)  # while its weights are here
+        if planning is not None:  # the coming forecasts' gates, while this block's weights are here
+            outputs = ride.outputs if ride is not None and ride.complete else None
+            planning.add(self.prefix, self.adapter.modulation, block, args, outputs)
         return out
+
+    def _ride_along(self, planning: Optional[Planning], block, args: dict) -> Optional[RideAlong]:
+        """Where the block's modulation weights are streamed, the plan rides along with its own call."""
+        if planning is None:
+            return None
+        device = args["img"].device
+        names = self.adapter.modulation.names
+        if not any(weights_streamed(getattr(block, name), device) for name in names):
+            return None
+        try:
+            return RideAlong(self.adapter.modulation, planning, args)
+        except Exception as exc:  # noqa: BLE001  ours: the plan then calls the modules itself
+            log.debug("HyCa ride-along not possible for %s: %r", self.prefix, exc)
+            return None
 
     def _gates_ahead(self, ctx, block, args: dict) -> Optional[dict]:
         """This forecast block's gates as computed on the last full step, or None (and why, in

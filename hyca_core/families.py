@@ -51,23 +51,38 @@ class Branch:
 
 
 @dataclass(frozen=True)
-class ModuleAdapter:
-    """How one kind of block splits into branches, and how it rebuilds from (predicted) branches.
+class OwnModulation:
+    """A block's own modulation modules: what each is called on, and where the gates are in what
+    they return. ``vec`` may join ``steps`` steps' vecs along dim 0 (one call of each module for
+    all of them); each gate then holds ``steps`` equal parts along dim 0."""
 
-    ``gates(block, vec, args, steps)`` runs the block's own modulation module on ``vec`` and
-    returns the gate tensors a rebuild needs, or None when the block has no modulation of its own
-    (its gates come in ``vec``, nothing to read). ``vec`` may hold ``steps`` steps' vecs joined
-    along dim 0 (one module call for all of them); each gate then holds ``steps`` equal parts along
-    dim 0. ``rebuild(block, args, f, gates=None)`` computes the gates itself when given none."""
+    names: tuple[str, ...]  # the block's modulation modules
+    inputs: Callable[..., dict]  # (vec, args, steps) -> {module name: its input}
+    gates: Callable[[dict], dict]  # {module name: its output} -> {gate name: tensor}
+
+    def present(self, block: torch.nn.Module) -> bool:
+        return all(_own_modulation(block, name) is not None for name in self.names)
+
+    def compute(self, block: torch.nn.Module, vec, args: Optional[dict] = None, steps: int = 1,
+                outputs: Optional[dict] = None) -> dict:
+        """The gates of ``vec``: by calling the modules, or from ``outputs`` they already gave."""
+        if outputs is None:
+            outputs = {name: getattr(block, name)(x) for name, x in self.inputs(vec, args, steps).items()}
+        return self.gates(outputs)
+
+
+@dataclass(frozen=True)
+class ModuleAdapter:
+    """How one kind of block splits into branches, and how it rebuilds from (predicted) branches:
+    ``rebuild(block, args, f, gates=None)``, computing the gates itself when given none."""
 
     branches: tuple[Branch, ...]
     rebuild: Callable[..., dict]
-    gates: Optional[Callable[..., Optional[dict]]] = None
-    modulation: tuple[str, ...] = ()  # the block's own modulation modules, where it has them
+    modulation: Optional[OwnModulation] = None  # blocks that may compute their own
 
     def reads_modulation(self, block: torch.nn.Module) -> bool:
-        """Whether this block's gates cost a call of its own modulation module (weights read)."""
-        return self.gates is not None and any(_own_modulation(block, name) is not None for name in self.modulation)
+        """Whether this block's gates cost a call of its own modulation modules (weights read)."""
+        return self.modulation is not None and self.modulation.present(block)
 
 
 def _own_modulation(block, name: str):
@@ -78,18 +93,22 @@ def _own_modulation(block, name: str):
     return module if isinstance(module, torch.nn.Module) else None
 
 
-def _flux_double_gates(block, vec, args=None, steps: int = 1) -> Optional[dict]:
-    if _own_modulation(block, "img_mod") is None:
-        return None
-    (img_mod1, img_mod2), (txt_mod1, txt_mod2) = block.img_mod(vec), block.txt_mod(vec)
+def _flux_double_gates(outputs: dict) -> dict:
+    (img_mod1, img_mod2), (txt_mod1, txt_mod2) = outputs["img_mod"], outputs["txt_mod"]
     return {"img1": img_mod1.gate, "img2": img_mod2.gate, "txt1": txt_mod1.gate, "txt2": txt_mod2.gate}
 
 
+FLUX_DOUBLE_MODULATION = OwnModulation(("img_mod", "txt_mod"), lambda vec, args, steps: {"img_mod": vec, "txt_mod": vec},
+                                       _flux_double_gates)
+
+
 def _flux_double_rebuild(block, args, f, gates=None):
-    g = gates or _flux_double_gates(block, args["vec"])
-    if g is None:  # shared modulation: ((img_mod1, img_mod2), (txt_mod1, txt_mod2))
-        (img_mod1, img_mod2), (txt_mod1, txt_mod2) = args["vec"]
-        g = {"img1": img_mod1.gate, "img2": img_mod2.gate, "txt1": txt_mod1.gate, "txt2": txt_mod2.gate}
+    if gates is not None:
+        g = gates
+    elif FLUX_DOUBLE_MODULATION.present(block):
+        g = FLUX_DOUBLE_MODULATION.compute(block, args["vec"], args)
+    else:  # shared modulation: ((img_mod1, img_mod2), (txt_mod1, txt_mod2))
+        g = _flux_double_gates({"img_mod": args["vec"][0], "txt_mod": args["vec"][1]})
     dims_img = _zero_timestep_dims(g["img1"], args, "modulation_dims_img")
     dims_txt = args.get("modulation_dims_txt")
     img = args["img"] + _gate(f["img_attn"], g["img1"], dims_img)
@@ -99,13 +118,17 @@ def _flux_double_rebuild(block, args, f, gates=None):
     return {"img": img, "txt": _fp16_guard(txt)}
 
 
-def _flux_single_gates(block, vec, args=None, steps: int = 1) -> Optional[dict]:
-    modulation = _own_modulation(block, "modulation")
-    return None if modulation is None else {"gate": modulation(vec)[0].gate}
+FLUX_SINGLE_MODULATION = OwnModulation(("modulation",), lambda vec, args, steps: {"modulation": vec},
+                                       lambda outputs: {"gate": outputs["modulation"][0].gate})
 
 
 def _flux_single_rebuild(block, args, f, gates=None):
-    g = gates or _flux_single_gates(block, args["vec"]) or {"gate": args["vec"].gate}
+    if gates is not None:
+        g = gates
+    elif FLUX_SINGLE_MODULATION.present(block):
+        g = FLUX_SINGLE_MODULATION.compute(block, args["vec"], args)
+    else:  # shared modulation: the ModulationOut itself
+        g = {"gate": args["vec"].gate}
     # the text tokens come first and take the target's row, as ComfyUI's shifted ranges do
     dims = _zero_timestep_dims(g["gate"], args, "modulation_dims", offset=args.get(TXT_TOKENS) or 0)
     return {"img": _fp16_guard(args["img"] + _gate(f["total"], g["gate"], dims))}
@@ -114,9 +137,9 @@ def _flux_single_rebuild(block, args, f, gates=None):
 FLUX_DOUBLE = ModuleAdapter(
     (Branch("img_attn", "img_attn.proj"), Branch("img_mlp", "img_mlp"),
      Branch("txt_attn", "txt_attn.proj"), Branch("txt_mlp", "txt_mlp")),
-    _flux_double_rebuild, _flux_double_gates, ("img_mod", "txt_mod"),
+    _flux_double_rebuild, FLUX_DOUBLE_MODULATION,
 )
-FLUX_SINGLE = ModuleAdapter((Branch("total", "linear2"),), _flux_single_rebuild, _flux_single_gates, ("modulation",))
+FLUX_SINGLE = ModuleAdapter((Branch("total", "linear2"),), _flux_single_rebuild, FLUX_SINGLE_MODULATION)
 
 
 # Reference images on the "index_timestep_zero" path (FLUX Kontext / FLUX.2, Qwen-Image-Edit-2511):
@@ -153,19 +176,26 @@ def _zero_timestep_dims(gate: torch.Tensor, args: dict, key: str, offset: int = 
     return [(0, first, 0), (first, None, 1)]
 
 
-def _qwen_gates(block, temb, args, steps: int = 1) -> dict:
+def _qwen_inputs(temb, args, steps: int = 1) -> dict:
     batch = args["img"].shape[0]
     rows = temb.shape[0] // steps
-    zero = rows == 2 * batch  # Qwen-Image-Edit-2511: the zero timestep's rows after the batch
-    img_mod1, img_mod2 = block.img_mod(temb).chunk(2, dim=-1)
-    txt_temb = temb.unflatten(0, (steps, rows))[:, :batch].flatten(0, 1) if zero else temb
-    txt_mod1, txt_mod2 = block.txt_mod(txt_temb).chunk(2, dim=-1)
+    if rows == 2 * batch:  # Qwen-Image-Edit-2511: the zero timestep's rows after the batch; text takes the real ones
+        return {"img_mod": temb, "txt_mod": temb.unflatten(0, (steps, rows))[:, :batch].flatten(0, 1)}
+    return {"img_mod": temb, "txt_mod": temb}
+
+
+def _qwen_gates(outputs: dict) -> dict:
+    img_mod1, img_mod2 = outputs["img_mod"].chunk(2, dim=-1)
+    txt_mod1, txt_mod2 = outputs["txt_mod"].chunk(2, dim=-1)
     gate = lambda mod: mod.chunk(3, dim=-1)[2].unsqueeze(1)  # noqa: E731  (shift, scale, gate)
     return {"img1": gate(img_mod1), "img2": gate(img_mod2), "txt1": gate(txt_mod1), "txt2": gate(txt_mod2)}
 
 
+QWEN_MODULATION = OwnModulation(("img_mod", "txt_mod"), _qwen_inputs, _qwen_gates)
+
+
 def _qwen_rebuild(block, args, f, gates=None):
-    g = gates or _qwen_gates(block, args["vec"], args)
+    g = gates or QWEN_MODULATION.compute(block, args["vec"], args)
     img = args["img"]
     if g["img1"].shape[0] == 2 * img.shape[0]:  # the zero timestep's rows: reference tokens after the target's
         n, b = _target_tokens(args), img.shape[0]
@@ -183,7 +213,7 @@ def _qwen_rebuild(block, args, f, gates=None):
 QWEN_BLOCK = ModuleAdapter(
     (Branch("img_attn", "attn", 0), Branch("txt_attn", "attn", 1), Branch("img_mlp", "img_mlp"),
      Branch("txt_mlp", "txt_mlp")),
-    _qwen_rebuild, _qwen_gates, ("img_mod", "txt_mod"),
+    _qwen_rebuild, QWEN_MODULATION,
 )
 
 

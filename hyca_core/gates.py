@@ -8,6 +8,12 @@ run, so on each full step, while a block runs anyway, HyCa computes the gates of
 step up to the next full step in one call of the block's own modulation module (ComfyUI's weight
 casting, fp8 scaling and LoRA patches apply as on any call) and keeps them: a few MB.
 
+Where ComfyUI streams the block's weights (they are not on the device that computes), the planned
+rows ride along with the block's own modulation call instead (``RideAlong``): the weights cross
+PCIe once per full step, not twice. The block then gets its own rows of a larger batched call,
+equal to its unbatched call up to rounding; with resident weights the call is a separate one and a
+full step stays bit for bit ComfyUI's.
+
 The future vecs come from ``vec_paths`` (the model's own embedding modules, in its own order). A
 forecast step checks the vec its blocks really receive against the one computed ahead; where they
 differ, or nothing was planned for that step (a sampler evaluating between steps), the block
@@ -16,8 +22,9 @@ computes its gates itself, as before, and the run's report counts it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -28,7 +35,8 @@ VEC_RTOL_LOW = 1e-2  # bf16 / fp16: the ahead-computed vec may be one rounding a
 
 
 def vec_matches(expected: torch.Tensor, got) -> bool:
-    """``got`` is the vec computed ahead (``expected``), to rounding; a wrong timestep, guidance or
+    """The vec the blocks got equals the one computed ahead (``expected``) to a rounding or two
+    (computed the model's way it is bit for bit the same); a wrong timestep, guidance or
     conditioning is off by far more."""
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
         return False
@@ -82,11 +90,11 @@ class Planning:
         self.errors: list[str] = []
 
     @torch.no_grad()
-    def add(self, prefix: str, gates_of: Callable, block: torch.nn.Module, args: dict) -> None:
+    def add(self, prefix: str, modulation, block: torch.nn.Module, args: dict, outputs: Optional[dict] = None) -> None:
+        """The gates of ``block`` (its ``OwnModulation``) for every planned step; ``outputs``: what
+        its modules already returned for the planned vecs (computed along with the block's own call)."""
         try:
-            gates = gates_of(block, self.vecs, args, steps=len(self.steps))
-            if gates is None:
-                return  # the block's gates come in its vec: nothing to read on a forecast step
+            gates = modulation.compute(block, self.vecs, args, steps=len(self.steps), outputs=outputs)
             parts = {name: g.unflatten(0, (len(self.steps), -1)) for name, g in gates.items()}
         except Exception as exc:  # noqa: BLE001  ours: the full step goes on, that block computes its gates itself
             self.errors.append(f"{prefix}: {type(exc).__name__}: {exc}")
@@ -97,3 +105,61 @@ class Planning:
     def commit(self, plan: GatePlan) -> None:
         plan.clear()
         plan.steps.update(self.planned)
+
+
+def weights_streamed(module: torch.nn.Module, device: torch.device) -> bool:
+    """Whether ``module``'s weights live off the computing device (ComfyUI casts them over on each
+    call: ``--lowvram``, Dynamic VRAM), so that a second call would move them again."""
+    return any(p.device != device for p in module.parameters())
+
+
+def _rows(tree, rows: slice):
+    """``tree`` (a module's output: tensors in tuples, lists or dataclasses) with every tensor cut to ``rows``."""
+    if isinstance(tree, torch.Tensor):
+        return tree[rows]
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_rows(x, rows) for x in tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: _rows(getattr(tree, f.name), rows) for f in dataclasses.fields(tree)
+                                            if f.init})
+    return tree
+
+
+class RideAlong:
+    """The planned steps' rows appended to the block's own call of each modulation module (hooks,
+    removed when the block returns): one read of the weights for the block and the plan."""
+
+    def __init__(self, modulation, planning: Planning, args: dict):
+        self.inputs = modulation.inputs(planning.vecs, args, len(planning.steps))
+        self.rows: dict = {}
+        self.outputs: dict = {}
+
+    def install(self, block: torch.nn.Module) -> list:
+        handles = []
+        for name in self.inputs:
+            module = getattr(block, name)
+            handles.append(module.register_forward_pre_hook(self._extend(name)))
+            handles.append(module.register_forward_hook(self._split(name)))
+        return handles
+
+    def _extend(self, name: str):
+        def hook(module, inputs):
+            x, planned = (inputs[0] if inputs else None), self.inputs[name]
+            if name in self.rows or not isinstance(x, torch.Tensor) or x.shape[1:] != planned.shape[1:]:
+                return None  # not the call we know: it runs as it is, the plan calls the module itself
+            self.rows[name] = x.shape[0]
+            return (torch.cat([x, planned.to(x)]), *inputs[1:])
+        return hook
+
+    def _split(self, name: str):
+        def hook(module, inputs, output):
+            rows = self.rows.get(name)
+            if rows is None or name in self.outputs:
+                return None
+            self.outputs[name] = _rows(output, slice(rows, None))
+            return _rows(output, slice(0, rows))  # the block gets its own rows
+        return hook
+
+    @property
+    def complete(self) -> bool:
+        return set(self.outputs) == set(self.inputs)

@@ -369,7 +369,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     signature = (tuple(x.shape), x.dtype, x.device)
     full = stream.begin(t, n_steps, signature)
     running = _running_model(executor)
-    call = ModelCall.of(getattr(executor, "original", executor), args, kwargs)
+    call = ModelCall(getattr(executor, "original", executor), args, kwargs)
 
     def start(full: bool) -> EvalContext:
         ctx = options[CONTEXT_KEY] = state.context(stream, full, running)

@@ -16,8 +16,8 @@ here (a vec that depends on more than the timestep) simply computes its gates on
 from __future__ import annotations
 
 import math
+import functools
 import inspect
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -25,32 +25,31 @@ import torch
 VecAt = Callable[[torch.Tensor, int], Any]  # (timestep as the model call gets it, step index) -> vec
 
 
-@dataclass(frozen=True)
 class ModelCall:
     """One call of the diffusion model, as the DIFFUSION_MODEL wrapper receives it: ComfyUI's
     models hand their wrapper the arguments of their own ``_forward``, mostly by position, in an
-    order that changes between versions, so they are looked up by name through its signature."""
+    order that changes between versions, so they are looked up by name through its signature
+    (read when first asked: most calls never need it)."""
 
-    args: tuple
-    kwargs: dict
-    named: dict = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, function, args: tuple, kwargs: dict) -> "ModelCall":
-        named = dict(kwargs)
+    def __init__(self, function, args: tuple, kwargs: dict):
         if isinstance(function, torch.nn.Module):
             function = function.forward  # a module's own __call__ takes *args, **kwargs
+        self.function, self.args, self.kwargs = function, args, kwargs
+
+    @functools.cached_property
+    def named(self) -> dict:
+        named = dict(self.kwargs)
         try:
-            bound = inspect.signature(function).bind_partial(*args, **kwargs)
+            bound = inspect.signature(self.function).bind_partial(*self.args, **self.kwargs)
         except (TypeError, ValueError):  # no signature to read: keywords only
-            return cls(args, kwargs, named)
+            return named
         for name, value in bound.arguments.items():
             kind = bound.signature.parameters[name].kind
             if kind is inspect.Parameter.VAR_KEYWORD:
                 named.update(value)
             elif kind is not inspect.Parameter.VAR_POSITIONAL:
                 named[name] = value
-        return cls(args, kwargs, named)
+        return named
 
     def get(self, name: str, default=None):
         return self.named.get(name, default)

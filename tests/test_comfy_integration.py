@@ -137,14 +137,17 @@ def modulation_modules(diffusion_model):
             and n.count(".") == 2 and n.startswith(("double_blocks.", "single_blocks.", "transformer_blocks."))]
 
 
-@pytest.mark.parametrize("sampler", ["euler", "heun"])
-def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browser, monkeypatch, sampler):
+@pytest.mark.parametrize("sampler, streamed", [("euler", False), ("heun", False), ("euler", True)])
+def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browser, monkeypatch, sampler, streamed):
     """Through ComfyUI's own classes, timesteps and conds: every forecast finds gates computed on the
     full step before (the vec paths give the model's vec), no forecast runs a modulation module, and
     the images are those of gates computed on the step. Heun evaluates twice per step, at sigma_i and
-    sigma_i+1: both are steps, so the plan serves both."""
+    sigma_i+1: both are steps, so the plan serves both. With weights ComfyUI streams (simulated: the
+    CPU has nowhere to stream from) the plan rides along with each block's own modulation call."""
     modules = modulation_modules(setup["model"].model.diffusion_model)
     session = importlib.import_module("comfyui_hyca.hyca_core.session")
+    blocks = importlib.import_module("comfyui_hyca.hyca_core.blocks")
+    monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: streamed)
     prepare, evaluations, calls = session.RunState.prepare, [], []
 
     def noting(self, ctx, *args):  # which kind of evaluation the modulation modules run in
@@ -167,6 +170,8 @@ def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browse
     assert "forecast" in evaluations and "forecast" not in calls  # no forecast ran a modulation module
     # a full evaluation runs each at most three times: in the block, to plan, in the first one's self-check
     assert len(calls) <= 3 * evaluations.count("full") * len(modules)
+    if streamed:  # one call per full evaluation, and the first one's self-check
+        assert len(calls) == (evaluations.count("full") + 1) * len(modules)
 
     family = families.FAMILIES[type(setup["model"].model.diffusion_model).__name__]
     monkeypatch.setitem(families.FAMILIES, family.class_name, __import__("dataclasses").replace(family, vec_path=None))
@@ -770,3 +775,23 @@ def test_calibrate_passes_the_latents_downscale_ratios_where_comfyui_takes_them(
     assert out is samples and seen == [(16, 4)]
     monkeypatch.setattr(comfy.sample, "fix_empty_latent_channels", lambda model, latent_image: latent_image * 0)
     assert torch.equal(calibrate_node.fix_empty_latent(None, {"samples": samples + 1}), samples * 0)
+
+
+def test_cost_and_speed_scripts_run_on_comfyuis_classes(tmp_path, capsys):
+    """``tests/comfy_cost.py`` (issue 14's counts for Qwen-Image, HunyuanVideo, Wan) on tiny widths:
+    every forecast finds its gates (the script asserts it), and ``--speed`` times a run."""
+    import json
+
+    import comfy_cost
+
+    comfy_cost.main(["--tiny", "--models", "HunyuanVideo", "Wan 2.1 14B", "--out", str(tmp_path / "cost.json")])
+    rows = json.loads((tmp_path / "cost.json").read_text())
+    forecast = {(r["model"], r["granularity"]): r["value"] for r in rows if r["step"] == "forecast" and r["what"] == "param_bytes"}
+    hv, wan = "HunyuanVideo (tiny)", "Wan 2.1 14B (tiny)"
+    assert forecast[(hv, "module")] == forecast[(hv, "block")] < forecast[(hv, "module-step")]  # no block weight
+    # Wan's gates: each of its 40 blocks' modulation parameter, 6 x 64 in bf16, and nothing else
+    assert forecast[(wan, "module")] - forecast[(wan, "block")] == pytest.approx(40 * 6 * 64 * 2)
+    comfy_cost.main(["--tiny", "--speed", "--device", "cpu", "--models", "Qwen-Image", "--steps", "6", "--intervals", "3",
+                     "--granularities", "module", "--out", str(tmp_path / "speed.json")])
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert [r["method"] for r in speed] == ["uncached", "HyCa"] and speed[1]["full"] < 6

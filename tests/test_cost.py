@@ -87,6 +87,9 @@ def test_module_forecasts_read_a_hundredth_of_a_full_step(model):
     planned = 3  # warm-up 2, interval 4: the last warm-up step plans steps 2, 3 and 4
     vecs = planned * size(model.time_in) + size(model.vector_in)
     assert costs["full"]["param_bytes"] == uncached + modulation + vecs
+    streamed = cost.step_costs(model, subject, cost.STREAMED)  # the plan rides along with the blocks' own call
+    assert streamed["full"]["param_bytes"] == uncached + vecs
+    assert streamed["forecast"]["param_bytes"] == outside
 
 
 def test_parameters_read_outside_their_modules_call_are_counted_once():
@@ -105,9 +108,11 @@ def test_parameters_read_outside_their_modules_call_are_counted_once():
     with cost.counting(model) as inside:
         model(torch.zeros(1, 4))
     with cost.counting(model) as outside:
-        block.modulation.to(torch.float32) + 1
+        block.modulation.to(torch.float32) + 1  # a cast with nothing to do reads nothing; the add reads it
+    with cost.counting(model) as cast:
+        block.modulation.to(torch.float64)
     assert inside["param_bytes"] == 6 * 4 * 4 + (16 + 4) * 4  # each parameter once, by its module's call
-    assert outside["param_bytes"] == 2 * 6 * 4 * 4  # read twice (the cast, then the add), both outside
+    assert outside["param_bytes"] == cast["param_bytes"] == 6 * 4 * 4
 
 
 def test_speed_script_builds_fewer_blocks_at_full_width_on_request(tmp_path):
@@ -122,3 +127,36 @@ def test_speed_script_builds_fewer_blocks_at_full_width_on_request(tmp_path):
     assert data["blocks"] == [2, 1] and "--depth 2" in data["command"]
     (row,) = [r for r in data["rows"] if r["method"] == "HyCa"]
     assert row["full_step_ms"] > 0 and row["predicted_step_ms"] > 0
+
+
+def synthetic_rows(model="M", forecast_params=0.0, on_step_params=0.25e9):
+    rows = []
+
+    def add(granularity, step, **values):
+        defaults = {"param_bytes": 24e9, "linear_flops": 100e12, "attention_flops": 0.0, "ops": 5000.0}
+        for what, value in {**defaults, **values}.items():
+            rows.append({"model": model, "granularity": granularity, "step": step, "what": what, "value": value})
+    add("uncached", "full")
+    for variant, params in (("module", forecast_params), ("module-strm", forecast_params),
+                            ("module-step", on_step_params), ("block", forecast_params), ("stack", forecast_params)):
+        add(variant, "full", anchor_bytes_written=0.0)
+        add(variant, "forecast", param_bytes=params, linear_flops=0.0, ops=0.0, anchor_bytes_read=0.0)
+    return rows
+
+
+def test_expected_speedup_reaches_the_flops_bound_when_forecasts_are_free():
+    from hyca_core.reference import expected
+
+    out = expected.table(synthetic_rows(), echo=lambda line: None)
+    bound = {n: expected.Schedule(interval=n, warmup=3).flops_speedup(expected.STEPS) for n in expected.INTERVALS}
+    for row in out:
+        if row["column"] != "streamed: module, gates on the step (before)":
+            assert row["speedup"] == pytest.approx(bound[row["N"]], rel=1e-9), row
+
+
+def test_expected_speedup_of_forecasts_reading_weights_is_capped_by_the_stream():
+    from hyca_core.reference import expected
+
+    out = {(r["N"], r["column"]): r["speedup"] for r in expected.table(synthetic_rows(on_step_params=6e9), echo=lambda line: None)}
+    before, after = out[(7, "streamed: module, gates on the step (before)")], out[(7, "streamed: module")]
+    assert before < 3.0 < after  # a quarter of the weights streamed on every forecast

@@ -111,11 +111,12 @@ def test_a_block_whose_gates_failed_computes_its_own_and_the_others_use_theirs(m
     family = families.detect(model)
     single = family.adapters["single_block"]
 
-    def failing(block, vec, args=None, steps=1):
+    def inputs(vec, args, steps):
         if steps > 1:
             raise RuntimeError("no room for the batched call")
-        return single.gates(block, vec, args, steps)
-    broken = replace(family, adapters={**family.adapters, "single_block": replace(single, gates=failing)})
+        return single.modulation.inputs(vec, args, steps)
+    broken_modulation = replace(single.modulation, inputs=inputs)
+    broken = replace(family, adapters={**family.adapters, "single_block": replace(single, modulation=broken_modulation)})
     ahead, stats, state = run(model, broken)
     on_step, _, _ = run(model, on_the_step(model))
     assert stats.gates_on_step == {"this block's gates were not computed ahead": stats.predicted}
@@ -142,3 +143,86 @@ def test_vec_matches_allows_rounding_only():
     assert not gates.vec_matches(vec, vec * 1.05)
     assert not gates.vec_matches(vec, vec[:1])
     assert not gates.vec_matches(vec, (vec, vec))
+
+
+def count_modulation_calls(model):
+    calls = []
+    modules = [m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in ("img_mod", "txt_mod", "modulation")]
+    return calls, [m.register_forward_pre_hook(lambda *a: calls.append(1)) for m in modules], len(modules)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_streamed_weights_plan_along_with_the_blocks_own_call(model, monkeypatch, streamed):
+    """Weights ComfyUI streams are read once per full step: the planned rows ride along with the
+    block's own modulation call. Resident ones are read again in a separate call, and the full
+    step stays bit for bit the block's."""
+    from hyca_core import blocks
+
+    monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: streamed)
+    on_step, _, _ = run(model, on_the_step(model))
+    calls, handles, modules = count_modulation_calls(model)
+    try:
+        ahead, stats, _ = run(model)
+    finally:
+        for h in handles:
+            h.remove()
+    assert stats.gates_ahead == stats.predicted and not stats.gates_on_step
+    planning = sum(1 for i, c in enumerate(stats.pattern) if c == "F" and stats.pattern[i + 1:i + 2] == "·")
+    # every full step's own call, the self-check's on the first, and a separate plan call unless streamed
+    assert len(calls) == (stats.full + 1 + (0 if streamed else planning)) * modules
+    full_steps = [i for i, c in enumerate(stats.pattern) if c == "F"]
+    if not streamed:
+        assert all(torch.equal(ahead[i], on_step[i]) for i in full_steps)  # the blocks' own outputs, bit for bit
+    torch.testing.assert_close(ahead, on_step, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_of_a_modulation_output_keep_its_structure():
+    from dataclasses import dataclass
+
+    @dataclass
+    class ModulationOut:
+        shift: torch.Tensor
+        scale: torch.Tensor
+        gate: torch.Tensor
+
+    out = (ModulationOut(torch.arange(6.0), torch.arange(6.0) * 2, torch.arange(6.0) * 3), None)
+    mine = gates._rows(out, slice(0, 2))
+    assert isinstance(mine, tuple) and mine[1] is None and isinstance(mine[0], ModulationOut)
+    assert mine[0].gate.tolist() == [0.0, 3.0] and gates._rows(out, slice(2, None))[0].shift.tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_modulation_that_refuses_the_extra_rows_runs_as_it_is(monkeypatch):
+    """Streamed weights, and a modulation module that takes only the batch it was built for: the
+    block runs again without the extra rows, the run goes on, and its forecasts compute their own
+    gates (the same images)."""
+    from hyca_core import blocks
+
+    torch.manual_seed(0)
+    model = Flux(FluxConfig(guidance_embed=True, depth=1, depth_single_blocks=1)).eval().requires_grad_(False)
+    monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: True)
+    on_step, _, _ = run(model, on_the_step(model))
+    lin = model.double_blocks[0].img_mod.lin
+    forward = lin.forward
+    monkeypatch.setattr(lin, "forward", lambda x: forward(x) if x.shape[0] <= 2 else (_ for _ in ()).throw(
+        RuntimeError("expected a batch of 2")))
+    ahead, stats, state = run(model)
+    assert any("refused the extra rows" in note for note in state.gate_notes)
+    assert stats.gates_on_step == {"this block's gates were not computed ahead": stats.predicted}
+    assert not state.notes and state.granularity == "module"  # nothing fell back
+    torch.testing.assert_close(ahead, on_step, rtol=1e-5, atol=1e-6)
+
+
+def test_model_calls_are_read_by_name_through_the_models_signature():
+    """ComfyUI's models hand their DIFFUSION_MODEL wrapper their ``_forward``'s arguments by
+    position, in an order that changes between versions (HunyuanVideo gained ``clip_fea``)."""
+    from hyca_core.vec_paths import ModelCall
+
+    def _forward(x, timestep, context, y=None, txt_byt5=None, clip_fea=None, guidance=None, transformer_options={},
+                 **kwargs):
+        pass
+    x, t, y, g = torch.zeros(1), torch.ones(1), torch.full((1,), 2.0), torch.full((1,), 3.5)
+    call = ModelCall(_forward, (x, t, None, y, None, None, g), {"transformer_options": {}, "ref_latents_method": "index"})
+    assert call.get("guidance") is g and call.get("y") is y and call.timestep is t and call.x is x
+    assert call.get("ref_latents_method") == "index" and call.get("attention_mask") is None
+    model = Flux(FluxConfig())  # a module: its forward's signature
+    assert ModelCall(model, (x, t, None, y), {}).get("y") is y

@@ -27,50 +27,37 @@ from __future__ import annotations
 import argparse
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Callable
+from dataclasses import replace
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .. import families
+from .. import blocks, families
 from ..schedule import Schedule
-from ..session import RUN_KEY, ApplyConfig, block_patches, evaluate
-from .benchmark import GRANULARITIES
-from .model import Flux, FluxConfig
+from ..session import ApplyConfig
 from .pipeline import flux_sigmas
 from .speed import FLUX_DEV, TINY
+from .subject import CachedCalls, Subject, flux_subject, plain_call
 
 WARMUP = 2  # full steps before the measured forecast
 
 
-@dataclass
-class Subject:
-    """A model to count: built at full width with few blocks, called as its DIFFUSION_MODEL wrapper is."""
-
-    name: str
-    build: Callable[[dict], torch.nn.Module]  # blocks per block list -> the diffusion model
-    call: Callable[[torch.nn.Module, torch.Tensor], tuple]  # (model, timestep) -> (args, kwargs) of one call
-    blocks: dict  # the full model's blocks per block list, e.g. {"double_blocks": 19, "single_blocks": 38}
-    tokens: int = 0  # image tokens the anchor figures are scaled to (0: as measured)
-    measured_tokens: int = 0  # image tokens of ``call``
-    timestep_of: Callable = field(default=lambda sigma: sigma)  # sigma -> the call's timestep
-
-    def sizes(self) -> list[dict]:
-        """One block in every list, then two in each list in turn: enough to extrapolate linearly."""
-        one = {name: 1 for name in self.blocks}
-        return [one] + [{**one, name: 2} for name in self.blocks]
-
-
 class _CountOps(TorchDispatchMode):
-    def __init__(self):
+    """aten ops dispatched, and the FLOPs of attention (``scaled_dot_product`` ops: queries x keys
+    x head width x 4; self-attention apart from cross-attention, as they scale with the tokens)."""
+
+    def __init__(self, counts: dict):
         super().__init__()
-        self.ops = 0
+        self.ops, self.counts = 0, counts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
+        if "scaled_dot_product" in func.__name__ and len(args) >= 2:
+            q, k = args[0], args[1]
+            kind = "attention_flops" if q.shape[-2] == k.shape[-2] else "cross_attention_flops"
+            self.counts[kind] += 4 * q.numel() * k.shape[-2]
         return func(*args, **(kwargs or {}))
 
 
@@ -82,18 +69,22 @@ class _ForeignReads(TorchFunctionMode):
         self.owner, self.running, self.counts = owner, running, counts
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        results = [x for x in tree_flatten(result)[0] if isinstance(x, torch.Tensor)]
+        if not results or any(isinstance(x, torch.nn.Parameter) for x in results):
+            return result  # metadata (``.device``, ``.shape``), or a cast that had nothing to do: nothing read
         for value in tree_flatten((args, kwargs or {}))[0]:
             if isinstance(value, torch.nn.Parameter):
                 module = self.owner.get(id(value))
                 if module is not None and not any(module is m for m in self.running):
                     self.counts["param_bytes"] += value.nbytes
-        return func(*args, **(kwargs or {}))
+        return result
 
 
 @contextmanager
 def counting(model: torch.nn.Module):
     """Counts parameter bytes read and aten ops while the context is open."""
-    counts = {"param_bytes": 0, "ops": 0}
+    counts = {"param_bytes": 0, "ops": 0, "linear_flops": 0, "attention_flops": 0, "cross_attention_flops": 0}
     own = {m: sum(p.nbytes for p in m.parameters(recurse=False)) for m in model.modules()}
     owner = {id(p): m for m in model.modules() for p in m.parameters(recurse=False)}
     running: list = []
@@ -101,12 +92,16 @@ def counting(model: torch.nn.Module):
     def enter(module, args):
         running.append(module)
         counts["param_bytes"] += own[module]
+        weight = getattr(module, "weight", None)
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2 and x is not None and x.shape[-1] == weight.shape[1]:
+            counts["linear_flops"] += 2 * (x.numel() // x.shape[-1]) * weight.numel()  # a linear layer
 
     def leave(module, args, output):
         running.pop()
 
     hooks = [h for m in own for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
-    ops = _CountOps()
+    ops = _CountOps(counts)
     try:
         with _ForeignReads(owner, running, counts), ops:
             yield counts
@@ -116,42 +111,46 @@ def counting(model: torch.nn.Module):
             h.remove()
 
 
+ON_STEP = "module-step"  # module granularity with the gates computed on each forecast step (before issue 14)
+STREAMED = "module-strm"  # module granularity as with weights ComfyUI streams: the plan rides along
+VARIANTS = (None, "module", STREAMED, ON_STEP, "block", "stack")
+
+
 def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None) -> dict:
-    """Costs of one full and one forecast evaluation (granularity None: uncached, full only)."""
+    """Costs of one full and one forecast evaluation (granularity None: uncached, full only;
+    ``ON_STEP``: module granularity computing every forecast's gates on the step)."""
     sigmas = flux_sigmas(12)
+    x = subject.latent
     if granularity is None:
-        args, kwargs = subject.call(model, subject.timestep_of(sigmas[:1]))
         with counting(model) as full:
-            model(*args, **kwargs)
+            plain_call(model, subject, x, sigmas[0])
         return {"full": full}
     family = families.detect(model, generic=True)
-    config = ApplyConfig(family, granularity, Schedule(interval=4, warmup=WARMUP), solver="taylor2")
-    patches, state = block_patches(model, family), config.start(model)
-    state.timestep_of = subject.timestep_of
-
-    def call(i: int):
-        options = {"patches_replace": {"dit": patches}, RUN_KEY: state, "sigmas": sigmas[i:i + 1],
-                   "sample_sigmas": sigmas, "uuids": ["c"], "cond_or_uncond": [0]}
-        args, kwargs = subject.call(model, subject.timestep_of(sigmas[i:i + 1]))
-        return evaluate(model, args, {**kwargs, "transformer_options": options}, options)
-
+    on_step, streamed = granularity == ON_STEP, granularity == STREAMED
+    if on_step:
+        family = replace(family, vec_path=None)
+    granularity = "module" if on_step or streamed else granularity
+    resident = blocks.weights_streamed
+    blocks.weights_streamed = (lambda module, device: True) if streamed else resident
+    calls = CachedCalls(model, subject, ApplyConfig(family, granularity, Schedule(interval=4, warmup=WARMUP),
+                                                    solver="taylor2"))
     try:
         for i in range(WARMUP - 1):
-            call(i)
-        store = next(iter(state.run.streams.values())).store if state.run.streams else None
-        before = store.nbytes if store else 0
+            calls(x, sigmas[i], sigmas)
+        before = calls.stream.store.nbytes if calls.state.run.streams else 0
         with counting(model) as full:
-            call(WARMUP - 1)
-        stream = next(iter(state.run.streams.values()))
+            calls(x, sigmas[WARMUP - 1], sigmas)
+        stream = calls.stream
         full["anchor_bytes_written"] = stream.store.nbytes - before
         with counting(model) as forecast:
-            call(WARMUP)
+            calls(x, sigmas[WARMUP], sigmas)
         assert not stream.full, "the measured step was not a forecast"
         forecast["anchor_bytes_read"] = stream.store.nbytes  # taylor2 reads every stored anchor
-        assert state.granularity == granularity, state.notes
-        assert not stream.stats.gates_on_step, stream.stats.gates_on_step  # the forecast found its gates
+        assert calls.state.granularity == granularity, calls.state.notes
+        assert on_step or not stream.stats.gates_on_step, stream.stats.gates_on_step  # the forecast found its gates
     finally:
-        state.close()
+        calls.close()
+        blocks.weights_streamed = resident
     return {"full": full, "forecast": forecast}
 
 
@@ -171,7 +170,7 @@ def measure(subject: Subject, echo=print) -> list[dict]:
         torch.manual_seed(0)
         model = subject.build(size)
         with torch.no_grad():
-            for granularity in (None, *GRANULARITIES):
+            for granularity in VARIANTS:
                 for phase, values in step_costs(model, subject, granularity).items():
                     for key, value in values.items():
                         table.setdefault((granularity or "uncached", phase, key), {})[k] = value
@@ -179,10 +178,10 @@ def measure(subject: Subject, echo=print) -> list[dict]:
         del model
     rows = []
     scale = subject.tokens / subject.measured_tokens if subject.tokens and subject.measured_tokens else 1.0
+    per_token = {"anchor_bytes_read": scale, "anchor_bytes_written": scale, "linear_flops": scale,
+                 "cross_attention_flops": scale, "attention_flops": scale ** 2}  # one row per token, attention: pairs
     for (granularity, phase, key), counts in sorted(table.items(), key=str):
-        value = extrapolate(counts, sizes, subject.blocks)
-        if key.startswith("anchor_bytes"):
-            value *= scale  # anchors hold one row per token
+        value = extrapolate(counts, sizes, subject.blocks) * per_token.get(key, 1.0)
         rows.append({"model": subject.name, "granularity": granularity, "step": phase, "what": key, "value": value})
     return rows
 
@@ -193,7 +192,7 @@ def report(rows: list[dict], echo=print) -> None:
         full_params = get[("uncached", "full", "param_bytes")]
         echo(f"\n{name}")
         echo(f"{'granularity':<12}{'step':<10}{'param GB':>10}{'% of full':>11}{'anchors GB':>12}{'aten ops':>10}")
-        for granularity in ("uncached", *GRANULARITIES):
+        for granularity in ("uncached", *VARIANTS[1:]):
             for step in ("full", "forecast"):
                 if (granularity, step, "param_bytes") not in get:
                     continue
@@ -201,26 +200,8 @@ def report(rows: list[dict], echo=print) -> None:
                 anchors = get.get((granularity, step, "anchor_bytes_read" if step == "forecast" else "anchor_bytes_written"), 0)
                 echo(f"{granularity:<12}{step:<10}{params / 1e9:>10.3f}{100 * params / full_params:>10.2f}%"
                      f"{anchors / 1e9:>12.3f}{get[(granularity, step, 'ops')]:>10.0f}")
-
-
-def flux_subject(config: FluxConfig, latent: int, tokens: int, dtype: torch.dtype, name: str = "FLUX.1-dev") -> Subject:
-    """The reference MMDiT (FLUX.1's architecture, ComfyUI's parameter names) at ``config``'s width."""
-    g = torch.Generator().manual_seed(0)
-    c = config
-    x = torch.randn(1, c.in_channels, latent, latent, generator=g).to(dtype)
-    context = torch.randn(1, tokens, c.context_in_dim, generator=g).to(dtype)
-    pooled = torch.randn(1, c.vec_in_dim, generator=g).to(dtype)
-    guidance = torch.full((1,), 3.5)
-
-    def build(size: dict) -> Flux:
-        sized = replace(config, depth=size["double_blocks"], depth_single_blocks=size["single_blocks"])
-        return Flux(sized).to(dtype).eval().requires_grad_(False)
-
-    def call(model, timestep):
-        return (x, timestep.to(dtype), context, pooled), {"guidance": guidance.to(dtype)}
-
-    return Subject(name, build, call, {"double_blocks": c.depth, "single_blocks": c.depth_single_blocks},
-                   measured_tokens=(latent // c.patch_size) ** 2)
+        echo(f"({STREAMED}: module granularity with streamed weights, the coming gates computed in the blocks' own "
+             f"modulation call; {ON_STEP}: every forecast computing its gates on the step, as before issue 14)")
 
 
 def main(argv=None) -> None:

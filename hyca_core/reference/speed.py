@@ -13,7 +13,8 @@ The guidance embedder (one small MLP) is left out. Measures, with and without CF
   bound, peak GPU memory and HyCa's peak anchor memory.
 
 Predicted steps use uniform ``taylor2`` weights: a calibrated map costs the same (one weighted sum).
-Qwen-Image and HunyuanVideo need ComfyUI's classes and are not built here.
+Qwen-Image, HunyuanVideo and Wan need ComfyUI's classes, which this package never imports:
+``COMFYUI_PATH=... python tests/comfy_cost.py --speed`` times them with this script's ``measure``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import torch
 from .. import families
 from ..schedule import Schedule
 from ..session import ApplyConfig
-from .benchmark import GRANULARITIES, cached_evaluator
+from .benchmark import GRANULARITIES
 from .model import Flux, FluxConfig
 from .pipeline import flux_sigmas
+from .subject import CachedCalls, Subject, flux_subject, plain_call
 
 FLUX_DEV = FluxConfig(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
                       mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=(16, 56, 56))
@@ -53,67 +55,56 @@ def synchronize(device: str) -> None:
 
 
 class Sampler:
-    """Euler sampling on random latents and random text features of one size."""
+    """Euler sampling of one subject from random noise."""
 
-    def __init__(self, model: Flux, batch: int, latent: int, tokens: int, steps: int, device: str, dtype):
-        c = model.config
+    def __init__(self, model: torch.nn.Module, subject: Subject, steps: int, device: str):
         g = torch.Generator(device="cpu").manual_seed(0)
-        self.model, self.steps, self.device = model, steps, device
-        self.noise = torch.randn(batch, c.in_channels, latent, latent, generator=g).to(device, dtype)
-        self.context = torch.randn(batch, tokens, c.context_in_dim, generator=g).to(device, dtype)
-        self.pooled = torch.randn(batch, c.vec_in_dim, generator=g).to(device, dtype)
+        self.model, self.subject, self.steps, self.device = model, subject, steps, device
+        self.noise = torch.randn(subject.latent.shape, generator=g).to(device, subject.latent.dtype)
         self.sigmas = flux_sigmas(steps)
 
     @torch.no_grad()
-    def run(self, evaluate=None, per_step: list | None = None) -> torch.Tensor:
-        x, run = self.noise * self.sigmas[0], {"sigmas": self.sigmas}
+    def run(self, calls: CachedCalls | None = None, per_step: list | None = None) -> torch.Tensor:
+        x = self.noise * self.sigmas[0]
         for i in range(self.steps):
             started = time.perf_counter()
-            t = self.sigmas[i].to(self.device, x.dtype).expand(x.shape[0])
-            if evaluate is None:
-                v = self.model(x, t, self.context, self.pooled)
-            else:
-                v = evaluate(x, t, self.context, self.pooled, run)
+            sigma = self.sigmas[i].to(self.device)
+            v = plain_call(self.model, self.subject, x, sigma) if calls is None else calls(x, sigma, self.sigmas)
             x = x + (self.sigmas[i + 1] - self.sigmas[i]).item() * v
             if per_step is not None:
                 synchronize(self.device)
                 per_step.append(time.perf_counter() - started)
         return x
 
-    def timed(self, evaluate_factory, repeats: int) -> tuple[float, dict]:
+    def timed(self, calls_factory, repeats: int) -> tuple[float, dict]:
         """Median end-to-end seconds over ``repeats`` (after one untimed run) and the last run's report."""
         times, report = [], {}
         for i in range(repeats + 1):
-            evaluate, close = evaluate_factory()
+            calls = calls_factory()
             synchronize(self.device)
             started = time.perf_counter()
-            self.run(evaluate)
+            self.run(calls)
             synchronize(self.device)
             if i:
                 times.append(time.perf_counter() - started)
-            report = close()
+            report = {"cache_bytes": sum(r["peak_cache_bytes"] for r in calls.close())} if calls else {}
         return statistics.median(times), report
 
 
-def measure(model: Flux, args, batch: int, echo=print) -> list[dict]:
-    latent = args.size // 8
-    sampler = Sampler(model, batch, latent, args.tokens, args.steps, args.device, model.img_in.weight.dtype)
-    family = families.detect(model)
+def measure(model: torch.nn.Module, subject: Subject, args, echo=print) -> list[dict]:
+    """Uncached and HyCa end-to-end times of one subject (its latent's batch: 1 no CFG, 2 CFG)."""
+    batch = subject.latent.shape[0]
+    sampler = Sampler(model, subject, args.steps, args.device)
+    family = families.detect(model, generic=True)
     rows = []
 
-    def uncached():
-        return None, lambda: {}
-
     def cached(granularity: str, schedule: Schedule):
-        def factory():
-            config = ApplyConfig(family, granularity, schedule, solver="taylor2", cache_device="gpu")
-            call, state = cached_evaluator(model, config)
-            return call, lambda: {"cache_bytes": sum(r["peak_cache_bytes"] for r in state.close())}
-        return factory
+        config = ApplyConfig(family, granularity, schedule, solver="taylor2", cache_device="gpu")
+        return lambda: CachedCalls(model, subject, config)
 
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    base, _ = sampler.timed(uncached, args.repeats)
+    base, _ = sampler.timed(lambda: None, args.repeats)
     peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else 0
     full_step = []
     sampler.run(None, full_step)
@@ -131,9 +122,9 @@ def measure(model: Flux, args, batch: int, echo=print) -> list[dict]:
             seconds, report = sampler.timed(cached(granularity, schedule), args.repeats)
             peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else 0
             per_step = []
-            evaluate, close = cached(granularity, schedule)()
-            sampler.run(evaluate, per_step)
-            close()
+            calls = cached(granularity, schedule)()
+            sampler.run(calls, per_step)
+            calls.close()
             predicted = [s for s, full in zip(per_step, plan) if not full]
             full = sum(plan)
             bound = args.steps / full
@@ -193,6 +184,8 @@ def main(argv=None) -> int:
     config = replace(config, depth=args.depth if args.depth is not None else config.depth,
                      depth_single_blocks=args.single if args.single is not None else config.depth_single_blocks)
     model = build(config, args.device, dtype)
+    subjects = [flux_subject(config, args.size // 8, args.tokens, dtype, batch=batch, device=args.device)
+                for batch in args.batches]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     meta = {"device": device_name, "date": date.today().isoformat(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "dtype": args.dtype, "model": "tiny" if args.tiny else "FLUX.1-dev size",
@@ -200,7 +193,7 @@ def main(argv=None) -> int:
             "size": args.size, "tokens": args.tokens, "steps": args.steps, "warmup": args.warmup,
             "command": "python -m hyca_core.reference.speed " + " ".join(argv if argv is not None else os.sys.argv[1:])}
     print(json.dumps(meta))
-    rows = [row for batch in args.batches for row in measure(model, args, batch)]
+    rows = [row for subject in subjects for row in measure(model, subject, args)]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "speed.json"), "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
