@@ -15,7 +15,6 @@ the target's ratio of image to text tokens, so the scaling is exact).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -161,7 +160,7 @@ def main(argv=None) -> None:
     comfy.options.enable_args_parsing()
     import comfy.cli_args  # noqa: F401
     sys.argv = argv
-    from hyca_core.reference.cost import measure, report
+    from hyca_core.reference.cost import finish, measure
 
     rows = []
     for target in TARGETS:
@@ -174,11 +173,7 @@ def main(argv=None) -> None:
         print(f"{t.name}: {', '.join(f'{n} {k}' for k, n in t.unet.items() if k in t.depth_keys.values())} blocks, "
               f"measured at latent {t.latent}, {t.text[0]} text tokens; anchors scaled to {target.scale_to or 'as measured'}")
         rows += measure(subject(t))
-    if not args.speed:
-        report(rows)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    finish(rows, args.out, table=not args.speed)
 
 
 if __name__ == "__main__":

@@ -295,12 +295,15 @@ class QwenImageTransformer2DModel(nn.Module):
         self.transformer_blocks = nn.ModuleList([QwenBlock(), QwenBlock(), QwenBlock()])
 
     def forward(self, img, txt, vec, transformer_options, reference_tokens=0):
-        replace = transformer_options.get("patches_replace", {}).get("dit", {})
         zero_index = None
         temb = vec
         if reference_tokens:  # index_timestep_zero: the timestep batch doubled, the zero one second
             temb = torch.cat((vec, torch.zeros_like(vec)), 0)
             zero_index = img.shape[1] - reference_tokens
+        return self.run_blocks(img, txt, temb, zero_index, transformer_options)[0]
+
+    def run_blocks(self, img, txt, temb, zero_index, transformer_options):
+        replace = transformer_options.get("patches_replace", {}).get("dit", {})
         for i, block in enumerate(self.transformer_blocks):
             def wrap(args, block=block):  # zero_index comes from the closure, not from args
                 out = {}
@@ -309,7 +312,7 @@ class QwenImageTransformer2DModel(nn.Module):
             args = {"img": img, "txt": txt, "vec": temb, "transformer_options": transformer_options}
             out = replace[("double_block", i)](args, {"original_block": wrap}) if replace else wrap(args)
             img, txt = out["img"], out["txt"]
-        return img
+        return img, txt
 
 
 @pytest.mark.parametrize("granularity", families.GRANULARITIES)

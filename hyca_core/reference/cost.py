@@ -204,6 +204,15 @@ def report(rows: list[dict], echo=print) -> None:
              f"modulation call; {ON_STEP}: every forecast computing its gates on the step, as before issue 14)")
 
 
+def finish(rows: list[dict], out=None, table: bool = True) -> None:
+    """Print the table of ``rows`` and write them as JSON to ``out``."""
+    if table:
+        report(rows)
+    if out:
+        with open(out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model: checks the script, not FLUX's figures")
@@ -220,11 +229,7 @@ def main(argv=None) -> None:
           f"{config.depth_single_blocks} single blocks, width {config.hidden_size}, {latent}x{latent} latent, "
           f"{tokens} text tokens, {dtype}, batch 1; counted at 3 small depths, extrapolated")
     name = "tiny reference MMDiT" if args.tiny else "FLUX.1-dev (reference MMDiT)"
-    rows = measure(flux_subject(config, latent, tokens, dtype, name))
-    report(rows)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    finish(measure(flux_subject(config, latent, tokens, dtype, name)), args.out)
 
 
 if __name__ == "__main__":

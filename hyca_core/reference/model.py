@@ -229,7 +229,15 @@ class Flux(nn.Module):
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor, guidance: Tensor = None,
                 transformer_options: dict | None = None) -> Tensor:
-        options = transformer_options or {}
+        img, img_ids, txt_ids = self.embed_image(x, context)
+        vec = self.time_in(timestep_embedding(timestep, 256).to(img.dtype))
+        if self.config.guidance_embed and guidance is not None:
+            vec = vec + self.guidance_in(timestep_embedding(guidance, 256).to(img.dtype))
+        vec = vec + self.vector_in(y[:, : self.config.vec_in_dim])
+        return self.run_blocks(x, img, img_ids, txt_ids, context, vec, transformer_options or {})
+
+    def embed_image(self, x: Tensor, context: Tensor) -> tuple:
+        """The latent's tokens through ``img_in``, and the positions of image and text tokens."""
         b, _, h, w = x.shape
         p = self.patch_size
         img = x.reshape(b, -1, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
@@ -239,12 +247,14 @@ class Flux(nn.Module):
                                rows[:, None].expand(-1, w // p), cols[None, :].expand(h // p, -1)], -1)
         img_ids = img_ids.reshape(1, -1, 3).expand(b, -1, -1)
         txt_ids = torch.zeros(b, context.shape[1], 3, device=x.device, dtype=x.dtype)
+        return self.img_in(img), img_ids, txt_ids
 
-        img = self.img_in(img)
-        vec = self.time_in(timestep_embedding(timestep, 256).to(img.dtype))
-        if self.config.guidance_embed and guidance is not None:
-            vec = vec + self.guidance_in(timestep_embedding(guidance, 256).to(img.dtype))
-        vec = vec + self.vector_in(y[:, : self.config.vec_in_dim])
+    def run_blocks(self, x: Tensor, img: Tensor, img_ids: Tensor, txt_ids: Tensor, context: Tensor, vec: Tensor,
+                   options: dict) -> Tensor:
+        """Everything after the conditioning vector: the block stack, through the patches, and the
+        final layer (kept apart so that tests can give it another model's ``vec``)."""
+        b, _, h, w = x.shape
+        p = self.patch_size
         txt = self.txt_in(context)
         pe = self.pe_embedder(torch.cat((txt_ids, img_ids), dim=1))
 
