@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from . import vec_paths
+from .skips import Skip
 
 GRANULARITIES = ("module", "block", "stack")
 
@@ -258,6 +259,10 @@ class Family:
     known: bool = True  # False: found by its block lists only (block and stack granularity, no maps)
     # the vec its blocks get at a later step (``hyca_core.vec_paths``): gates computed ahead
     vec_path: Optional[Callable] = None
+    # modules before the first block that forecasts skip (``hyca_core.skips``), and the inputs at a
+    # later step of those whose output module granularity needs (computed ahead)
+    skips: tuple = ()
+    ahead_inputs: Optional[Callable] = None
 
 
 FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
@@ -270,14 +275,15 @@ FAMILIES = {
         Family("flux", "Flux", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS,  # FLUX.1, Kontext, FLUX.2, Klein
                vec_path=vec_paths.flux_vec),
         Family("hunyuan_video", "HunyuanVideo", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS, warmup=1,
-               vec_path=vec_paths.hunyuan_video_vec),
+               vec_path=vec_paths.hunyuan_video_vec, skips=(Skip("txt_in"),)),
         Family("chroma", "Chroma", FLUX_BLOCKS, FLUX_ADAPTERS, FLUX_OUTPUTS),
         Family("qwen_image", "QwenImageTransformer2DModel", (("double_block", "transformer_blocks"),),
                {"double_block": QWEN_BLOCK}, {"double_block": ("img", "txt")}, vec_path=vec_paths.qwen_image_vec),
         # Wan 2.1 / 2.2 and their variants (VACE, camera, S2V, ...): ComfyUI calls each block a
         # "double_block" and the block returns only "img"
         Family("wan", "WanModel", (("double_block", "blocks"),), {"double_block": WAN_BLOCK},
-               {"double_block": ("img",)}),
+               {"double_block": ("img",)}, skips=(Skip("text_embedding"), Skip("time_projection", ahead=True)),
+               ahead_inputs=vec_paths.wan_time_projection_input),
     )
 }
 

@@ -51,8 +51,9 @@ class StepGates:
     """The gates planned for one forecast step: the vec they were computed from, per block."""
 
     step: int
-    vec: torch.Tensor
+    vec: Optional[torch.Tensor]  # None: no block computes its own gates (Wan)
     blocks: dict = field(default_factory=dict)  # block prefix -> {gate name: tensor}
+    modules: dict = field(default_factory=dict)  # a skipped module (``hyca_core.skips``) -> (its input, its output)
 
 
 class GatePlan:
@@ -60,16 +61,22 @@ class GatePlan:
 
     def __init__(self):
         self.steps: dict[int, StepGates] = {}
+        self.like: dict = {}  # a skipped module -> (input shape, output shape, dtype) on the last full step
 
     def clear(self) -> None:
         self.steps.clear()
+
+    def reset(self) -> None:
+        self.steps.clear()
+        self.like.clear()
 
     def __len__(self) -> int:
         return len(self.steps)
 
     @property
     def nbytes(self) -> int:
-        return sum(g.nbytes for s in self.steps.values() for gates in s.blocks.values() for g in gates.values())
+        return (sum(g.nbytes for s in self.steps.values() for gates in s.blocks.values() for g in gates.values())
+                + sum(out.nbytes for s in self.steps.values() for _, out in s.modules.values()))
 
     def lookup(self, t: float) -> tuple[Optional[StepGates], Optional[str]]:
         """The gates planned for step coordinate ``t``, or None and why there are none."""
@@ -83,11 +90,18 @@ class GatePlan:
 class Planning:
     """Filled by the blocks of one full step: each adds its gates for every planned step."""
 
-    def __init__(self, steps: list[int], vecs: list[torch.Tensor]):
+    def __init__(self, steps: list[int], vecs: Optional[list], inputs: Optional[dict] = None):
         self.steps = steps
-        self.vecs = torch.cat(vecs)  # one modulation call for every planned step
-        self.planned = {s: StepGates(s, v) for s, v in zip(steps, vecs)}
+        self.vecs = torch.cat(vecs) if vecs else None  # one modulation call for every planned step
+        self.planned = {s: StepGates(s, v) for s, v in zip(steps, vecs or [None] * len(steps))}
+        self.inputs = {name: torch.cat(values) for name, values in (inputs or {}).items()}  # skipped modules'
         self.errors: list[str] = []
+
+    def add_module(self, name: str, outputs: torch.Tensor) -> None:
+        """A skipped module's outputs for every planned step (``inputs[name]``'s rows, in order)."""
+        ins, outs = self.inputs[name].chunk(len(self.steps)), outputs.chunk(len(self.steps))
+        for step, x, y in zip(self.steps, ins, outs):
+            self.planned[step].modules[name] = (x, y)
 
     @torch.no_grad()
     def add(self, prefix: str, modulation, block: torch.nn.Module, args: dict, outputs: Optional[dict] = None) -> None:

@@ -161,7 +161,7 @@ class CacheStream:
 
     def reset(self) -> None:
         self.store.clear()
-        self.gate_plan.clear()
+        self.gate_plan.reset()
         self._last_full, self._in_row = None, 0
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from . import families
+from . import families, skips
 from .blocks import CONTEXT_KEY, BlockPatch, EvalContext, ModuleMismatch  # noqa: F401
 from .calibration import Calibrator
 from .gates import Planning
@@ -97,8 +97,10 @@ class RunState:
 
     def prepare(self, ctx: EvalContext, call: ModelCall, options: dict, sigmas: list, t: float) -> None:
         """Gates computed ahead (``hyca_core.gates``), module granularity only: a full step plans
-        the coming forecast steps' gates, a forecast step finds its own."""
-        if self.granularity != "module" or self.config.family.vec_path is None:
+        the coming forecast steps' gates (and the outputs of skipped modules they are made of), a
+        forecast step finds its own."""
+        family = self.config.family
+        if self.granularity != "module" or (family.vec_path is None and family.ahead_inputs is None):
             return
         stream = ctx.stream
         if not ctx.full:
@@ -106,8 +108,11 @@ class RunState:
             return
         stream.gate_plan.clear()
         steps = self.config.schedule.predicted_after(t, len(sigmas) - 1)
-        if steps and self._reads_modulation(ctx.diffusion_model):
-            ctx.planning = self._planning(ctx.diffusion_model, call, options, sigmas, steps)
+        model = ctx.diffusion_model
+        gates = family.vec_path is not None and self._reads_modulation(model)
+        modules = [s.attr for s in family.skips if s.ahead and hasattr(getattr(model, s.attr, None), "hyca_skip")]
+        if steps and (gates or modules):
+            ctx.planning = self._planning(model, call, options, sigmas, steps, gates, modules)
 
     def _reads_modulation(self, model) -> bool:
         family = self.config.family
@@ -115,7 +120,9 @@ class RunState:
                    for kind, attr in family.blocks if kind in family.adapters and len(getattr(model, attr)))
 
     @torch.no_grad()
-    def _planning(self, model, call: ModelCall, options: dict, sigmas: list, steps: list) -> Optional[Planning]:
+    def _planning(self, model, call: ModelCall, options: dict, sigmas: list, steps: list, gates: bool,
+                  modules: list) -> Optional[Planning]:
+        family = self.config.family
         timestep_of = self.timestep_of or (lambda sigma: sigma)
         try:
             # one sampler step: every entry of the batch has the same sigma (ComfyUI's cond batching
@@ -123,22 +130,25 @@ class RunState:
             sigma, timestep = options["sigmas"].flatten()[:1], call.timestep
             if not (isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and torch.allclose(
                     timestep_of(sigma).to(timestep).expand(timestep.shape), timestep, rtol=1e-6, atol=0)):
-                self.note_once("HyCa: the model's timestep is not its model sampling's of the sigma; "
-                               "forecast steps compute their gates themselves")
+                self.note_once("HyCa: the model's timestep is not its model sampling's of the sigma (or not one "
+                               "per batch entry); forecast steps compute their gates themselves")
                 return None
-            vec_at = self.config.family.vec_path(model, call, sigmas)
-            if vec_at is None:
+            vec_at = family.vec_path(model, call, sigmas) if gates else None
+            inputs_at = family.ahead_inputs(model, call, sigmas) if modules and family.ahead_inputs else None
+            if vec_at is None and inputs_at is None:
                 self.note_once("HyCa: no way to compute this model variant's vec ahead; "
                                "forecast steps compute their gates themselves")
                 return None
             at = lambda j: timestep_of(sigma.new_full((1,), sigmas[j])).to(timestep).expand(timestep.shape)  # noqa: E731
-            vecs = [vec_at(at(j), j) for j in steps]
+            vecs = [vec_at(at(j), j) for j in steps] if vec_at is not None else None
+            ahead = [inputs_at(at(j), j) for j in steps] if inputs_at is not None else []
+            inputs = {name: [step[name] for step in ahead] for name in modules if ahead and name in ahead[0]}
         except Exception as exc:  # noqa: BLE001  ours: the full step goes on, the forecasts compute their gates
             log.debug("HyCa could not compute vecs ahead", exc_info=True)
             self.note_once(f"HyCa: could not compute the coming steps' vec ({type(exc).__name__}: {exc}); "
                            "forecast steps compute their gates themselves")
             return None
-        return Planning(steps, vecs)
+        return Planning(steps, vecs, inputs)
 
     def note_once(self, message: str) -> None:
         """Gates computed on the step cost speed, never quality: logged once, kept apart from the
@@ -376,8 +386,10 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         ctx.latent_shape = tuple(x.shape)
         if hasattr(state, "prepare"):
             state.prepare(ctx, call, options, sigmas, t)
+        skips.CURRENT.set(ctx)  # for the modules HyCa skips before the first block
         return ctx
 
+    token = skips.CURRENT.set(None)
     try:
         ctx = start(full)
         out = executor(*args, **kwargs)
@@ -397,6 +409,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         return out
     finally:
         options.pop(CONTEXT_KEY, None)
+        skips.CURRENT.reset(token)
 
 
 def block_patches(diffusion_model: torch.nn.Module, family: families.Family, existing: Optional[dict] = None):

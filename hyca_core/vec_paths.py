@@ -165,3 +165,26 @@ def qwen_image_vec(model: torch.nn.Module, call: ModelCall, sample_sigmas=None) 
         return model.time_text_embed(timestep, like)
 
     return vec_at
+
+
+def sinusoid_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep sinusoid, cosines first, in fp32."""
+    position = position.type(torch.float32)
+    half = dim // 2
+    angles = torch.outer(position, torch.pow(10000, -torch.arange(half).to(position).div(half)))
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def wan_time_projection_input(model: torch.nn.Module, call: ModelCall, sample_sigmas=None) -> Optional[VecAt]:
+    """Wan 2.1 / 2.2 (comfy/ldm/wan/model.py ``forward_orig``): the input of the shared time
+    projection, ``time_embedding(sinusoid(t))`` reshaped to (batch, frames or 1, dim); its output
+    (``e0``) is what the blocks' gates are made of."""
+    if not isinstance(getattr(model, "freq_dim", None), int):
+        return None
+    dtype = call.x.dtype  # the patch embedding's output, cast back to the input's dtype
+
+    def at(timestep: torch.Tensor, step: int) -> dict:
+        e = model.time_embedding(sinusoid_1d(model.freq_dim, timestep.flatten()).to(dtype=dtype))
+        return {"time_projection": e.reshape(timestep.shape[0], -1, e.shape[-1])}
+
+    return at

@@ -6,6 +6,7 @@
 - ``DIFFUSION_MODEL`` wrapper: hands each model call to ``hyca_core.session.evaluate`` (time from
   sigmas, stream per cond uuids, full or predicted, NaN -> full recompute).
 - ``patches_replace["dit"]``: one ``BlockPatch`` per block.
+- object patches: the modules before the first block that forecasts skip (``hyca_core.skips``).
 
 ComfyUI modules are imported inside functions only, never when the pack is imported.
 """
@@ -16,6 +17,7 @@ import logging
 
 import torch
 
+from ..hyca_core import skips
 from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and tests)
     CONFIG_KEY, DEFAULT_SOLVER, FREE_MEMORY_SHARE, RUN_KEY, ApplyConfig, RunState, Schedule, anchors_still_needed,
     block_patches, evaluate, transformer_options,
@@ -98,6 +100,10 @@ def install(model_patcher, config, report_to=None, notes=()) -> None:
     options[report.NOTES_KEY] = tuple(notes)
     if report_to is not None:
         options[report.NODE_KEY] = str(report_to)
+    # modules before the first block that forecasts do not need (HunyuanVideo's text refiner, Wan's
+    # text embedding and time projection): ComfyUI swaps in their skipping twins while it loads the model
+    for name, twin in skips.patches(model_patcher.model.diffusion_model, config.family.skips).items():
+        model_patcher.add_object_patch(name, twin)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
     for (kind, i), patch in patches.items():

@@ -163,8 +163,10 @@ def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browse
         monkeypatch.setattr(session.RunState, "prepare", prepare)
     (_, message, _), = browser
     (cond,) = message["conds"]  # cond and uncond batched in one call
-    if not modules:
-        assert cond["gates_ahead"] == 0 and cond["gates_on_step"] == {}
+    if not modules:  # Chroma's gates come in the vec; Wan's from its time projection, computed ahead
+        family = families.FAMILIES[type(setup["model"].model.diffusion_model).__name__]
+        ahead = any(s.ahead for s in family.skips)
+        assert cond["gates_on_step"] == {} and cond["gates_ahead"] == (cond["predicted"] if ahead else 0), cond
         return
     assert cond["gates_on_step"] == {} and cond["gates_ahead"] == cond["predicted"] > 0, cond
     assert "forecast" in evaluations and "forecast" not in calls  # no forecast ran a modulation module
@@ -177,6 +179,65 @@ def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browse
     monkeypatch.setitem(families.FAMILIES, family.class_name, __import__("dataclasses").replace(family, vec_path=None))
     on_step = sample(apply_as_node(setup["model"], "5", interval=4, cooldown_steps=0), setup, steps=12, sampler=sampler)
     torch.testing.assert_close(out, on_step, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", families.GRANULARITIES)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_forecasts_skip_the_modules_before_the_first_block_they_do_not_need(setup, monkeypatch, granularity, streamed):
+    """HunyuanVideo's text token refiner, Wan's text embedding and time projection: swapped in by an
+    object patch while ComfyUI has the model loaded, they run on full steps only (Wan's time
+    projection for the coming forecasts too, at module granularity), and the images are those of
+    running them on every step."""
+    family = families.FAMILIES[type(setup["model"].model.diffusion_model).__name__]
+    if not family.skips:
+        pytest.skip(f"{setup['family']} reads nothing before its first block that a forecast could skip")
+    diffusion_model = setup["model"].model.diffusion_model
+    comfy.model_management.unload_all_models()  # an earlier test's HyCa model may still be loaded
+    originals = {s.attr: getattr(diffusion_model, s.attr) for s in family.skips}
+    inner = {attr: next(m for m in module.modules() if isinstance(m, torch.nn.Linear)) for attr, module in originals.items()}
+    session = importlib.import_module("comfyui_hyca.hyca_core.session")
+    blocks = importlib.import_module("comfyui_hyca.hyca_core.blocks")
+    skips = importlib.import_module("comfyui_hyca.hyca_core.skips")
+    monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: streamed)
+    monkeypatch.setattr(skips, "weights_streamed", lambda module, device: streamed)
+    prepare, evaluations, calls = session.RunState.prepare, [], []
+
+    def noting(self, ctx, *args):
+        evaluations.append("full" if ctx.full else "forecast")
+        return prepare(self, ctx, *args)
+    monkeypatch.setattr(session.RunState, "prepare", noting)
+    swapped, names = [], dict(diffusion_model.named_parameters())
+
+    def seen(module, args):  # the twin in place while ComfyUI samples, every parameter under its own name
+        swapped.append(all(getattr(diffusion_model, a) is not m for a, m in originals.items())
+                       and dict(diffusion_model.named_parameters()) == names)
+    handles = [m.register_forward_pre_hook(lambda m, a, attr=attr: calls.append((attr, evaluations[-1])))
+               for attr, m in inner.items()]
+    handles.append(diffusion_model.register_forward_pre_hook(seen))
+    runs = []
+
+    def closing(self, status="done", close=session.RunState.close):
+        rows = close(self, status)
+        runs.append((self, rows))
+        return rows
+    monkeypatch.setattr(session.RunState, "close", closing)
+    try:
+        out = sample(hyca(setup["model"], interval=4, warmup=3, granularity=granularity), setup)
+    finally:
+        for h in handles:
+            h.remove()
+    monkeypatch.setattr(session.RunState, "prepare", prepare)
+    assert swapped and all(swapped)
+    comfy.model_management.unload_all_models()
+    assert all(getattr(diffusion_model, a) is m for a, m in originals.items())  # restored once unloaded
+    assert "forecast" in evaluations and not [c for c in calls if c[1] == "forecast"], calls
+    ((state, (row,)),) = runs
+    assert state.granularity == granularity and not state.notes
+    if granularity == "module":
+        assert not row["gates_on_step"] and row["gates_ahead"] == row["predicted"] > 0, row["gates_on_step"]
+    monkeypatch.setitem(families.FAMILIES, family.class_name, __import__("dataclasses").replace(family, skips=()))
+    every_step = sample(hyca(setup["model"], interval=4, warmup=3, granularity=granularity), setup)
+    torch.testing.assert_close(out, every_step, rtol=1e-4, atol=1e-5)
 
 
 # -- ComfyUI behaviours ---------------------------------------------------------------------------

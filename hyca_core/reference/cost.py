@@ -34,7 +34,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .. import blocks, families
+from .. import blocks, families, skips
 from ..schedule import Schedule
 from ..session import ApplyConfig
 from .pipeline import flux_sigmas
@@ -111,7 +111,7 @@ def counting(model: torch.nn.Module):
             h.remove()
 
 
-ON_STEP = "module-step"  # module granularity with the gates computed on each forecast step (before issue 14)
+ON_STEP = "module-step"  # module granularity as before issue 14: gates on each forecast step, nothing skipped
 STREAMED = "module-strm"  # module granularity as with weights ComfyUI streams: the plan rides along
 VARIANTS = (None, "module", STREAMED, ON_STEP, "block", "stack")
 
@@ -127,11 +127,12 @@ def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None
         return {"full": full}
     family = families.detect(model, generic=True)
     on_step, streamed = granularity == ON_STEP, granularity == STREAMED
-    if on_step:
-        family = replace(family, vec_path=None)
+    if on_step:  # as before issue 14: nothing computed ahead, nothing before the blocks skipped
+        family = replace(family, vec_path=None, skips=(), ahead_inputs=None)
     granularity = "module" if on_step or streamed else granularity
     resident = blocks.weights_streamed
-    blocks.weights_streamed = (lambda module, device: True) if streamed else resident
+    for module in (blocks, skips):  # as where ComfyUI streams the weights: the plans ride along
+        module.weights_streamed = (lambda module, device: True) if streamed else resident
     calls = CachedCalls(model, subject, ApplyConfig(family, granularity, Schedule(interval=4, warmup=WARMUP),
                                                     solver="taylor2"))
     try:
@@ -150,7 +151,7 @@ def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None
         assert on_step or not stream.stats.gates_on_step, stream.stats.gates_on_step  # the forecast found its gates
     finally:
         calls.close()
-        blocks.weights_streamed = resident
+        blocks.weights_streamed = skips.weights_streamed = resident
     return {"full": full, "forecast": forecast}
 
 

@@ -7,11 +7,13 @@ package never imports.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
 
+from .. import skips
 from ..session import RUN_KEY, ApplyConfig, block_patches, evaluate
 from .model import Flux, FluxConfig
 
@@ -46,6 +48,8 @@ class CachedCalls:
         self.patches = block_patches(model, config.family)
         self.state = config.start(model)
         self.state.timestep_of = subject.timestep_of
+        self.skipping = contextlib.ExitStack()  # as HyCa Apply's object patches would, until close
+        self.skipping.enter_context(skips.installed(model, config.family.skips))
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, sigmas: torch.Tensor, uuids=("c",)):
         options = {"patches_replace": {"dit": self.patches}, RUN_KEY: self.state, "sigmas": sigma.reshape(1),
@@ -58,6 +62,7 @@ class CachedCalls:
         return next(iter(self.state.run.streams.values()))
 
     def close(self) -> list[dict]:
+        self.skipping.close()
         return self.state.close()
 
 
