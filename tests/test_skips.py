@@ -3,6 +3,7 @@ ways, so that parameter names, weights and hooks are the original's; the origina
 whenever no HyCa forecast is running; a forecast gets zeros of the full step's output shape (what
 it feeds is skipped) or, for a module whose output it needs, the output computed ahead."""
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -21,6 +22,16 @@ class Model(nn.Module):
 
 
 SKIPS = (skips.Skip("text_embedding"), skips.Skip("time_projection", ahead=True))
+
+
+@contextmanager
+def evaluating(ctx):
+    """``ctx`` as the evaluation HyCa's DIFFUSION_MODEL wrapper is running."""
+    token = skips.CURRENT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        skips.CURRENT.reset(token)
 
 
 def context(full, granularity="module", planning=None, planned=None):
@@ -84,19 +95,15 @@ def test_at_block_granularity_nothing_is_computed_ahead_and_everything_skipped()
     model = Model()
     e = torch.randn(2, 1, 8)
     with skips.installed(model, SKIPS):
-        full = context(True, granularity="block")
-        token = skips.CURRENT.set(full)
-        try:
+        with evaluating(context(True, granularity="block")) as full:
             model.time_projection(e)
-            forecast = context(False, granularity="block")
-            forecast.stream = full.stream
-            skips.CURRENT.set(forecast)
+        forecast = context(False, granularity="block")
+        forecast.stream = full.stream
+        with evaluating(forecast):
             out = model.time_projection(e)
-            assert out.shape == (2, 1, 24) and not out.any()
-            skips.CURRENT.set(context(False, granularity="block"))  # a stream that has seen no full step
+        assert out.shape == (2, 1, 24) and not out.any()
+        with evaluating(context(False, granularity="block")):  # a stream that has seen no full step
             assert model.time_projection(e).any()
-        finally:
-            skips.CURRENT.reset(token)
 
 
 def test_calibration_and_other_callers_get_the_module_as_it_is():
@@ -105,11 +112,8 @@ def test_calibration_and_other_callers_get_the_module_as_it_is():
     with skips.installed(model, SKIPS):
         for ctx in (SimpleNamespace(stream=SimpleNamespace(), full=False, failed=False, granularity="module"),  # a calibration tap
                     context(False, granularity="off")):
-            token = skips.CURRENT.set(ctx)
-            try:
+            with evaluating(ctx):
                 assert torch.equal(model.text_embedding(x), model.text_embedding.hyca_original(x))
-            finally:
-                skips.CURRENT.reset(token)
 
 
 def test_a_module_that_refuses_the_planned_rows_runs_as_it_is(monkeypatch):
@@ -122,10 +126,7 @@ def test_a_module_that_refuses_the_planned_rows_runs_as_it_is(monkeypatch):
         monkeypatch.setattr(linear, "forward", lambda v: forward(v) if v.shape[0] <= 2 else (_ for _ in ()).throw(
             RuntimeError("expected a batch of 2")))
         full = context(True, planning=Planning([5], None, {"time_projection": [torch.randn(2, 1, 8)]}))
-        token = skips.CURRENT.set(full)
-        try:
+        with evaluating(full):
             assert torch.allclose(model.time_projection(e), model.time_projection.hyca_original(e))
-        finally:
-            skips.CURRENT.reset(token)
         assert full.planning.errors and "expected a batch of 2" in full.planning.errors[0]
         assert not full.planning.planned[5].modules  # nothing planned: that forecast computes it
