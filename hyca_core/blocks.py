@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .families import FEATURE_PREFIX, TARGET_TOKENS, TXT_TOKENS, Family, target_tokens
-from .gates import Planning, RideAlong, StepGates, vec_matches, weights_streamed
+from .gates import Planning, RideAlong, StepGates, max_relative_error, vec_matches, weights_streamed
 
 log = logging.getLogger("hyca")
 
@@ -317,10 +317,8 @@ class BlockPatch:
     def _verify(self, ctx, block, args, inputs, captured, out):
         rebuilt = self.adapter.rebuild(block, self._with_token_counts(ctx, {**args, **inputs}), captured)
         for k in self.outputs:
-            expected, got = out[k].float(), rebuilt[k].float()
             tol = VERIFY_RTOL.get(out[k].dtype, VERIFY_RTOL_LOW)
-            scale = expected.abs().max().clamp_min(1e-6)
-            error = float((expected - got).abs().max() / scale)
+            error = max_relative_error(out[k], rebuilt[k])
             if not error <= tol:
                 ctx.mismatch = (f"{self.prefix}.{k}: the module-level forward differs from ComfyUI's block "
                                 f"(max relative error {error:.2e})")

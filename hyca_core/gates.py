@@ -34,6 +34,12 @@ VEC_RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 VEC_RTOL_LOW = 1e-2  # bf16 / fp16: the ahead-computed vec may be one rounding away
 
 
+def max_relative_error(expected: torch.Tensor, got: torch.Tensor) -> float:
+    """The largest difference, relative to ``expected``'s largest magnitude (one host sync)."""
+    expected, got = expected.to(got.device, torch.float32), got.float()
+    return float((expected - got).abs().max() / expected.abs().max().clamp_min(1e-6))
+
+
 def vec_matches(expected: torch.Tensor, got) -> bool:
     """The vec the blocks got equals the one computed ahead (``expected``) to a rounding or two
     (computed the model's way it is bit for bit the same); a wrong timestep, guidance or
@@ -41,9 +47,7 @@ def vec_matches(expected: torch.Tensor, got) -> bool:
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
         return False
     tol = VEC_RTOL.get(got.dtype, VEC_RTOL_LOW) if got.dtype == expected.dtype else VEC_RTOL_LOW
-    expected, got = expected.to(got.device, torch.float32), got.float()
-    scale = float(expected.abs().max().clamp_min(1e-6))
-    return bool(((expected - got).abs().max() <= tol * scale).item())
+    return max_relative_error(expected, got) <= tol
 
 
 @dataclass
