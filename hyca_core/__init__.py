@@ -11,4 +11,4 @@ Pure PyTorch (+ NumPy, scikit-learn, safetensors); nothing here imports ComfyUI.
 - ``solver_map``  the solver map file format; ``python -m hyca_core.maps`` inspects files
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -14,6 +14,8 @@ from typing import Hashable, Optional
 
 import torch
 
+from .solvers import MAX_ANCHORS
+
 TIME_EPSILON = 1e-6
 
 
@@ -32,8 +34,8 @@ class AnchorStore:
 
     def __init__(self, capacity: int = 3, dtype: Optional[torch.dtype] = None,
                  device: Optional[torch.device | str] = None):
-        if not 1 <= capacity <= 3:
-            raise ValueError(f"anchor capacity must be 1..3, got {capacity}")
+        if not 1 <= capacity <= MAX_ANCHORS:
+            raise ValueError(f"anchor capacity must be 1..{MAX_ANCHORS}, got {capacity}")
         self.capacity = capacity
         self.dtype = dtype
         self.device = None if device is None else torch.device(device)

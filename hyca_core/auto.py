@@ -95,6 +95,7 @@ class AutoState:
             self.inner = ApplyConfig(c.family, c.granularity, c.schedule, found, cache_device=c.cache_device).start(
                 self.diffusion_model)
             self.inner.free_memory = self.free_memory
+            self.inner.on_sigmas(sigmas)  # a spread schedule picks the map's interval from the run's steps
             self.notes.append(f"HyCa auto-calibration: cached with {os.path.basename(self.target)}, "
                               "calibrated on an earlier run of this model and these settings")
             return

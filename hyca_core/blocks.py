@@ -34,7 +34,7 @@ class EvalContext:
 
     stream: Any  # hyca_core.runtime.CacheStream, or a calibration tap with the same protocol
     full: bool
-    granularity: str  # "module", "block" or "stack"
+    granularity: str  # "module", "block", "stack" or "final"
     family: Family
     diffusion_model: torch.nn.Module
     verify: bool = False  # first full evaluation at module granularity: check our rebuild
@@ -189,6 +189,25 @@ class BlockPatch:
         stack_input = scratch.get("stack_input", scratch["stack_first"]["img"])
         out = {k: args[k] for k in self._keys(args)}
         out["img"] = stack_input + ctx.stream.predict("stack", device=args["img"].device)
+        return out
+
+    # -- final: the stack's output itself ----------------------------------------------------------
+    # What Spectrum, L2P and FreqCa forecast: the last block's output as a whole, not its residual
+    # against the current input. On a flow whose velocity barely changes along the path (few-step
+    # samplers, low guidance), a forecast that keeps the embedding of an earlier latent stays
+    # consistent where adding an old residual to a new embedding does not. Every block but the last
+    # passes its input through on a forecast step, so nothing of the current latent reaches it.
+    def _final(self, ctx, args, original):
+        if ctx.full:
+            out = self._full(ctx, original, args)
+            if self.last:
+                ctx.stream.remember("final", out["img"])
+                if ctx.perturb is not None:
+                    out = {**out, "img": out["img"] + ctx.perturb("final", out["img"])}
+            return out
+        out = {k: args[k] for k in self._keys(args)}
+        if self.last:
+            out["img"] = ctx.stream.predict("final", device=args["img"].device)
         return out
 
     # -- module: pre-gate attention / MLP branch outputs -----------------------------------------

@@ -12,12 +12,12 @@ predicted step from exactly the anchors the cache would hold there. Right after 
 then N apart; each such situation is a ``Slot`` ``(N, k, h1, h2, anchors held)``. Scoring only the
 even spacing would pick three-point extrapolators whose weights explode at the uneven ones.
 
-Every solver's weights sum to 1, so with ``p = a - b``, ``q = b - c`` and ``y = target - a`` its
-error is a quadratic form in ``(w_a - 1, -w_c)`` over six per-channel sums (``sum p*p``, ``p*q``,
-``q*q``, ``p*y``, ``q*y``, ``y*y``) per slot. Those sums are all the calibrator keeps: they give the
-error of every solver, and the least-squares ``fit`` weights, for any grouping of channels chosen
-afterwards. With fewer than three anchors held the missing differences are zero (the solvers fall
-back to two-point or reuse formulas, which ignore them).
+Every solver's weights sum to 1, so its error is a quadratic form in its coefficients on the
+anchor differences over a few per-channel sums per slot (``hyca_core.moments``). Those sums are all
+the calibrator keeps: they give the error of every solver, the history fits over four anchors
+included, and the least-squares ``fit`` weights, for any grouping of channels chosen afterwards.
+With fewer anchors held the missing differences are zero (the solvers fall back to formulas that
+ignore them).
 
 The fit is shrunk toward the cluster's chosen solver, per N and cluster, by the amount that does
 best on data it was not fitted on: with ``fit`` on, the sums are also kept in two folds (alternate
@@ -39,10 +39,11 @@ from typing import Callable, Hashable, Optional, Sequence
 import numpy as np
 import torch
 
+from . import moments as mom
 from .runtime import pooled_scope
 from .schedule import Schedule
 from .solver_map import ScopeAssignment
-from .solvers import DEFAULT_POOL, get_solver, solver_weights
+from .solvers import DEFAULT_POOL, MAX_ANCHORS, get_solver, weights_for
 
 DESCRIPTOR_SETS = ("dynamics", "errors", "both")
 DYNAMICS = ("log_d1", "log_d2", "log_d3", "log_curvature", "log_jerk", "log_energy", "spectral_flatness")
@@ -125,8 +126,8 @@ class CalibrationConfig:
         """Every situation the deployment schedules meet, in a fixed order (by N, then first use)."""
         found = []
         for n in sorted(self.intervals):
-            # after warm-up and two regular windows every later window repeats the last geometry
-            for target in range(max(self.warmup, 1) + 4 * n):
+            # after warm-up and MAX_ANCHORS - 1 regular windows every later window repeats the last geometry
+            for target in range(max(self.warmup, 1) + (MAX_ANCHORS + 1) * n):
                 slot = Slot.at(n, self.warmup, target)
                 if slot is not None and slot not in found:
                     found.append(slot)
@@ -134,25 +135,28 @@ class CalibrationConfig:
 
     @property
     def window(self) -> int:
-        """Steps a window must hold: the target and anchors back to ``k + 2N`` for the largest N, plus
-        the cooldown steps a target waits before it is known not to be one of the last."""
-        return max(3 * max(self.intervals), 4) + self.cooldown
+        """Steps a window must hold: the target and anchors back to ``k + (MAX_ANCHORS - 1) N`` for the
+        largest N, plus the cooldown steps a target waits before it is known not to be one of the last."""
+        return max(MAX_ANCHORS * max(self.intervals), 4) + self.cooldown
 
 
 @dataclass(frozen=True)
 class Slot:
-    """A predicted step as the cache meets it: interval N, offset k past the newest anchor, the
-    spacings between the anchors held (1 where fewer are held) and how many are held (1..3)."""
+    """A predicted step as the cache meets it: interval N, offset k past the newest anchor and the
+    spacings between the anchors held, newest first (one fewer than the anchors held)."""
 
     interval: int
     k: int
-    h1: int
-    h2: int
-    available: int
+    spacings: tuple[int, ...]
+
+    @property
+    def available(self) -> int:
+        return len(self.spacings) + 1
 
     @property
     def regular(self) -> bool:
-        return self.available == 3 and self.h1 == self.h2 == self.interval
+        """Three anchors N apart, or more: where a fitted table (three anchors) applies."""
+        return self.available >= 3 and self.spacings[:2] == (self.interval, self.interval)
 
     @classmethod
     def at(cls, interval: int, warmup: int, target: int) -> Optional["Slot"]:
@@ -162,33 +166,33 @@ class Slot:
     @classmethod
     def held(cls, interval: int, target: int, anchors: tuple[int, ...]) -> "Slot":
         """The slot of ``target`` predicted from ``anchors`` (steps, newest first)."""
-        h1 = anchors[0] - anchors[1] if len(anchors) > 1 else 1
-        h2 = anchors[1] - anchors[2] if len(anchors) > 2 else 1
-        return cls(interval, target - anchors[0], h1, h2, len(anchors))
+        return cls(interval, target - anchors[0], tuple(a - b for a, b in zip(anchors, anchors[1:])))
 
-    def weights(self, solver: str) -> tuple[float, float, float]:
-        return solver_weights(solver, self.k, self.h1, self.h2, self.available)
+    def weights(self, solver: str) -> tuple[float, ...]:
+        """``solver``'s weights here, padded to MAX_ANCHORS (anchors not held weigh 0)."""
+        w = weights_for(solver, self.k, self.spacings)
+        return w + (0.0,) * (MAX_ANCHORS - len(w))
 
 
 @functools.lru_cache(maxsize=4096)
 def deployment_anchors(interval: int, warmup: int, target: int) -> tuple[int, ...]:
-    """Steps of the anchors (newest first, at most three) the default schedule holds when it
+    """Steps of the anchors (newest first, at most MAX_ANCHORS) the default schedule holds when it
     predicts step ``target``; empty when ``target`` is computed fully."""
     full = Schedule(interval=interval, warmup=warmup).full_steps(target + 1)
     if full[-1] == target:
         return ()
-    return tuple(reversed(full[-3:]))
+    return tuple(reversed(full[-MAX_ANCHORS:]))
 
 
 @dataclass
 class _ScopeStats:
     channels: int
-    moments: torch.Tensor  # float64 [P, 6, D] per slot: sums of pp, pq, qq, py, qy, yy
+    moments: torch.Tensor  # float64 [P, MOMENTS, D] per slot (``hyca_core.moments``)
     counts: torch.Tensor  # float64 [P]: rows summed per channel, per slot
     descriptors: torch.Tensor  # float64 [len(DYNAMICS), D]: sums over observed steps
     descriptor_steps: int = 0
     features: set = field(default_factory=set)
-    folds: Optional[torch.Tensor] = None  # float64 [2, P, 6, D]: the moments split in two folds (fit only)
+    folds: Optional[torch.Tensor] = None  # float64 [2, P, MOMENTS, D]: the moments split in two folds (fit only)
     fold_counts: Optional[torch.Tensor] = None  # float64 [2, P]
 
 
@@ -296,9 +300,11 @@ class Calibrator:
             # sums live on the features' device (no sync per step) in float64 (they cancel later)
             zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=like.device)  # noqa: E731
             stats = self._scopes[name] = _ScopeStats(
-                channels, zeros(len(self._slots), 6, channels), zeros(len(self._slots)), zeros(len(DYNAMICS), channels))
+                channels, zeros(len(self._slots), mom.MOMENTS, channels), zeros(len(self._slots)),
+                zeros(len(DYNAMICS), channels))
             if self.config.fit:
-                stats.folds, stats.fold_counts = zeros(2, len(self._slots), 6, channels), zeros(2, len(self._slots))
+                stats.folds = zeros(2, len(self._slots), mom.MOMENTS, channels)
+                stats.fold_counts = zeros(2, len(self._slots))
         elif stats.channels != channels:
             raise CalibrationError(f"scope {name!r} mixes features of {stats.channels} and {channels} channels")
         stats.features.add(feature)
@@ -321,16 +327,14 @@ class Calibrator:
             if not held or any(step not in values for step in held):
                 continue  # computed fully here, or the run did not show the anchors' steps
             index.append(self._slot_index[Slot.held(n, target, held)])
-            anchors.append(held + (held[-1],) * (3 - len(held)))  # missing anchors: differences of 0
+            anchors.append(held + (held[-1],) * (MAX_ANCHORS - len(held)))  # missing anchors: differences of 0
             # alternate windows of this N's schedule, shifted by one in every other run: with two
             # runs each slot shows up in both folds, with one the windows alternate
             folds.append((held[0] // n + self._runs) % 2)
         weight = self.config.step_weight(target)
         if index and weight > 0:
-            a, b, c = (torch.stack([values[steps[j]] for steps in anchors]).float() for j in range(3))
-            p, q, y = a - b, b - c, current - a  # [K, rows, D]
-            sums = torch.stack([(p * p).sum(1), (p * q).sum(1), (q * q).sum(1),
-                                (p * y).sum(1), (q * y).sum(1), (y * y).sum(1)], 1)  # [K, 6, D]
+            held = [torch.stack([values[steps[j]] for steps in anchors]).float() for j in range(MAX_ANCHORS)]
+            sums = mom.sums(held, current.expand(len(index), *current.shape))  # [K, MOMENTS, D]
             at = torch.tensor(index, device=sums.device)
             # weighted sums and weighted row counts: errors stay mean squared errors, weighted by step
             stats.moments.index_add_(0, at, sums.to(torch.float64) * weight)
@@ -373,14 +377,14 @@ class Calibrator:
 
     def _choose(self, stats: _ScopeStats) -> tuple[ScopeAssignment, dict[int, list[float]]]:
         cfg = self.config
-        pool_weights = _pool_weights(cfg.pool, self._slots)  # [S, P, 3]
+        pool_weights = _pool_weights(cfg.pool, self._slots)  # [S, P, MAX_ANCHORS]
         per_channel_err = _pool_error(pool_weights, stats.moments)  # [S, P, D]
         if cfg.per_channel:
             labels = torch.arange(stats.channels)
         else:
             labels = self._cluster(stats, per_channel_err)
         clusters = int(labels.max()) + 1
-        grouped = torch.zeros(len(self._slots), 6, clusters, dtype=torch.float64)
+        grouped = torch.zeros(len(self._slots), mom.MOMENTS, clusters, dtype=torch.float64)
         grouped.index_add_(2, labels, stats.moments)
         sizes = torch.bincount(labels, minlength=clusters).to(torch.float64)
         slot_err = _pool_error(pool_weights, grouped)  # [S, P, C]
@@ -391,10 +395,8 @@ class Calibrator:
         fitted: dict[int, torch.Tensor] = {}
         shrinkage: dict[int, list[float]] = {}
         if cfg.fit:
-            fit_w, _ = _fit(grouped, pool_weights, slot_err)  # [P, C, 3]
-            grouped_folds = torch.zeros(2, len(self._slots), 6, clusters, dtype=torch.float64)
+            grouped_folds = torch.zeros(2, len(self._slots), mom.MOMENTS, clusters, dtype=torch.float64)
             grouped_folds.index_add_(3, labels, stats.folds)
-            fold_fits = [_fit(m, pool_weights, _pool_error(pool_weights, m))[0] for m in grouped_folds]
         for i, n in enumerate(intervals):
             index = self._by_interval[n]
             elements = (stats.counts[index].sum() * sizes).clamp_min(1)  # [C]
@@ -402,35 +404,56 @@ class Calibrator:
             choice = errors[: len(cfg.pool), :, i].argmin(0)
             choices[i] = choice.to(torch.int32)
             if cfg.fit:
-                keep = self._shrinkage(n, choice, grouped_folds, fold_fits, stats.fold_counts, pool_weights)
+                chosen = self._chosen_table(n, choice)
+                keep = self._shrinkage(n, chosen, grouped_folds, stats.fold_counts)
                 shrinkage[n] = [round(float(v), 4) for v in keep]
-                fitted[n], errors[-1, :, i] = self._fitted_rule(n, choice, fit_w, keep, grouped, slot_err, stats.counts)
+                fitted[n], errors[-1, :, i] = self._fitted_rule(n, choice, chosen, keep, grouped, slot_err,
+                                                                 stats.counts)
                 errors[-1, :, i] /= elements
         features = sorted(stats.features)
         return ScopeAssignment(labels.to(torch.int32), choices, errors.to(torch.float32), fitted, features), shrinkage
 
-    def _regular_slots(self, n: int) -> list[int]:
-        return [j for j in self._by_interval[n] if self._slots[j].regular]
+    def _regular(self, n: int, moments: torch.Tensor, counts: torch.Tensor) -> dict[int, tuple]:
+        """Per offset k, N's regular slots (three anchors or more, the newest three N apart) merged:
+        ``{k: (moments [..., MOMENTS, C], rows [...])}`` from per-slot moments [..., P, MOMENTS, C]
+        and rows [..., P]. A fitted table has one row per offset: it is fitted on all of them."""
+        merged: dict[int, tuple] = {}
+        for j in self._by_interval[n]:
+            slot = self._slots[j]
+            if slot.regular:
+                m, c = merged.get(slot.k, (0.0, 0.0))
+                merged[slot.k] = (m + moments[..., j, :, :], c + counts[..., j])
+        return merged
 
-    def _shrinkage(self, n, choice, grouped_folds, fold_fits, fold_counts, pool_weights) -> torch.Tensor:
+    def _chosen_table(self, n: int, choice: torch.Tensor) -> torch.Tensor:
+        """The chosen solvers' weights on the newest three anchors N apart, per cluster and offset:
+        [C, N, MAX_ANCHORS] (a fitted table reads three anchors; a history solver's fourth is not held)."""
+        table = torch.zeros(choice.numel(), n, MAX_ANCHORS, dtype=torch.float64)
+        table[:, 0, 0] = 1.0  # k = 0 is the anchor itself
+        for c in range(choice.numel()):
+            solver = self.config.pool[int(choice[c])]
+            rows = [weights_for(solver, k, (n, n)) + (0.0,) * (MAX_ANCHORS - 3) for k in range(1, n)]
+            table[c, 1:] = torch.tensor(rows, dtype=torch.float64)
+        return table
+
+    def _shrinkage(self, n, chosen, grouped_folds, fold_counts) -> torch.Tensor:
         """Per cluster, the share ``t`` in [0, 1] of the fit to keep at N (weights ``chosen + t *
         (fit - chosen)``): the one with the least error on held-out data, each fold's fit scored on
         the other fold. The error is quadratic in ``t``, so three evaluations give it exactly. No
-        slot seen in both folds: 0 (nothing shows the fit generalises)."""
-        clusters = choice.numel()
+        offset seen in both folds: 0 (nothing shows the fit generalises)."""
+        clusters = chosen.shape[0]
         if not self.config.shrink:
             return torch.ones(clusters, dtype=torch.float64)
         quadratic = torch.zeros(3, clusters, dtype=torch.float64)  # held-out error at t = 0, 1/2, 1
         evidence = False
-        for train, test in ((0, 1), (1, 0)):
-            slots = [j for j in self._regular_slots(n) if fold_counts[train, j] > 0 and fold_counts[test, j] > 0]
-            if not slots:
+        for k, (moments, rows) in self._regular(n, grouped_folds, fold_counts).items():
+            if not (rows > 0).all():
                 continue
             evidence = True
-            for j in slots:
-                chosen = pool_weights[choice, j]  # [C, 3]
+            for train, test in ((0, 1), (1, 0)):
+                fit = _fit(moments[train], chosen[:, k])
                 for e, t in enumerate((0.0, 0.5, 1.0)):
-                    quadratic[e] += _rule_error(chosen + t * (fold_fits[train][j] - chosen), grouped_folds[test, j])
+                    quadratic[e] += _rule_error(chosen[:, k] + t * (fit - chosen[:, k]), moments[test])
         if not evidence:
             return torch.zeros(clusters, dtype=torch.float64)
         e0, e_half, e1 = quadratic
@@ -439,31 +462,26 @@ class Calibrator:
         best = torch.where(curvature > 0, -slope / curvature.clamp_min(_TINY), torch.where(e1 < e0, 1.0, 0.0))
         return best.clamp(0.0, 1.0)
 
-    def _fitted_rule(self, n, choice, fit_w, keep, grouped, slot_err, counts):
+    def _fitted_rule(self, n, choice, chosen, keep, grouped, slot_err, counts):
         """The fitted table for N ([C, N, 3]) and its summed error over N's slots ([C]).
 
-        A ``FittedRule`` applies its table only where the anchors are N apart and falls back to the
-        cluster's chosen solver elsewhere; its error is scored the same way. An offset no run showed
-        at the regular spacing gets the chosen solver's weights. ``keep``: per cluster, the share of
-        the fit kept against the chosen solver's weights (``_shrinkage``)."""
-        clusters = choice.numel()
-        columns = torch.arange(clusters)
-        table = torch.zeros(clusters, n, 3, dtype=torch.float64)
-        table[:, 0, 0] = 1.0  # k = 0 is the anchor itself
-        for c in range(clusters):
-            solver = self.config.pool[int(choice[c])]
-            table[c, 1:] = torch.tensor([get_solver(solver).weights(k, n, n) for k in range(1, n)], dtype=torch.float64)
-        total = torch.zeros(clusters, dtype=torch.float64)
+        A ``FittedRule`` applies its table only where the newest three anchors are N apart and falls
+        back to the cluster's chosen solver elsewhere; its error is scored the same way. An offset
+        no run showed at the regular spacing keeps the chosen solver's weights. ``keep``: per
+        cluster, the share of the fit kept against the chosen solver's (``_shrinkage``)."""
+        columns = torch.arange(choice.numel())
+        table = chosen.clone()
+        total = torch.zeros(choice.numel(), dtype=torch.float64)
+        regular = self._regular(n, grouped, counts)
+        for k, (moments, rows) in regular.items():
+            if rows > 0:
+                fit = _fit(moments, chosen[:, k])
+                table[:, k] = chosen[:, k] + keep[:, None] * (fit - chosen[:, k])
+            total += _rule_error(table[:, k], moments)
         for j in self._by_interval[n]:
-            slot = self._slots[j]
-            if slot.regular and counts[j] > 0:
-                chosen = table[:, slot.k].clone()
-                w = chosen + keep[:, None] * (fit_w[j] - chosen)
-                table[:, slot.k] = w
-                total += _rule_error(w, grouped[j])
-            else:
+            if not self._slots[j].regular:
                 total += slot_err[choice, j, columns]
-        return table.to(torch.float32), total
+        return table[..., :3].to(torch.float32), total
 
     def _cluster(self, stats: _ScopeStats, per_channel_err: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -526,46 +544,25 @@ def _pool_weights(pool: Sequence[str], slots: Sequence[Slot]) -> torch.Tensor:
     return torch.tensor([[slot.weights(s) for slot in slots] for s in pool], dtype=torch.float64)
 
 
-def _squared_error(alpha: torch.Tensor, beta: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
-    """Summed squared error of a predictor with ``F_hat - a = alpha*p + beta*q`` on moments
-    [P, 6, G]; ``alpha``/``beta`` broadcast against [P, G].
-
-    Any weights summing to 1 have this form: ``alpha = w_a - 1``, ``beta = -w_c``."""
-    pp, pq, qq, py, qy, yy = moments.unbind(1)
-    err = alpha * alpha * pp + 2 * alpha * beta * pq + beta * beta * qq - 2 * alpha * py - 2 * beta * qy + yy
-    return err.clamp_min(0.0)
-
-
 def _rule_error(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
-    """Summed squared error of per-group weights [G, 3] (summing to 1) on one slot's moments [6, G]: [G]."""
-    return _squared_error(weights[:, 0] - 1.0, -weights[:, 2], moments.unsqueeze(0))[0]
+    """Summed squared error of per-group weights [G, MAX_ANCHORS] (summing to 1) on one slot's
+    moments [MOMENTS, G]: [G]."""
+    return mom.error(mom.beta_of(weights).t(), moments)
 
 
 def _pool_error(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
-    """Error of every pool solver, weights [S, P, 3] -> [S, P, G]."""
-    return _squared_error((weights[..., 0] - 1.0).unsqueeze(-1), (-weights[..., 2]).unsqueeze(-1), moments)
+    """Error of every pool solver, weights [S, P, MAX_ANCHORS] on moments [P, MOMENTS, G] -> [S, P, G]."""
+    return mom.error(mom.beta_of(weights).unsqueeze(-1), moments)
 
 
-def _fit(moments: torch.Tensor, pool_weights: torch.Tensor, pool_err: torch.Tensor):
-    """Least-squares weights per slot and group, constrained to sum to 1: [P, G, 3], [P, G].
-
-    Where rounding makes the fit worse than a pool solver, that solver's weights are kept, so the
-    fit is never worse than the best fixed solver on the calibration data."""
-    pp, pq, qq, py, qy, _ = moments.unbind(1)  # [P, G]
-    gram = torch.stack([torch.stack([pp, pq], -1), torch.stack([pq, qq], -1)], -2)  # [P, G, 2, 2]
-    rhs = torch.stack([py, qy], -1).unsqueeze(-1)
-    scale = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(_TINY)[..., None, None]
-    ridge = 1e-12 * scale * torch.eye(2, dtype=gram.dtype)
-    alpha, beta = torch.linalg.solve(gram + ridge, rhs).squeeze(-1).unbind(-1)
-    weights = torch.stack([1.0 + alpha, beta - alpha, -beta], -1)
-    err = _squared_error(alpha, beta, moments)
-    best, best_index = pool_err.min(0)  # [P, G]
-    worse = ~(err <= best)  # also catches NaN from a degenerate system
-    if worse.any():
-        slots = torch.arange(pool_weights.shape[1]).unsqueeze(1)
-        weights = torch.where(worse.unsqueeze(-1), pool_weights[best_index, slots], weights)
-        err = torch.where(worse, best, err)
-    return weights, err
+def _fit(moments: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Least-squares weights on the newest three anchors per group, constrained to sum to 1, from
+    one offset's moments [MOMENTS, G]: [G, MAX_ANCHORS]. Where rounding (or a degenerate system)
+    leaves the fit no better than ``fallback`` [G, MAX_ANCHORS] on the same data, ``fallback`` stays."""
+    beta = mom.least_squares(moments, used=2)  # [G, DIFFERENCES]
+    weights = mom.weights_of(beta)
+    worse = ~(mom.error(beta.t(), moments) <= _rule_error(fallback, moments))  # also catches NaN
+    return torch.where(worse.unsqueeze(-1), fallback, weights)
 
 
 def _error_profile(per_channel_err: torch.Tensor, by_interval: dict[int, list[int]]) -> torch.Tensor:

@@ -37,7 +37,7 @@ from . import families
 from .schedule import Schedule
 from .session import DEFAULT_SOLVER, ApplyConfig
 from .solver_map import SolverMap
-from .solvers import DEFAULT_POOL, get_solver
+from .solvers import DEFAULT_POOL, weights_for
 
 log = logging.getLogger("hyca")
 
@@ -162,7 +162,8 @@ def with_uniform(m: SolverMap, interval: int, solver: str) -> SolverMap:
     out = _copy(m)
     column = out.intervals.index(interval)
     index = out.pool.index(solver)
-    rows = torch.tensor([[1.0, 0.0, 0.0]] + [list(get_solver(solver).weights(k, interval, interval))
+    # a fitted table reads the newest three anchors N apart (``calibration``): the solver's weights there
+    rows = torch.tensor([[1.0, 0.0, 0.0]] + [list(weights_for(solver, k, (interval, interval)))
                                              for k in range(1, interval)], dtype=torch.float32)
     for scope in out.scopes.values():
         scope.choices[column, :] = index
@@ -177,6 +178,7 @@ def _copy(m: SolverMap) -> SolverMap:
     for s in out.scopes.values():
         s.choices = s.choices.clone()
         s.fitted = {n: t.clone() for n, t in s.fitted.items()}
+        s.placed = {n: t.clone() for n, t in s.placed.items()}
     out.provenance = copy.deepcopy(m.provenance)
     return out
 

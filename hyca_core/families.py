@@ -18,7 +18,7 @@ import torch
 from . import vec_paths
 from .skips import Skip
 
-GRANULARITIES = ("module", "block", "stack")
+GRANULARITIES = ("module", "block", "stack", "final")
 
 
 class UnsupportedModel(ValueError):
@@ -341,8 +341,8 @@ def hidden_size(diffusion_model: torch.nn.Module) -> int:
 
 def feature_names(family: Family, counts: dict[str, int], granularity: str) -> list[str]:
     """Every cached feature of a model at a granularity, in block order."""
-    if granularity == "stack":
-        return ["stack"]
+    if granularity in ("stack", "final"):
+        return [granularity]
     names = []
     for kind, _ in family.blocks:
         prefix = FEATURE_PREFIX[kind]

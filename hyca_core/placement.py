@@ -3,9 +3,9 @@
 At a fixed number of full evaluations, where they fall matters as much as the solver: one full
 last step was worth 8-10 dB on the reference model. ``fixed_placements`` lists every placement the
 interval schedule can make with exactly ``budget`` full steps (any warm-up, cooldown and N);
-``search`` starts from the best of them, measured closed-loop, and moves one full step at a time to
-a neighbouring step or into the middle of the widest gap, keeping a move only when the final output
-gets closer to the uncached one, within a budget of trials. A score is one value per sampled image
+``search`` starts from the best of them and of HyCa Apply's spread rule, measured closed-loop, and
+moves one full step at a time to a neighbouring step or into the middle of the widest gap, keeping a
+move only when the final output gets closer to the uncached one, within a budget of trials. A score is one value per sampled image
 (or a single number); a move counts only when its gain, image by image, clears the spread between
 images, as a refine step does (``closed_loop.clear_gain``). Step 0 always stays full (nothing can
 be forecast without an anchor).
@@ -18,7 +18,7 @@ from statistics import fmean
 from typing import Callable, Iterable, Optional, Sequence, Union
 
 from .closed_loop import MARGIN_DB, REFINE_Z, clear_gain
-from .schedule import Schedule
+from .schedule import Schedule, interval_for, spread_positions  # noqa: F401  (interval_for: re-exported)
 
 log = logging.getLogger("hyca")
 
@@ -78,8 +78,8 @@ def search(score: Score, steps: int, budget: int, trials: int,
         return measured[full]
 
     if start is None:
-        fixed = list(fixed_placements(steps, budget)) or [tuple(sorted(set(
-            round(i * (steps - 1) / max(budget - 1, 1)) for i in range(budget))))]
+        # the interval schedules of this budget and HyCa Apply's spread rule: the search starts from the best
+        fixed = list(dict.fromkeys([*fixed_placements(steps, budget), spread_positions(steps, budget)]))
         for full in fixed:
             measure(full)
         start = max(fixed, key=lambda full: fmean(measured[full]))
@@ -102,12 +102,6 @@ def search(score: Score, steps: int, budget: int, trials: int,
                 break
     return best, fmean(best_values), {"start": list(start), "start_db": round(fixed_best, 3), "trials": used,
                                       "scored": len(measured)}
-
-
-def interval_for(steps: int, budget: int, intervals: Iterable[int]) -> int:
-    """The calibrated interval whose solvers a placement uses: the nearest to its mean spacing."""
-    mean = steps / max(budget, 1)
-    return min(intervals, key=lambda n: (abs(n - mean), n))
 
 
 def calibrated_schedule(entry: dict, interval: int) -> Schedule:

@@ -7,7 +7,8 @@
    unweighted choice (BENCHMARKS.md, "Calibration that pays"); the closed loop below is what wins;
 2. uncached calibration runs streamed into the ``Calibrator`` with those weights: the open-loop map;
 3. closed-loop refinement and the per-N guarantee against uniform solvers (``hyca_core.closed_loop``);
-4. optionally, a calibrated placement of full steps per budget (``hyca_core.placement``).
+4. optionally, a calibrated placement of full steps per budget (``hyca_core.placement``), with
+   step weights learned for it (``hyca_core.placed``), kept only where they win on held-out seeds.
 
 ``run(seed, config)`` samples once with ``seed`` under ``config`` (a ``CalibrateConfig``,
 ``ProbeConfig`` or ``ApplyConfig``; None: plain uncached) and returns the final output. HyCa
@@ -26,7 +27,8 @@ import torch
 
 from . import families, placement, sensitivity
 from .calibration import CalibrationConfig, Calibrator, require_clustering
-from .closed_loop import REFINE_LEVELS, Judge, closed_loop
+from .closed_loop import MARGIN_DB, REFINE_LEVELS, REFINE_Z, Judge, _copy, clear_gain, closed_loop
+from .placed import PlacedCalibrator
 from .schedule import Schedule
 from .session import CalibrateConfig
 from .solver_map import SolverMap
@@ -51,6 +53,7 @@ class Procedure:
     probes: int = 0  # sensitivity probe runs (0: unweighted scoring)
     budgets: tuple[int, ...] = ()  # full-step budgets to calibrate a placement for (hyca_core.placement)
     placement_trials: int = 24  # closed-loop moves tried per budget, after the fixed placements
+    learn: bool = True  # learn step weights for each placement (hyca_core.placed), kept where they win
 
     def __post_init__(self):
         if self.refine not in REFINE_LEVELS:
@@ -155,6 +158,63 @@ def calibrate(run: Callable, diffusion_model, family: families.Family, granulari
                                       "fit_db": round(value, 3), "fixed_db": record["start_db"],
                                       "fixed_start": record["start"], "trials": record["trials"]}
         solver_map.provenance["schedules"] = schedules
+        if p.learn:
+            solver_map = learn_step_weights(solver_map, counted_run(run, runs), family, granularity, p, judge)
     seconds["placement"] = time.perf_counter() - started
     solver_map.provenance["calibration_runs"] = dict(runs)
     return Outcome(solver_map, first, weights, runs, seconds)
+
+
+class _Tee:
+    """One calibration pass feeding several calibrators (one per placement)."""
+
+    def __init__(self, calibrators):
+        self.calibrators = calibrators
+
+    def begin_run(self):
+        for c in self.calibrators:
+            c.begin_run()
+
+    def observe(self, *args, **kwargs):
+        for c in self.calibrators:
+            c.observe(*args, **kwargs)
+
+    def end_run(self):
+        for c in self.calibrators:
+            c.end_run()
+
+
+def learn_step_weights(solver_map: SolverMap, run: Callable, family: families.Family, granularity: str,
+                       p: Procedure, judge: Judge) -> SolverMap:
+    """Step weights for every calibrated placement (``hyca_core.placed``) from one more uncached
+    pass over the fit seeds, each kept only where the map with them beats the map without on the
+    held-out check seeds by a clear margin (``closed_loop.clear_gain``); the map says which."""
+    entries = solver_map.provenance.get("schedules", {})
+    calibrators = {int(b): PlacedCalibrator(tuple(e["full_steps"]), e["steps"]) for b, e in entries.items()}
+    if not calibrators:
+        return solver_map
+    for seed in p.fit_seeds:
+        run(seed, CalibrateConfig(family, granularity, _Tee(list(calibrators.values()))))
+    seeds = p.verify_seeds or p.fit_seeds
+    out = _copy(solver_map)
+    for budget, calibrator in calibrators.items():
+        entry = entries[str(budget)]
+        column = out.interval_column(entry["interval"])
+        candidate = _copy(out)
+        for name, scope in candidate.scopes.items():
+            chosen = [candidate.pool[int(i)] for i in scope.choices[column]]
+            table = calibrator.fit(scope.labels, chosen, name)
+            if table is not None:
+                scope.placed[budget] = table
+        schedule = placement.calibrated_schedule(entry, entry["interval"])
+        without = judge.items(judge.with_schedule(schedule, out), seeds)
+        learned = judge.items(judge.with_schedule(schedule, candidate), seeds)
+        kept = candidate.has_placed and clear_gain(learned, without, REFINE_Z, MARGIN_DB)
+        entry["learned"] = {"kept": kept, "with_db": round(sum(learned) / len(learned), 3),
+                            "without_db": round(sum(without) / len(without), 3)}
+        log.info("HyCa Calibrate: learned step weights for %d full steps: %.2f dB vs %.2f dB without (%s)",
+                 budget, entry["learned"]["with_db"], entry["learned"]["without_db"], "kept" if kept else "dropped")
+        if kept:
+            out = candidate
+    out.provenance["schedules"] = entries
+    return out

@@ -103,6 +103,7 @@ class CacheStream:
         self._in_row = 0
         self._signature: Optional[Hashable] = None
         self._t = 0.0
+        self._steps = 0
         self._full = True
         self._forced = False
         self._warned_nonfinite = False
@@ -123,7 +124,7 @@ class CacheStream:
                 self.stats.resets += 1
             self._signature = signature
         reason = "forced" if force_full else self.schedule.full_reason(t, n_steps, self._last_full, self._in_row)
-        self._t, self._full, self._forced = float(t), reason is not None, force_full
+        self._t, self._steps, self._full, self._forced = float(t), int(n_steps), reason is not None, force_full
         if reason is not None:
             self.stats.full_reasons[reason] += 1
         return self._full
@@ -138,7 +139,7 @@ class CacheStream:
     def predict(self, feature: str, out_dtype: Optional[torch.dtype] = None,
                 device: Optional[torch.device | str] = None) -> torch.Tensor:
         anchors, times = self.store.anchors(feature, device)
-        return self.predictors(feature).predict(anchors, times, self._t, out_dtype)
+        return self.predictors(feature).predict(anchors, times, self._t, out_dtype, steps=self._steps)
 
     def accept(self, output: Optional[torch.Tensor] = None) -> bool:
         """Finish the evaluation. On a predicted one, a non-finite ``output`` is refused (False):

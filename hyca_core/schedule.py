@@ -5,9 +5,14 @@ Time is a *step coordinate*: where the current sigma falls in the sampler's sigm
 number of steps, cond/uncond split into separate calls, and samplers that evaluate the model twice
 per step (Heun: at ``sigmas[i]`` and ``sigmas[i+1]``) all see the same time.
 
-The default schedule is TaylorSeer's, which HyCa's tables use: ``warmup`` full steps, then one full
-step every ``interval`` steps, no forced final step. ``cooldown``, ``max_consecutive`` and a
-``start``/``end`` window (fractions of the step axis) are optional.
+Three ways to say which steps are full:
+
+- ``spread`` (HyCa Apply's default): exactly ``spread`` full steps for any step count, placed by
+  ``spread_positions``: the first step, the last ``tail`` steps, the rest evenly between them.
+- the interval schedule, TaylorSeer's, which HyCa's tables use: ``warmup`` full steps, then one full
+  step every ``interval`` steps; ``cooldown``, ``max_consecutive`` and a ``start``/``end`` window
+  (fractions of the step axis) are optional.
+- ``full_at``: a placement HyCa Calibrate found for a step count (rescaled to others).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 EPSILON = 1e-6
 SNAP = 1e-4  # sigma positions this close to an integer step are that step
@@ -48,6 +53,38 @@ def step_coordinate(sigma: float, sigmas: Sequence[float]) -> float:
     return float(len(s) - 1)
 
 
+SPREAD_TAIL = 2  # last steps a spread schedule computes fully (when its budget allows)
+SPREAD_WARP = 0.8  # < 1 puts the spread full steps closer together late (where errors reach the image), > 1 early
+
+
+@functools.lru_cache(maxsize=256)
+def spread_positions(steps: int, budget: int, tail: int = SPREAD_TAIL, warp: float = SPREAD_WARP) -> tuple[int, ...]:
+    """``budget`` full steps of ``steps``: step 0 (nothing can be forecast before it), the last
+    ``tail`` steps (the low-noise steps where a forecast error lands in the image unfiltered), and
+    the others between them at ``(steps - tail) * (i / (others + 1)) ** warp``, moved apart where
+    rounding makes two meet. Measured on both reference models (BENCHMARKS.md, issue 22)."""
+    if steps < 1 or budget < 1:
+        raise ValueError(f"a spread schedule needs steps >= 1 and budget >= 1, got {steps}, {budget}")
+    if budget >= steps:
+        return tuple(range(steps))
+    tail = max(0, min(tail, budget - 1))
+    end = steps - tail  # first tail step
+    others = budget - 1 - tail
+    wanted = [(end * (i / (others + 1)) ** warp) for i in range(1, others + 1)]
+    placed: list[int] = []
+    for i, x in enumerate(wanted):
+        low = placed[-1] + 1 if placed else 1
+        high = end - (others - i)  # room for the ones still to come
+        placed.append(min(max(round(x), low), high))
+    return (0, *placed, *range(end, steps))
+
+
+def interval_for(steps: int, budget: int, intervals: Iterable[int]) -> int:
+    """The calibrated interval whose solvers a placement uses: the nearest to its mean spacing."""
+    mean = steps / max(budget, 1)
+    return min(intervals, key=lambda n: (abs(n - mean), n))
+
+
 @dataclass(frozen=True)
 class Schedule:
     interval: int = 6
@@ -61,6 +98,8 @@ class Schedule:
     # cooldown then only describe it.
     full_at: Optional[tuple[int, ...]] = None
     full_at_steps: Optional[int] = None
+    # A spread schedule (``spread_positions``): exactly this many full steps, whatever the step count.
+    spread: Optional[int] = None
 
     def __post_init__(self):
         if self.interval < 1:
@@ -71,14 +110,26 @@ class Schedule:
             raise ValueError("max_consecutive must be >= 0")
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(f"window must satisfy 0 <= start <= end <= 1, got [{self.start}, {self.end}]")
+        if self.spread is not None and (not isinstance(self.spread, int) or self.spread < 1):
+            raise ValueError(f"a spread schedule needs at least one full step, got {self.spread}")
+        if self.spread is not None and self.full_at is not None:
+            raise ValueError("a schedule is spread or calibrated (full_at), not both")
         if self.full_at is not None:
             steps = self.full_at_steps
             if not isinstance(steps, int) or steps < 1 or not self.full_at or 0 not in self.full_at \
                     or any(not isinstance(i, int) or not 0 <= i < steps for i in self.full_at):
                 raise ValueError(f"full_at must list steps in [0, {steps}) including 0, got {self.full_at}")
 
+    @property
+    def placed(self) -> bool:
+        """Full steps at fixed places (spread or calibrated), not by interval."""
+        return self.full_at is not None or self.spread is not None
+
     def full_positions(self, n_steps: int) -> frozenset[int]:
-        """The calibrated full steps for a run of ``n_steps`` (rescaled from the calibration's count)."""
+        """The full steps of a spread or calibrated schedule for a run of ``n_steps`` (a calibrated
+        placement is rescaled from the calibration's count)."""
+        if self.spread is not None:
+            return frozenset(spread_positions(n_steps, self.spread))
         return _rescaled(self.full_at, self.full_at_steps, n_steps)
 
     def full_reason(self, t: float, n_steps: int, last_full: Optional[float],
@@ -90,11 +141,13 @@ class Schedule:
             return "interval"
         if last_full is None:
             return "no anchor"
-        if self.full_at is not None:
+        if self.placed:
             if t < last_full - EPSILON:
                 return "time went back"
             nearest = round(t)
-            return "calibrated" if abs(t - nearest) < EPSILON and nearest in self.full_positions(n_steps) else None
+            if abs(t - nearest) < EPSILON and nearest in self.full_positions(n_steps):
+                return "spread" if self.spread is not None else "calibrated"
+            return None
         if t < self.warmup - EPSILON:
             return "warmup"
         if self.cooldown and t >= n_steps - self.cooldown - EPSILON:

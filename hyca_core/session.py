@@ -8,6 +8,7 @@ and the reference benchmark both drive it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -21,20 +22,20 @@ from .blocks import CONTEXT_KEY, BlockPatch, EvalContext, ModuleMismatch  # noqa
 from .calibration import Calibrator
 from .gates import Planning
 from .runtime import CacheRun, PredictorBank
-from .schedule import Schedule, step_coordinate
-from .solver_map import SolverMap, uniform_predictors
+from .schedule import Schedule, interval_for, step_coordinate
+from .solver_map import SolverMap, placements, uniform_predictors
 from .vec_paths import ModelCall
 
 log = logging.getLogger("hyca")
 
 # When HyCa's code fails on a block it does not know, the run goes on one step coarser; block
 # granularity only adds each block's output residual, so its failing leaves nothing to cache.
-FALLBACK = {"module": "block", "stack": "block", "block": "off"}
+FALLBACK = {"module": "block", "stack": "block", "final": "block", "block": "off"}
 
 CONFIG_KEY = "hyca"  # transformer_options: the node's (immutable) config
 RUN_KEY = "hyca_run"  # transformer_options of the cloned model_options: the per-run state
 WRAPPER_KEY = "hyca"
-DEFAULT_SOLVER = "taylor1"  # without a map: TaylorSeer order 1, the TaylorSeer code's default
+DEFAULT_SOLVER = "hermite1"  # without a map: half the TaylorSeer-1 slope (HiCache, m = 1); BENCHMARKS.md, issue 22
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,19 @@ class ApplyConfig:
         fallback = uniform_predictors(self.solver)
         if self.solver_map is None:
             return fallback
-        bank = self.solver_map.predictors(self.schedule.interval, self.mode)
+        bank = self.solver_map.predictors(self.schedule.interval, self.mode, placement=self.placement)
         bank.default = fallback.default  # features the map lacks (after a fallback to block)
         return bank
+
+    @property
+    def placement(self) -> Optional[int]:
+        """The budget of the map's calibrated placement this schedule samples, if it is one."""
+        if self.solver_map is None or self.schedule.full_at is None:
+            return None
+        for budget, entry in placements(self.solver_map).items():
+            if entry["steps"] == self.schedule.full_at_steps and entry["full_steps"] == sorted(self.schedule.full_at):
+                return budget
+        return None
 
 
 @dataclass
@@ -84,6 +95,17 @@ class RunState:
         self.verified = self.granularity != "module"
         device = {"cpu": "cpu"}.get(self.config.cache_device)
         self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device)
+
+    def on_sigmas(self, sigmas: list) -> None:
+        """A spread schedule with a map: the map's solvers of the interval nearest the run's mean
+        spacing between full steps (known once the run's step count is)."""
+        schedule, solver_map = self.config.schedule, self.config.solver_map
+        if schedule.spread is None or solver_map is None or self.run.streams:
+            return
+        interval = interval_for(len(sigmas) - 1, schedule.spread, solver_map.intervals)
+        if interval != schedule.interval:
+            self.run.predictors = dataclasses.replace(self.config, schedule=dataclasses.replace(
+                schedule, interval=interval)).predictors()
 
     def stream(self, key, name):
         stream = self.run.stream(key)

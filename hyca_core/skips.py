@@ -26,7 +26,7 @@ import torch
 from .gates import vec_matches, weights_streamed
 
 CURRENT: contextvars.ContextVar = contextvars.ContextVar("hyca_evaluation", default=None)
-FORECASTING = ("module", "block", "stack")
+FORECASTING = ("module", "block", "stack", "final")
 
 
 @dataclass(frozen=True)

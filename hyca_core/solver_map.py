@@ -20,13 +20,13 @@ from typing import Any, Optional
 import torch
 
 from . import __version__
-from .predictor import FittedRule, HybridPredictor, Rule
+from .families import GRANULARITIES
+from .predictor import FittedRule, HybridPredictor, PlacedRule, Rule
 from .runtime import PredictorBank, pooled_scope
-from .solvers import SOLVERS
+from .solvers import MAX_ANCHORS, SOLVERS
 
 FORMAT_NAME = "hyca-solver-map"
 FORMAT_VERSION = 1
-GRANULARITIES = ("module", "block", "stack")
 MODES = ("choose", "fit")
 _SUM_TOLERANCE = 1e-3
 # Fitted weights measured on the reference model stay below 5 (C=2 and per-channel, 24 and 50
@@ -53,8 +53,12 @@ class ScopeAssignment:
     labels: torch.Tensor  # int32 [D]: channel -> cluster
     choices: torch.Tensor  # int32 [I, C]: pool index per interval and cluster
     errors: torch.Tensor  # float32 [S (+1 if fitted), C, I]: calibration mean squared error
-    fitted: dict[int, torch.Tensor] = field(default_factory=dict)  # N -> float32 [C, N, 3]
+    # N -> float32 [C, N, MAX_ANCHORS] (maps written before history solvers: [C, N, 3])
+    fitted: dict[int, torch.Tensor] = field(default_factory=dict)
     features: list[str] = field(default_factory=list)
+    # budget -> float32 [C, steps, MAX_ANCHORS]: step weights learned for that calibrated placement
+    # (``provenance["schedules"][budget]``), one row per step (``hyca_core.placed``)
+    placed: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -112,10 +116,11 @@ class SolverMap:
         return all(scope.fitted for scope in self.scopes.values())
 
     # -- using -----------------------------------------------------------------------------------
-    def predictors(self, interval: int, mode: Optional[str] = None) -> PredictorBank:
+    def predictors(self, interval: int, mode: Optional[str] = None, placement: Optional[int] = None) -> PredictorBank:
         """Predictors for deployment at ``interval``. An interval the map was not calibrated for
         uses the nearest calibrated one's solvers (they are exact for any spacing), never its
-        fitted weights (those only hold at their own N)."""
+        fitted weights (those only hold at their own N). ``placement``: the budget of a calibrated
+        placement being sampled; its learned step weights apply where the run is that placement."""
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -127,13 +132,22 @@ class SolverMap:
             for c in range(scope.clusters):
                 fixed = self.pool[int(scope.choices[column, c])]
                 table = scope.fitted.get(interval) if mode == "fit" and calibrated_n == interval else None
-                if table is None:
-                    rules.append(fixed)
-                else:
+                rule: Rule = fixed
+                if table is not None:
                     rows = tuple(tuple(float(w) for w in row) for row in table[c].tolist())
-                    rules.append(FittedRule(interval, rows, fixed))
+                    rule = FittedRule(interval, rows, fixed)
+                placed = scope.placed.get(placement) if placement is not None else None
+                if placed is not None and placement in placements(self):
+                    entry = placements(self)[placement]
+                    rows = tuple(tuple(float(w) for w in row) for row in placed[c].tolist())
+                    rule = PlacedRule(entry["steps"], tuple(entry["full_steps"]), rows, rule)
+                rules.append(rule)
             banks[name] = HybridPredictor(rules, scope.labels)
         return PredictorBank(banks)
+
+    @property
+    def has_placed(self) -> bool:
+        return any(scope.placed for scope in self.scopes.values())
 
     def interval_column(self, interval: int) -> int:
         return min(range(len(self.intervals)), key=lambda i: (abs(self.intervals[i] - interval), self.intervals[i]))
@@ -190,6 +204,8 @@ def _tensors(m: SolverMap) -> dict[str, torch.Tensor]:
         out[f"scopes/{name}/errors"] = scope.errors.to(torch.float32).contiguous()
         for n, table in scope.fitted.items():
             out[f"scopes/{name}/fit/{int(n)}"] = table.to(torch.float32).contiguous()
+        for budget, table in scope.placed.items():
+            out[f"scopes/{name}/placed/{int(budget)}"] = table.to(torch.float32).contiguous()
     return out
 
 
@@ -383,8 +399,11 @@ def _implied_bytes(header) -> Optional[int]:
             return None
     except (KeyError, TypeError):
         return None
-    i, fitted = len(intervals), sum(max(n, 0) for n in intervals) * 3
-    per_scope = 8 * channels * (1 + i + (pool + 1) * i + fitted)
+    i, fitted = len(intervals), sum(max(n, 0) for n in intervals) * MAX_ANCHORS
+    schedules = header.get("provenance", {}).get("schedules", {}) if isinstance(header.get("provenance"), dict) else {}
+    placed = sum(min(e["steps"], MAX_STEPS) for e in schedules.values() if isinstance(e, dict) and _is_int(
+        e.get("steps")) and e["steps"] > 0) * MAX_ANCHORS if isinstance(schedules, dict) else 0
+    per_scope = 8 * channels * (1 + i + (pool + 1) * i + fitted + placed)
     return scopes * per_scope + 4096
 
 
@@ -462,22 +481,24 @@ def _from_parts(source: str, header: dict, tensors: dict[str, torch.Tensor], ver
                 raise SolverMapError(source, prefix + part, "tensor missing")
             parts[part] = tensors[prefix + part]
             claimed.add(prefix + part)
-        fitted = {}
+        fitted, placed = {}, {}
         for key in tensors:
-            if key.startswith(prefix + "fit/"):
-                suffix = key[len(prefix + "fit/"):]
-                # ASCII digits, no leading zero: "03", "٣" or "３" must not stand in for "3"
-                if re.fullmatch(r"[1-9][0-9]{0,3}", suffix) is None:
-                    raise SolverMapError(source, key, "fit tensors must be named by their interval "
-                                                      "(ASCII digits, no leading zero)")
-                fitted[int(suffix)] = tensors[key]
-                claimed.add(key)
+            for kind, found, by in (("fit/", fitted, "interval"), ("placed/", placed, "full-step budget")):
+                if key.startswith(prefix + kind):
+                    suffix = key[len(prefix + kind):]
+                    # ASCII digits, no leading zero: "03", "٣" or "３" must not stand in for "3"
+                    if re.fullmatch(r"[1-9][0-9]{0,3}", suffix) is None:
+                        raise SolverMapError(source, key, f"{kind[:-1]} tensors must be named by their {by} "
+                                                          "(ASCII digits, no leading zero)")
+                    found[int(suffix)] = tensors[key]
+                    claimed.add(key)
         if not isinstance(meta, dict):
             raise SolverMapError(source, f"scopes.{name}", "must be an object")
         features = meta.get("features", [])
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise SolverMapError(source, f"scopes.{name}.features", "must be a list of feature names")
-        scopes[name] = ScopeAssignment(parts["labels"], parts["choices"], parts["errors"], fitted, list(features))
+        scopes[name] = ScopeAssignment(parts["labels"], parts["choices"], parts["errors"], fitted, list(features),
+                                       placed)
     stray = sorted(set(tensors) - claimed)
     if stray:
         raise SolverMapError(source, stray[0], "tensor belongs to no scope listed in the metadata")
@@ -557,8 +578,9 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
             where = f"{at}/fit/{n}"
             if n not in m.intervals:
                 fail(where, f"interval {n} is not among the map's intervals {list(m.intervals)}")
-            if list(table.shape) != [clusters, n, 3]:
-                fail(where, f"shape must be [{clusters}, {n}, 3], got {list(table.shape)}")
+            if table.ndim != 3 or list(table.shape[:2]) != [clusters, n] or table.shape[2] not in (3, MAX_ANCHORS):
+                fail(where, f"shape must be [{clusters}, {n}, {MAX_ANCHORS}] (or [{clusters}, {n}, 3]), "
+                            f"got {list(table.shape)}")
             if not bool(torch.isfinite(table).all()):
                 fail(where, "contains NaN or inf")
             sums = table.double().sum(-1)
@@ -569,6 +591,21 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
                             "with them amplifies the anchors' differences past any use")
         if s.fitted and set(s.fitted) != set(m.intervals):
             fail(f"{at}/fit", f"fitted weights cover intervals {sorted(s.fitted)}, the map lists {list(m.intervals)}")
+        for budget, table in s.placed.items():
+            where = f"{at}/placed/{budget}"
+            entry = placements(m).get(budget)
+            if entry is None:
+                fail(where, f"learned weights for a placement of {budget} full steps the map does not hold "
+                            "(provenance.schedules)")
+            if list(table.shape) != [clusters, entry["steps"], MAX_ANCHORS]:
+                fail(where, f"shape must be [{clusters}, {entry['steps']}, {MAX_ANCHORS}], got {list(table.shape)}")
+            if not table.is_floating_point() or not bool(torch.isfinite(table).all()):
+                fail(where, "must hold finite floating-point weights")
+            if not bool(((table.double().sum(-1) - 1.0).abs() <= _SUM_TOLERANCE).all()):
+                fail(where, "weights of each step must sum to 1")
+            if bool((table.abs() > MAX_FIT_WEIGHT).any()):
+                fail(where, f"weights beyond +-{MAX_FIT_WEIGHT:g}: a forecast with them amplifies the anchors' "
+                            "differences past any use")
     if m.mode == "fit" and not m.has_fit:
         fail("mode", "is 'fit' but the map holds no fitted weights")
 

@@ -18,6 +18,9 @@ from .report import map_notes
 
 SolverMapType = io.Custom("HYCA_SOLVER_MAP")
 log = logging.getLogger("hyca")
+SCHEDULES = ("spread", "interval", "calibrated")
+DEFAULT_FULL_STEPS = 6  # a quarter of a 24-step run: the speedups users install a cache for
+DEFAULT_GRANULARITY = "final"  # the no-map default measured best on both reference models (BENCHMARKS.md)
 
 
 def calibrated(solver_map, full_steps: int) -> Schedule:
@@ -49,22 +52,24 @@ class HyCaApply(io.ComfyNode):
                                     tooltip=f"Per-channel solvers from HyCa Calibrate or HyCa Solver Map Loader. "
                                             f"Without one, every channel uses {DEFAULT_SOLVER}."),
                 io.Int.Input("interval", default=6, min=1, max=20,
-                             tooltip="One full step every N steps; the others are forecast. 1 disables caching. "
-                                     "5-6 is a good start for 50 steps, 2-3 for distilled few-step models."),
+                             tooltip="With schedule = interval: one full step every N steps; the others are "
+                                     "forecast. 1 disables caching (any schedule)."),
                 io.Int.Input("warmup_steps", default=3, min=0, max=100,
-                             tooltip="First steps always computed fully (composition forms here)."),
+                             tooltip="With schedule = interval: first steps always computed fully."),
                 io.Int.Input("cooldown_steps", default=1, min=0, max=100,
-                             tooltip="Last steps always computed fully. One full final step removes most of the "
-                                     "left-over noise a forecast last step leaves (see BENCHMARKS.md); 0 is "
-                                     "TaylorSeer's and the paper's schedule."),
+                             tooltip="With schedule = interval: last steps always computed fully. One full final "
+                                     "step removes most of the left-over noise a forecast last step leaves "
+                                     "(see BENCHMARKS.md); 0 is TaylorSeer's and the paper's schedule."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Forecast only from this fraction of the steps on."),
+                               tooltip="With schedule = interval: forecast only from this fraction of the steps on."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Forecast only before this fraction of the steps."),
-                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default="module",
-                               tooltip="module: cache each attention/MLP branch (the paper's, best quality). "
-                                       "block: cache each block's residual (survives ComfyUI changes). "
-                                       "stack: cache the whole stack's residual (least memory, for long videos)."),
+                               tooltip="With schedule = interval: forecast only before this fraction of the steps."),
+                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default=DEFAULT_GRANULARITY,
+                               tooltip="What a forecast step forecasts. module: each attention/MLP branch (the "
+                                       "paper's). block: each block's residual (survives ComfyUI changes). stack: "
+                                       "the whole stack's residual. final: the stack's output itself, as Spectrum "
+                                       "and L2P forecast it (one tensor, the least memory; best on low-guidance "
+                                       "and distilled models). BENCHMARKS.md compares them."),
                 io.Combo.Input("cache_device", options=["auto", "gpu", "cpu"], default="auto",
                                tooltip="Where anchors are kept. cpu offloads them to RAM (slower, saves VRAM)."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off returns the model unchanged."),
@@ -74,14 +79,17 @@ class HyCaApply(io.ComfyNode):
                                          "in models/hyca/auto/; every later run with the same model, steps, "
                                          "scheduler and denoise is cached with it. A changed model, LoRA or step "
                                          "count calibrates anew. The run report says which run did what."),
-                io.Combo.Input("schedule", options=["interval", "calibrated"], default="interval", optional=True,
-                               tooltip="interval: warm-up, then one full step every `interval` steps, then the "
-                                       "cooldown (TaylorSeer's and the paper's schedule). calibrated: exactly "
-                                       "`full_steps` full steps at the places HyCa Calibrate found best for this "
-                                       "model (needs a map calibrated with that budget)."),
-                io.Int.Input("full_steps", default=10, min=1, max=1000, optional=True,
-                             tooltip="With schedule = calibrated: how many steps are computed fully. HyCa "
-                                     "Calibrate's `full_step_budgets` lists the budgets a map holds."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="spread", optional=True,
+                               tooltip="spread: exactly `full_steps` full steps, the first, the last two and the "
+                                       "rest evenly between (no calibration needed). interval: warm-up, then one "
+                                       "full step every `interval` steps, then the cooldown (TaylorSeer's and the "
+                                       "paper's schedule). calibrated: exactly `full_steps` full steps at the "
+                                       "places HyCa Calibrate found best for this model (needs a map calibrated "
+                                       "with that budget), with the step weights it learned there."),
+                io.Int.Input("full_steps", default=DEFAULT_FULL_STEPS, min=1, max=1000, optional=True,
+                             tooltip="With schedule = spread or calibrated: how many steps are computed fully "
+                                     "(the speedup is steps / full_steps: 6 of 24 steps is 4x). HyCa Calibrate's "
+                                     "`full_step_budgets` lists the budgets a map holds."),
             ],
             outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
             hidden=[io.Hidden.unique_id],  # the run report goes back to this node
@@ -93,7 +101,7 @@ class HyCaApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity,
                 cache_device, enabled, solver_map=None, auto_calibrate=False, schedule="interval",
-                full_steps=10) -> io.NodeOutput:
+                full_steps=DEFAULT_FULL_STEPS) -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(model)
         if start_percent > end_percent:
@@ -112,17 +120,24 @@ class HyCaApply(io.ComfyNode):
                     f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
                     f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
             solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
-        if schedule == "calibrated":
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if interval <= 1:
+            schedule = Schedule(interval=1)  # caching off, whatever the schedule
+        elif schedule == "calibrated":
             schedule = calibrated(solver_map, full_steps)
+        elif schedule == "spread":
+            schedule = Schedule(interval=interval, spread=full_steps)
         else:
             schedule = Schedule(interval=interval, warmup=warmup_steps, cooldown=cooldown_steps,
                                 start=start_percent, end=end_percent)
         if solver_map is not None:
-            # a calibrated placement is the map's own schedule: only its closed-loop note can apply
-            calibrated_here = schedule.full_at is not None
+            # placed full steps (spread, calibrated) are not the warm-up / cooldown the map was
+            # scored on: only its closed-loop note can apply
+            placed = schedule.placed
             notes += map_notes(solver_map, schedule.interval,
-                              solver_map.warmup if calibrated_here else warmup_steps,
-                              solver_map.provenance.get("cooldown", cooldown_steps) if calibrated_here
+                              solver_map.warmup if placed else warmup_steps,
+                              solver_map.provenance.get("cooldown", cooldown_steps) if placed
                               else cooldown_steps)
             for note in notes:
                 log.warning("HyCa Apply: %s", note)

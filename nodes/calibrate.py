@@ -15,7 +15,7 @@ from ..hyca_core.session import CONFIG_KEY, ModuleMismatch, PlainConfig
 from ..hyca_core.solver_map import save_solver_map
 from . import map_folder
 from .chart import calibration_chart
-from .apply import SolverMapType
+from .apply import DEFAULT_GRANULARITY, SolverMapType
 from .patch import diffusion_model_of, install
 from .text_inputs import parse_budgets, parse_intervals
 
@@ -91,16 +91,18 @@ class HyCaCalibrate(io.ComfyNode):
                 io.Boolean.Input("fit", default=False,
                                  tooltip="Beyond the paper: also fit least-squares weights per cluster and use them "
                                          "where anchors are exactly N apart. Calibrate on several runs when on."),
-                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default="module",
+                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default=DEFAULT_GRANULARITY,
                                tooltip="Must match the granularity HyCa Apply will use."),
                 io.Combo.Input("refine", options=list(REFINE_LEVELS), default="fast", tooltip=REFINE_TOOLTIP),
                 io.String.Input("name", default="my-model", tooltip="Saved as models/hyca/<name>.safetensors."),
                 io.String.Input("description", default="", optional=True, tooltip="Free text stored in the map, for sharing."),
                 io.String.Input("full_step_budgets", default="", optional=True,
-                                tooltip="Also place full steps: for each budget (e.g. '8-12' or '10'), search "
+                                tooltip="Also place full steps: for each budget (e.g. '4-6' or '6'), search "
                                         "where that many full steps reach the final image best, closed loop on "
-                                        "the calibration seeds (about 12 + 24 cached runs per budget). HyCa "
-                                        "Apply uses them with schedule = calibrated. Empty: none."),
+                                        "the calibration seeds (about 12 + 24 cached runs per budget), then learn "
+                                        "per-step forecast weights for that placement, kept only where they beat "
+                                        "the map without them on held-out seeds. HyCa Apply uses them with "
+                                        "schedule = calibrated. Empty: none."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="Optional: the model's VAE. The closed-loop check and the placement then "
                                      "compare decoded images, what you see, instead of latents (one decode per "
@@ -162,8 +164,9 @@ class HyCaCalibrate(io.ComfyNode):
                               clusters=clusters, per_channel=clusters == 0, fit=fit, refine=refine, seed=seed,
                               runs=runs, budgets=budgets)
         latent = fix_empty_latent(model, latent_image)
+        learning = runs + 2 * len(procedure.verify_seeds or procedure.fit_seeds) * len(budgets) if budgets else 0
         total = runs + (expected_runs(refine, len(interval_list), runs) + held_out_seeds(refine)
-                        if refine != "off" else 0) + len(budgets) * (12 + procedure.placement_trials) * runs
+                        if refine != "off" else 0) + len(budgets) * (12 + procedure.placement_trials) * runs + learning
         pbar = comfy.utils.ProgressBar(span * total)
         done = [0]
 

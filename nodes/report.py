@@ -45,6 +45,8 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
         "flops_speedup": round((full + predicted) / full, 3) if full else 1.0,  # the FLOPs bound of the run
         "peak_cache_bytes": sum(c["peak_cache_bytes"] for c in conds),
         "interval": schedule.interval, "warmup": schedule.warmup, "cooldown": schedule.cooldown,
+        "schedule": "spread" if schedule.spread is not None else "calibrated" if schedule.full_at is not None
+        else "interval", "full_steps": schedule.spread or (len(schedule.full_at) if schedule.full_at else None),
         "granularity": config.granularity, "used_granularity": state.granularity,
         "map": os.path.basename(solver_map.source) if solver_map is not None else None,
         "solver": None if solver_map is not None else config.solver,
@@ -88,9 +90,13 @@ def _diagnoses(conds: list[dict], schedule) -> list[str]:
                          "ComfyUI streams the weights")
         if c["full"] and not c["predicted"]:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(c["full_reasons"].items()))
-            notes.append(f"{c['cond']}: no step was forecast ({reasons}): raise the steps, or lower interval "
-                         f"({schedule.interval}), warmup_steps ({schedule.warmup}) or cooldown_steps "
-                         f"({schedule.cooldown}), or widen start/end_percent")
+            if schedule.spread is not None:
+                notes.append(f"{c['cond']}: no step was forecast ({reasons}): full_steps ({schedule.spread}) is not "
+                             "below the steps sampled; lower full_steps or raise the steps")
+            else:
+                notes.append(f"{c['cond']}: no step was forecast ({reasons}): raise the steps, or lower interval "
+                             f"({schedule.interval}), warmup_steps ({schedule.warmup}) or cooldown_steps "
+                             f"({schedule.cooldown}), or widen start/end_percent")
     return notes
 
 

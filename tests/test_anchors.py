@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hyca_core.anchors import AnchorStore
+from hyca_core.solvers import MAX_ANCHORS
 
 
 def test_stores_copies_not_views():
@@ -93,8 +94,11 @@ def test_clear_frees_everything():
 
 
 def test_capacity_is_validated():
+    AnchorStore(capacity=MAX_ANCHORS)  # history solvers read four anchors
     with pytest.raises(ValueError):
-        AnchorStore(capacity=4)
+        AnchorStore(capacity=MAX_ANCHORS + 1)
+    with pytest.raises(ValueError):
+        AnchorStore(capacity=0)
 
 
 def test_move_to_keeps_anchors_and_future_pushes_follow():

@@ -84,11 +84,13 @@ def test_error_table_equals_the_error_of_a_cached_replay(warmup, cooldown):
 
 
 def test_uneven_spacing_after_warmup_is_scored():
-    """Right after warm-up the anchors are 1 apart, then (N, 1) apart: both situations are slots."""
+    """Right after warm-up the anchors are 1 apart, then (N, 1, 1) apart, then (N, N, 1): every
+    situation up to four anchors N apart is a slot."""
     slots = CalibrationConfig(intervals=(4,), warmup=3).slots
-    assert {(s.h1, s.h2, s.available) for s in slots} == {(1, 1, 3), (4, 1, 3), (4, 4, 3)}
-    assert sorted(s.k for s in slots if s.regular) == [1, 2, 3]
-    assert {(s.h1, s.available) for s in CalibrationConfig(intervals=(4,), warmup=1).slots} == {(1, 1), (4, 2), (4, 3)}
+    assert {s.spacings for s in slots} == {(1, 1), (4, 1, 1), (4, 4, 1), (4, 4, 4)}
+    # a fitted table (three anchors) applies wherever the newest three are N apart
+    assert sorted(s.k for s in slots if s.regular) == [1, 1, 2, 2, 3, 3]
+    assert {s.spacings for s in CalibrationConfig(intervals=(4,), warmup=1).slots} == {(), (4,), (4, 4), (4, 4, 4)}
 
 
 def test_fit_is_never_worse_than_the_best_fixed_solver(result):

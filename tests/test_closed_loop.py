@@ -15,6 +15,7 @@ from hyca_core.closed_loop import (
     snr_db, uniform_candidates, verify, with_solver, with_uniform,
 )
 from hyca_core.predictor import FittedRule
+from hyca_core.session import DEFAULT_SOLVER
 from hyca_core.solver_map import validate_map
 from hyca_core.solvers import get_solver
 from support import small_map
@@ -53,7 +54,7 @@ def judge(runner):
 
 def costs(default=1.0, **others):
     base = {name: 5.0 for name in small_map(fit=False).pool}
-    base["taylor1"] = default
+    base[DEFAULT_SOLVER] = default
     base.update(others)
     return base
 
@@ -66,13 +67,13 @@ def test_snr_orders_outputs_by_their_error():
 
 def test_verify_keeps_the_default_at_every_interval_where_the_map_loses():
     m = small_map(fit=False)
-    # the map's own choices are bad everywhere: every solver but taylor1 costs 5
+    # the map's own choices are bad everywhere: every solver but the default costs 5
     m = with_uniform(with_uniform(with_uniform(m, 2, "reuse"), 3, "reuse"), 4, "reuse")
     out = verify(m, judge(Runner(costs())), seeds=[7], uniform=2)
     for i, n in enumerate(out.intervals):
-        assert out.provenance["closed_loop"]["intervals"][str(n)]["kept"] == "taylor1"
+        assert out.provenance["closed_loop"]["intervals"][str(n)]["kept"] == DEFAULT_SOLVER
         for s in out.scopes.values():
-            assert {out.pool[int(c)] for c in s.choices[i]} == {"taylor1"}
+            assert {out.pool[int(c)] for c in s.choices[i]} == {DEFAULT_SOLVER}
     validate_map(out)
 
 
@@ -84,7 +85,7 @@ def test_verify_keeps_the_map_where_it_wins_and_falls_back_per_interval():
     runner = Runner(costs(hermite=0.5, bdf2=0.2))
     out = verify(m, judge(runner), seeds=[7], uniform=0)  # only the default to beat
     kept = {n: e["kept"] for n, e in out.provenance["closed_loop"]["intervals"].items()}
-    assert kept == {"2": "map", "3": "taylor1", "4": "map"}
+    assert kept == {"2": "map", "3": DEFAULT_SOLVER, "4": "map"}
     gains = out.provenance["closed_loop"]["intervals"]
     assert gains["2"]["gain_db"] > 0 and gains["3"]["gain_db"] == 0 and gains["4"]["gain_db"] > gains["2"]["gain_db"]
 
@@ -149,7 +150,7 @@ def test_candidates_rank_near_misses_first_and_uniform_candidates_start_with_the
     assert [r[0] for r in ranked] == sorted(r[0] for r in ranked)
     assert all(r[0] >= 1.0 - 1e-6 or r[0] < 1.0 for r in ranked)
     names = uniform_candidates(m, 3, 2)
-    assert names[0] == "taylor1" and len(names) == 3 and len(set(names)) == 3
+    assert names[0] == DEFAULT_SOLVER and len(names) == 3 and len(set(names)) == 3
     assert sorted(uniform_candidates(m, 3)) == sorted(m.pool)
     assert set(REFINE_LEVELS) == {"off", "fast", "thorough"}
 

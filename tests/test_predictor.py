@@ -61,16 +61,16 @@ def test_fewer_anchors_fall_back_per_cluster():
 
 def test_uniform_predictor_uses_scalar_weights_and_skips_unused_anchors():
     predictor = HybridPredictor.uniform("foca")
-    weights = predictor.channel_weights(2.0, 6.0, 6.0, 3, "cpu")
+    weights = predictor.channel_weights(2.0, (6.0, 6.0), "cpu")
     assert len(weights) == 2 and all(w.shape == (1,) for w in weights)
     assert predictor.anchors_needed == 2
 
 
 def test_channel_weights_are_cached_per_offset_and_spacing():
     predictor = HybridPredictor(["taylor2", "reuse"], torch.tensor([0, 1, 1]))
-    first = predictor.channel_weights(1.0, 5.0, 5.0, 3, "cpu")
-    assert predictor.channel_weights(1.0, 5.0, 5.0, 3, "cpu") is first
-    assert predictor.channel_weights(2.0, 5.0, 5.0, 3, "cpu") is not first
+    first = predictor.channel_weights(1.0, (5.0, 5.0), "cpu")
+    assert predictor.channel_weights(1.0, (5.0, 5.0), "cpu") is first
+    assert predictor.channel_weights(2.0, (5.0, 5.0), "cpu") is not first
 
 
 def test_labels_out_of_range_are_refused():
@@ -88,13 +88,25 @@ def test_channel_count_mismatch_is_a_clear_error():
 def test_fitted_rule_applies_at_its_spacing_and_falls_back_elsewhere():
     table = ((1.0, 0.0, 0.0), (1.2, -0.1, -0.1), (1.6, -0.4, -0.2))
     rule = FittedRule(3, table, fallback="taylor1")
-    assert rule.weights(1.0, 3.0, 3.0, 3) == table[1]
-    assert rule.weights(1.5, 3.0, 3.0, 3) == pytest.approx((1.4, -0.25, -0.15))
-    assert rule.weights(1.0, 1.0, 1.0, 3) == solver_weights("taylor1", 1.0, 1.0)  # warm-up spacing
-    assert rule.weights(1.0, 3.0, 3.0, 2) == solver_weights("taylor1", 1.0, 3.0)  # too few anchors
-    assert rule.weights(2.5, 3.0, 3.0, 3) == solver_weights("taylor1", 2.5, 3.0)  # beyond the table
+    assert rule.weights(1.0, (3.0, 3.0)) == table[1]
+    assert rule.weights(1.5, (3.0, 3.0)) == pytest.approx((1.4, -0.25, -0.15))
+    assert rule.weights(1.0, (1.0, 1.0)) == solver_weights("taylor1", 1.0, 1.0)  # warm-up spacing
+    assert rule.weights(1.0, (3.0,)) == solver_weights("taylor1", 1.0, 3.0)[:2]  # too few anchors
+    assert rule.weights(2.5, (3.0, 3.0)) == solver_weights("taylor1", 2.5, 3.0)  # beyond the table
+    # a fourth anchor held: the table's three weights, and 0 on the anchor it does not read
+    assert rule.weights(1.0, (3.0, 3.0, 3.0)) == table[1] + (0.0,)
+    assert rule.anchors == 3
     with pytest.raises(ValueError, match="needs 3 rows"):
         FittedRule(3, table[:2], "taylor1")
+
+
+def test_a_history_solver_predicts_from_four_anchors():
+    predictor = HybridPredictor(["lsq1x4", "reuse"], torch.tensor([0, 1]))
+    assert predictor.anchors_needed == 4
+    times = [9.0, 6.0, 3.0, 0.0]
+    line = lambda t: torch.tensor([[2.0 * t + 1.0, 5.0]])  # noqa: E731  channel 0 moves, channel 1 is still
+    out = predictor.predict([line(t) for t in times], times, 11.0)
+    torch.testing.assert_close(out, line(11.0))  # exact on the line, reuse on the constant
 
 
 def test_weighted_sum_casts_once():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hyca_core.schedule import Schedule, step_coordinate
+from hyca_core.schedule import Schedule, spread_positions, step_coordinate
 
 
 def test_taylorseer_pattern_and_paper_flops():
@@ -94,3 +94,52 @@ def test_predicted_after_lists_the_forecasts_up_to_the_next_full_step():
     assert schedule.predicted_after(11.0, 12) == []  # nothing after the last step
     assert schedule.predicted_after(2.5, 12) == [3, 4, 5, 6]  # between steps: from the next one
     assert Schedule(interval=4, warmup=0, max_consecutive=1).predicted_after(0.0, 12) == [0, 1]
+
+
+@pytest.mark.parametrize("steps", [4, 8, 13, 20, 24, 30, 50, 77])
+def test_the_spread_schedule_computes_exactly_its_budget(steps):
+    for budget in range(1, steps + 2):
+        full = Schedule(interval=6, spread=budget).full_steps(steps)
+        assert len(full) == min(budget, steps), (steps, budget)
+        assert full[0] == 0
+        if 2 <= budget < steps:
+            assert full[-1] == steps - 1  # the last step is computed
+        if 4 <= budget < steps:
+            assert full[-2] == steps - 2  # ... and the one before it
+
+
+def test_the_spread_schedule_places_the_others_between_first_and_tail_closing_in_late():
+    assert spread_positions(20, 5) == (0, 7, 13, 18, 19)
+    assert spread_positions(50, 12) == (0, 8, 13, 18, 23, 28, 32, 36, 40, 44, 48, 49)
+    assert spread_positions(20, 3) == (0, 18, 19)
+    assert spread_positions(20, 2) == (0, 19)
+    full = spread_positions(50, 10)
+    gaps = [b - a for a, b in zip(full, full[1:-1])]
+    assert gaps == sorted(gaps, reverse=True)  # warp 0.8: the gaps shrink toward the end
+    even = spread_positions(50, 10, warp=1.0)
+    gaps = [b - a for a, b in zip(even, even[1:-1])]
+    assert max(gaps) - min(gaps) <= 1  # warp 1: even
+
+
+def test_a_spread_schedule_is_honoured_by_a_sampler_that_evaluates_twice_per_step():
+    # Heun: every step is evaluated at sigma_i and again at sigma_i+1 (step coordinate i + 1); the
+    # full steps are still exactly the spread ones, counted on the step grid
+    schedule, steps = Schedule(interval=6, spread=5), 20
+    full, last, in_row = [], None, 0
+    for i in range(steps):
+        for t in (float(i), float(i + 1)) if i + 1 < steps else (float(i),):
+            reason = schedule.full_reason(t, steps, last, in_row)
+            if reason is not None:
+                full.append(t)
+                last, in_row = t, 0
+            else:
+                in_row += 1
+    assert sorted(set(full)) == [float(s) for s in spread_positions(steps, 5)]
+    assert schedule.full_reason(7.0, steps, 5.0) == "spread"
+
+
+def test_spread_and_calibrated_placements_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        Schedule(spread=5, full_at=(0, 3), full_at_steps=10)
+    with pytest.raises(ValueError, match="at least one"):
+        Schedule(spread=0)

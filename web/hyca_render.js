@@ -41,10 +41,10 @@ export function reportHtml(r) {
   }
   const source = r.map ? `map ${esc(r.map)}` : `no map: ${esc(r.solver)} everywhere`;
   const fellBack = r.used_granularity !== r.granularity ? ` → <span class="hyca-warn">${esc(r.used_granularity)}</span>` : "";
-  lines.push(
-    `<div class="hyca-dim">${source} · N=${r.interval} · warm-up ${r.warmup} · cooldown ${r.cooldown} · ` +
-      `${esc(r.granularity)}${fellBack}</div>`,
-  );
+  const schedule = r.schedule === "spread" ? `spread, ${r.full_steps} full`
+    : r.schedule === "calibrated" ? `calibrated placement, ${r.full_steps} full`
+    : `N=${r.interval} · warm-up ${r.warmup} · cooldown ${r.cooldown}`;
+  lines.push(`<div class="hyca-dim">${source} · ${schedule} · ${esc(r.granularity)}${fellBack}</div>`);
   for (const note of r.notes || []) lines.push(`<div class="hyca-warn">⚠ ${esc(note)}</div>`);
   lines.push(`<div class="hyca-dim">last run ${esc(when)}</div>`);
   return lines.join("");

@@ -31,8 +31,8 @@ from ..schedule import Schedule
 from ..procedure import Procedure, calibrate as calibrate_procedure
 from ..session import RUN_KEY, ApplyConfig, block_patches, evaluate
 from ..solver_map import SolverMap
-from .data import decode, scenes
-from .pipeline import WEIGHTS, load_reference, sample
+from .data import decode
+from .pipeline import WEIGHTS, kind_of, load_reference, sample
 from .plot import plot_quality_vs_speedup
 from .png import grid, write_png
 
@@ -61,17 +61,23 @@ def cached_evaluator(model, config: ApplyConfig):
     def call(batch, t, context, pooled, run):
         options = {"patches_replace": {"dit": patches}, RUN_KEY: state, "sigmas": t[:1],
                    "sample_sigmas": run["sigmas"], "uuids": ["batch"], "cond_or_uncond": [0, 1]}
-        return evaluate(model, (batch, t, context, pooled), {"transformer_options": options}, options)
+        # the sampler says how its state becomes the model's call (Wan: a timestep of 1000 sigma);
+        # a hand-made run without it calls the model as FLUX takes its arguments
+        state.timestep_of = run.get("timestep_of")
+        args, kwargs = run["call"](batch, t, context, pooled) if "call" in run else ((batch, t, context, pooled), {})
+        return evaluate(model, args, {**kwargs, "transformer_options": options}, options)
 
     return call, state
 
 
 def reference_runner(model, setting: Setting, prompts_per_seed: int = 8):
     """``run(seed, config)`` for ``hyca_core.procedure``: calibration seed ``s`` samples its own
-    prompts (``scenes(4242 + s)``) from its own noise, under any HyCa config (None: uncached)."""
+    prompts (the model kind's ``prompts(4242 + s)``) from its own noise, under any HyCa config
+    (None: uncached)."""
+    kind = kind_of(model)
 
     def run(seed, config):
-        prompts = [s.prompt for s in scenes(4242 + seed, prompts_per_seed)]
+        prompts = kind.prompts(4242 + seed, prompts_per_seed)
         if config is None:
             return sample(model, prompts, seed=50_000 + 100 * seed, steps=setting.steps, cfg=setting.cfg)
         call, state = cached_evaluator(model, config)
@@ -97,7 +103,7 @@ def calibrate_outcome(model, setting: Setting, granularity: str, clusters: int, 
     # the closed loop scores decoded images: what the user sees, and what the benchmarks measure
     return calibrate_procedure(reference_runner(model, setting), model, families.detect(model), granularity,
                                procedure, provenance={"sampler": "euler", "cfg": setting.cfg,
-                                                      "seeds": "50000+100s, prompts scenes(4242+s)"}, decode=decode)
+                                                      "seeds": "50000+100s, prompts (4242+s)"}, decode=decode)
 
 
 def timed(fn, repeats, times: Optional[list] = None):
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
     granularities = tuple(args.granularities or (("module",) if args.quick else GRANULARITIES))
     model = load_reference(args.weights)
     started = time.perf_counter()
-    bench = Bench(model, setting, [s.prompt for s in scenes(777, setting.pairs)])  # never seen in calibration
+    bench = Bench(model, setting, kind_of(model).prompts(777, setting.pairs))  # never seen in calibration
     maps = {}
     for granularity in granularities:
         maps[(granularity, 2)] = calibrate(model, setting, granularity, 2, fit=True)

@@ -13,8 +13,9 @@ PCIe. For each granularity this counts, next to an uncached step:
   module: ComfyUI's weight casting reads a module's weights on each call the same way), plus any
   parameter read outside its module's own call (Wan's per-block ``modulation``, read by HyCa's
   rebuild);
-- anchor bytes HyCa reads (a forecast reads every stored anchor of every feature, ``taylor2``)
-  and writes (a full step stores one copy of every feature), scaled to the subject's image tokens;
+- anchor bytes HyCa reads (a forecast reads every stored anchor of every feature: three with
+  ``taylor2``, the default, four with a history fit such as ``--solver lsq1x4``) and writes (a full
+  step stores one copy of every feature), scaled to the subject's image tokens;
 - aten operations dispatched, about the kernels a GPU would launch.
 
 The full step counted is the last warm-up step, which also computes the gates of the coming
@@ -113,10 +114,10 @@ def counting(model: torch.nn.Module):
 
 ON_STEP = "module-step"  # module granularity as before issue 14: gates on each forecast step, nothing skipped
 STREAMED = "module-strm"  # module granularity as with weights ComfyUI streams: the plan rides along
-VARIANTS = (None, "module", STREAMED, ON_STEP, "block", "stack")
+VARIANTS = (None, "module", STREAMED, ON_STEP, "block", "stack", "final")
 
 
-def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None) -> dict:
+def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None, solver: str = "taylor2") -> dict:
     """Costs of one full and one forecast evaluation (granularity None: uncached, full only;
     ``ON_STEP``: module granularity computing every forecast's gates on the step)."""
     sigmas = flux_sigmas(12)
@@ -134,7 +135,7 @@ def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None
     for module in (blocks, skips):  # as where ComfyUI streams the weights: the plans ride along
         module.weights_streamed = (lambda module, device: True) if streamed else resident
     calls = CachedCalls(model, subject, ApplyConfig(family, granularity, Schedule(interval=4, warmup=WARMUP),
-                                                    solver="taylor2"))
+                                                    solver=solver))
     try:
         for i in range(WARMUP - 1):
             calls(x, sigmas[i], sigmas)
@@ -146,7 +147,7 @@ def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None
         with counting(model) as forecast:
             calls(x, sigmas[WARMUP], sigmas)
         assert not stream.full, "the measured step was not a forecast"
-        forecast["anchor_bytes_read"] = stream.store.nbytes  # taylor2 reads every stored anchor
+        forecast["anchor_bytes_read"] = stream.store.nbytes  # the solver reads every anchor it stores
         assert calls.state.granularity == granularity, calls.state.notes
         assert on_step or not stream.stats.gates_on_step, stream.stats.gates_on_step  # the forecast found its gates
     finally:
@@ -164,7 +165,7 @@ def extrapolate(counts: dict, sizes: list[dict], blocks: dict) -> float:
     return fixed + sum(blocks[name] * per_block[name] for name in blocks)
 
 
-def measure(subject: Subject, echo=print) -> list[dict]:
+def measure(subject: Subject, echo=print, solver: str = "taylor2") -> list[dict]:
     sizes = subject.sizes()
     table: dict = {}
     for k, size in enumerate(sizes):
@@ -172,7 +173,7 @@ def measure(subject: Subject, echo=print) -> list[dict]:
         model = subject.build(size)
         with torch.no_grad():
             for granularity in VARIANTS:
-                for phase, values in step_costs(model, subject, granularity).items():
+                for phase, values in step_costs(model, subject, granularity, solver).items():
                     for key, value in values.items():
                         table.setdefault((granularity or "uncached", phase, key), {})[k] = value
         echo(f"  {subject.name}: measured {', '.join(f'{n} {name}' for name, n in size.items())}")
@@ -221,6 +222,8 @@ def main(argv=None) -> None:
     parser.add_argument("--tokens", type=int, default=512, help="text tokens")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16",
                         help="weights and activations (fp32 runs faster on most CPUs; bytes double)")
+    parser.add_argument("--solver", default="taylor2", help="the forecast's solver: taylor2 (three anchors, the "
+                        "default) or a history fit such as lsq1x4 (four)")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args(argv)
     config = TINY if args.tiny else replace(FLUX_DEV, guidance_embed=True)
@@ -230,7 +233,8 @@ def main(argv=None) -> None:
           f"{config.depth_single_blocks} single blocks, width {config.hidden_size}, {latent}x{latent} latent, "
           f"{tokens} text tokens, {dtype}, batch 1; counted at 3 small depths, extrapolated")
     name = "tiny reference MMDiT" if args.tiny else "FLUX.1-dev (reference MMDiT)"
-    finish(measure(flux_subject(config, latent, tokens, dtype, name)), args.out)
+    print(f"forecasts with {args.solver}")
+    finish(measure(flux_subject(config, latent, tokens, dtype, name), solver=args.solver), args.out)
 
 
 if __name__ == "__main__":

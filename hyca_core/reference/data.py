@@ -86,6 +86,9 @@ def encode(images: torch.Tensor) -> torch.Tensor:
 
 
 def decode(latents: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 16, H, W], or one-frame video latents [B, 16, 1, H, W], -> images [B, 3, 2H, 2W]."""
+    if latents.ndim == 5:
+        latents = latents[:, :, 0]
     return ((F.pixel_shuffle(latents[:, :12], 2) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
@@ -101,11 +104,12 @@ class TextEncoder:
     """Words -> fixed pseudo-random embeddings plus a sinusoidal position code. No weights to ship:
     the table is regenerated from its seed. Unknown words map to a shared 'unknown' vector."""
 
-    def __init__(self, dim: int = TEXT_DIM, tokens: int = CONTEXT_TOKENS, seed: int = 1234):
+    def __init__(self, dim: int = TEXT_DIM, tokens: int = CONTEXT_TOKENS, seed: int = 1234,
+                 vocabulary: list[str] = VOCABULARY):
         g = torch.Generator().manual_seed(seed)
         self.dim, self.tokens = dim, tokens
-        self.index = {w: i + 1 for i, w in enumerate(VOCABULARY)}  # 0: unknown
-        self.table = torch.randn(len(VOCABULARY) + 1, dim, generator=g)
+        self.index = {w: i + 1 for i, w in enumerate(vocabulary)}  # 0: unknown
+        self.table = torch.randn(len(vocabulary) + 1, dim, generator=g)
         position = torch.arange(tokens, dtype=torch.float32)[:, None]
         freq = torch.exp(-math.log(100.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
         self.position = torch.zeros(tokens, dim)
