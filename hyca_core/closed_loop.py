@@ -136,8 +136,9 @@ class Judge:
         schedule = Schedule(interval=interval, warmup=self.warmup, cooldown=self.cooldown)
         return ApplyConfig(self.family, self.granularity, schedule, solver_map, mode=mode, solver=solver)
 
-    def with_schedule(self, schedule: Schedule, solver_map: Optional[SolverMap] = None) -> ApplyConfig:
-        return ApplyConfig(self.family, self.granularity, schedule, solver_map)
+    def with_schedule(self, schedule: Schedule, solver_map: Optional[SolverMap] = None,
+                      solver: str = DEFAULT_SOLVER) -> ApplyConfig:
+        return ApplyConfig(self.family, self.granularity, schedule, solver_map, solver=solver)
 
     def items(self, config: ApplyConfig, seeds: Sequence[int]) -> list[float]:
         """SNR (dB) of every sampled item (seed, then batch index) against its uncached output: the

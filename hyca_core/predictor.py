@@ -9,6 +9,8 @@ number of clusters: no gather, no scatter, no per-cluster loop over the feature 
 
 from __future__ import annotations
 
+import functools
+
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -103,7 +105,7 @@ class PlacedRule:
         """The placement's anchors when it forecasts step ``t``: its last full steps before ``t``."""
         return tuple(s for s in sorted(self.full_at, reverse=True) if s < t)[:MAX_ANCHORS]
 
-    @property
+    @functools.cached_property
     def reads(self) -> int:
         used = [i for t, row in enumerate(self.table) if t not in self.full_at for i, w in enumerate(row) if abs(w) > 0]
         return max(used, default=0) + 1
@@ -116,6 +118,8 @@ class PlacedRule:
         if where is not None and where.steps == self.steps and abs(where.t - round(where.t)) <= SPACING_TOLERANCE:
             t = int(round(where.t))
             held = self.held(t) if t not in self.full_at and 0 <= t < self.steps else ()
+            # anchors no row reads need not be held: a run keeps only as many as its rules read
+            held = held[: self.reads]
             expected = tuple(a - b for a, b in zip(held, held[1:]))
             if held and abs(t - held[0] - k) <= SPACING_TOLERANCE and len(spacings) + 1 >= len(held) and all(
                     abs(h - e) <= SPACING_TOLERANCE for h, e in zip(spacings, expected)):

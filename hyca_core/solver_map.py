@@ -129,16 +129,19 @@ class SolverMap:
         banks = {}
         for name, scope in self.scopes.items():
             rules: list[Rule] = []
+            entry = placements(self).get(placement) if placement is not None else None
+            uniform = entry.get("solver") if entry is not None else None
             for c in range(scope.clusters):
-                fixed = self.pool[int(scope.choices[column, c])]
-                table = scope.fitted.get(interval) if mode == "fit" and calibrated_n == interval else None
+                # a placement whose held-out check chose a uniform solver uses it everywhere
+                fixed = uniform or self.pool[int(scope.choices[column, c])]
+                table = (scope.fitted.get(interval) if mode == "fit" and calibrated_n == interval and uniform is None
+                         else None)
                 rule: Rule = fixed
                 if table is not None:
                     rows = tuple(tuple(float(w) for w in row) for row in table[c].tolist())
                     rule = FittedRule(interval, rows, fixed)
                 placed = scope.placed.get(placement) if placement is not None else None
-                if placed is not None and placement in placements(self):
-                    entry = placements(self)[placement]
+                if placed is not None and entry is not None:
                     rows = tuple(tuple(float(w) for w in row) for row in placed[c].tolist())
                     rule = PlacedRule(entry["steps"], tuple(entry["full_steps"]), rows, rule)
                 rules.append(rule)
@@ -706,6 +709,11 @@ def placements(m: SolverMap) -> dict[int, dict]:
         if 0 not in full or len(set(full)) != len(full) or int(key) != len(full):
             continue
         clean = {"budget": len(full), "full_steps": sorted(full), "steps": steps, "interval": n}
+        solver = entry.get("solver")
+        if solver is not None:
+            if not isinstance(solver, str) or solver not in m.pool:
+                continue
+            clean["solver"] = solver
         for field_name in ("fit_db", "fixed_db"):
             value = entry.get(field_name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -763,7 +771,8 @@ def summarize(m: SolverMap, source: str = "") -> str:
         gain = f", {p['fit_db'] - p['fixed_db']:+.2f} dB over the best interval schedule" \
             if "fit_db" in p and "fixed_db" in p else ""
         lines.append(f"schedule     {p['budget']} full of {p['steps']} steps: {', '.join(map(str, p['full_steps']))}"
-                     f" (solvers of N={p['interval']}{gain}, calibration seeds)")
+                     f" ({'uniform ' + p['solver'] if 'solver' in p else 'solvers of N=' + str(p['interval'])}"
+                     f"{gain}, calibration seeds)")
     return "\n".join(lines)
 
 

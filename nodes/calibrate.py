@@ -10,7 +10,7 @@ from comfy_api.latest import io
 
 from ..hyca_core import families
 from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs, held_out_seeds
-from ..hyca_core.procedure import Procedure, calibrate
+from ..hyca_core.procedure import Procedure, calibrate, guarantee_runs
 from ..hyca_core.session import CONFIG_KEY, ModuleMismatch, PlainConfig
 from ..hyca_core.solver_map import save_solver_map
 from . import map_folder
@@ -99,8 +99,9 @@ class HyCaCalibrate(io.ComfyNode):
                 io.String.Input("full_step_budgets", default="", optional=True,
                                 tooltip="Also place full steps: for each budget (e.g. '4-6' or '6'), search "
                                         "where that many full steps reach the final image best, closed loop on "
-                                        "the calibration seeds (about 12 + 24 cached runs per budget), then learn "
-                                        "per-step forecast weights for that placement, kept only where they beat "
+                                        "the calibration seeds (about 12 + 24 cached runs per budget), check it on "
+                                        "held-out seeds against uniform solvers there and at the spread placement "
+                                        "(about 20 runs; the best is kept), then learn per-step forecast weights for that placement, kept only where they beat "
                                         "the map without them on held-out seeds. HyCa Apply uses them with "
                                         "schedule = calibrated. Empty: none."),
                 io.Vae.Input("vae", optional=True,
@@ -164,7 +165,8 @@ class HyCaCalibrate(io.ComfyNode):
                               clusters=clusters, per_channel=clusters == 0, fit=fit, refine=refine, seed=seed,
                               runs=runs, budgets=budgets)
         latent = fix_empty_latent(model, latent_image)
-        learning = runs + 2 * len(procedure.verify_seeds or procedure.fit_seeds) * len(budgets) if budgets else 0
+        learning = (runs + (2 * len(procedure.verify_seeds or procedure.fit_seeds) + guarantee_runs(procedure))
+                    * len(budgets) if budgets else 0)
         total = runs + (expected_runs(refine, len(interval_list), runs) + held_out_seeds(refine)
                         if refine != "off" else 0) + len(budgets) * (12 + procedure.placement_trials) * runs + learning
         pbar = comfy.utils.ProgressBar(span * total)

@@ -78,19 +78,23 @@ KSAMPLER_IO = dict(inputs=[("model", "MODEL"), ("positive", "CONDITIONING"), ("n
                            ("latent_image", "LATENT")], outputs=[("LATENT", "LATENT")])
 
 
-def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, intervals="2-8", description="",
+GRANULARITY = "final"  # HyCa Apply's default: the workflows calibrate and sample at it
+
+
+def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, full_steps, intervals="2-8", description="",
                       step_range=(0, 10000), add_noise=True):
     # seed, control, steps, cfg, sampler, scheduler, denoise, runs, clusters, intervals, warmup_steps,
     # cooldown_steps, fit, granularity, refine, name, description, full_step_budgets, start_at_step,
-    # end_at_step, add_noise
-    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, "module", "fast",
-            name, description, "", *step_range, add_noise]
+    # end_at_step, add_noise; the budget is the apply workflow's full_steps, so that its map holds a
+    # calibrated placement (with learned step weights) for schedule = calibrated
+    return [0, "fixed", steps, cfg, sampler, scheduler, 1.0, 1, 2, intervals, warmup, 1, False, GRANULARITY, "fast",
+            name, description, str(full_steps), *step_range, add_noise]
 
 
-def apply_widgets(interval, warmup):
+def apply_widgets(interval, warmup, full_steps):
     # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled,
-    # auto_calibrate, schedule, full_steps
-    return [interval, warmup, 1, 0.0, 1.0, "module", "auto", True, False, "interval", 10]
+    # auto_calibrate, schedule, full_steps: HyCa Apply's defaults, the spread schedule of full_steps
+    return [interval, warmup, 1, 0.0, 1.0, GRANULARITY, "auto", True, False, "spread", full_steps]
 
 
 def flux(variant):
@@ -106,7 +110,8 @@ def flux(variant):
     g.link(clip, 0, text, "clip")
     g.link(text, 0, guidance, "conditioning")
     g.link(text, 0, negative, "conditioning")
-    return g, unet, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6, warmup=3)
+    return g, unet, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6,
+                                                         warmup=3, full_steps=12)
 
 
 def qwen_edit(variant):
@@ -130,7 +135,8 @@ def qwen_edit(variant):
         g.link(scale, 0, node, "image")
     g.link(scale, 0, encode, "pixels")
     g.link(vae, 0, encode, "vae")
-    return g, shift, vae, positive, negative, encode, dict(steps=50, cfg=4.0, sampler="euler", scheduler="simple", interval=6, warmup=3)
+    return g, shift, vae, positive, negative, encode, dict(steps=50, cfg=4.0, sampler="euler", scheduler="simple", interval=6,
+                                                           warmup=3, full_steps=12)
 
 
 def hunyuan(variant):
@@ -148,7 +154,8 @@ def hunyuan(variant):
     g.link(clip, 0, text, "clip")
     g.link(text, 0, guidance, "conditioning")
     g.link(text, 0, negative, "conditioning")
-    return g, shift, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6, warmup=1)
+    return g, shift, vae, guidance, negative, empty, dict(steps=50, cfg=1.0, sampler="euler", scheduler="simple", interval=6,
+                                                          warmup=1, full_steps=12)
 
 
 BYPASS = 4  # LiteGraph node mode: skipped, its links left out of the prompt
@@ -157,14 +164,15 @@ GAP = 20
 PANEL = 330  # the pack's page panels (web/hyca.js): up to 320 px, then they scroll
 APPLY_NOTE = """## HyCa on this model
 
-**Runs as loaded**: HyCa Apply without a map forecasts every channel with `taylor1` (TaylorSeer-style).
+**Runs as loaded**: HyCa Apply without a map computes {full_steps} of the {steps} steps (the first, the
+last two, the rest spread between) and forecasts the others' final hidden state with `hermite1`.
 
-**Calibrating adds** a solver per channel cluster and interval, checked against every uniform solver on
-held-out seeds: run the template **{calibrate}** (Templates, ComfyUI-HyCa) once. It writes
-`models/hyca/{name}.safetensors`.
+**Calibrating adds** a solver per channel cluster, checked against every uniform solver on held-out
+seeds, and a placement of the {full_steps} full steps with step weights learned for it: run the template
+**{calibrate}** (Templates, ComfyUI-HyCa) once. It writes `models/hyca/{name}.safetensors`.
 
 Then select the **HyCa Solver Map Loader** and press **Ctrl+B** to stop bypassing it (press **R** first
-if the map is not listed)."""
+if the map is not listed), and set HyCa Apply's **schedule** to **calibrated**."""
 
 
 def finish(g, model, vae, positive, negative, latent, s, variant, name, video, calibrate=""):
@@ -175,6 +183,7 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, c
         slots = dict(CALIBRATE_IO, inputs=CALIBRATE_IO["inputs"] + ([] if video else [("vae", "VAE")]))
         sampler = g.node("HyCaCalibrate", **slots, x=x, y=0, width=360,
                          widgets=calibrate_widgets(s["steps"], s["cfg"], s["sampler"], s["scheduler"], name, s["warmup"],
+                                                   s["full_steps"],
                                                    description=f"{name}: calibrated with the example workflow"))
         if not video:
             g.link(vae, 0, sampler, "vae")
@@ -188,9 +197,10 @@ def finish(g, model, vae, positive, negative, latent, s, variant, name, video, c
         # HyCa Apply's run report (up to 320 high) below their widgets
         loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=[f"{name}.safetensors"],
                         x=x, y=0, mode=BYPASS, width=440, height=60 + 26 + PANEL)
-        g.node("MarkdownNote", widgets=[APPLY_NOTE.format(name=name, calibrate=calibrate)], title="HyCa: read me", x=x - 400,
-               y=-(300 + TITLE + GAP), width=380, height=300)
-        widgets = apply_widgets(s["interval"], s["warmup"])
+        note = APPLY_NOTE.format(name=name, calibrate=calibrate, full_steps=s["full_steps"], steps=s["steps"])
+        g.node("MarkdownNote", widgets=[note], title="HyCa: read me", x=x - 400, y=-(300 + TITLE + GAP), width=380,
+               height=300)
+        widgets = apply_widgets(s["interval"], s["warmup"], s["full_steps"])
         # saved at its size before a run; its report appears after one, below it, inside the group
         apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
                        height=60 + 26 * (len(widgets) + 2))
@@ -280,13 +290,15 @@ WAN22_NOTE = """## HyCa on Wan 2.2's two experts
 Each expert samples half of the 20 steps (KSamplerAdvanced), and each has its own **HyCa Apply**:
 each caches only its own steps.
 
-**Runs as loaded**: without maps, every channel is forecast with `taylor1`.
+**Runs as loaded**: without maps, each expert computes 4 of its 10 steps (the first, the last two and
+one between) and forecasts the others' final hidden state with `hermite1`.
 
-**Calibrating adds** a map per expert: run the template **{calibrate}** (Templates, ComfyUI-HyCa)
-once. It writes `models/hyca/wan22-high.safetensors` and `wan22-low.safetensors`.
+**Calibrating adds** a map per expert, with a placement of its 4 full steps and step weights learned
+for it: run the template **{calibrate}** (Templates, ComfyUI-HyCa) once. It writes
+`models/hyca/wan22-high.safetensors` and `wan22-low.safetensors`.
 
 Then select both **HyCa Solver Map Loader** nodes and press **Ctrl+B** (press **R** first if the
-maps are not listed)."""
+maps are not listed), and set each HyCa Apply's **schedule** to **calibrated**."""
 
 
 def wan22(variant: str) -> Graph:
@@ -318,7 +330,7 @@ def wan22(variant: str) -> Graph:
         if variant == "calibrate":
             slots = dict(CALIBRATE_IO, inputs=CALIBRATE_IO["inputs"])
             node = g.node("HyCaCalibrate", **slots, x=x, y=0, width=360, title=f"HyCa Calibrate ({expert}-noise expert)",
-                          widgets=calibrate_widgets(steps, cfg, "euler", "simple", f"wan22-{expert}", 1, intervals="2-6",
+                          widgets=calibrate_widgets(steps, cfg, "euler", "simple", f"wan22-{expert}", 1, 4, intervals="2-6",
                                                     description=f"Wan 2.2 14B {expert}-noise expert, steps {start}-{min(end, steps)} of {steps}",
                                                     step_range=(start, end), add_noise=first))
             g.link(shift, 0, node, "model")
@@ -328,7 +340,7 @@ def wan22(variant: str) -> Graph:
             loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], x=x, y=0, mode=BYPASS,
                             widgets=[f"wan22-{expert}.safetensors"], width=440, height=60 + 26 + PANEL,
                             title=f"HyCa Solver Map Loader ({expert})")
-            widgets = apply_widgets(5, 1)
+            widgets = apply_widgets(5, 1, 4)
             apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
                            height=60 + 26 * (len(widgets) + 2), title=f"HyCa Apply ({expert}-noise expert)")
             g.growth[apply["id"]] = PANEL
@@ -373,14 +385,16 @@ FLUX2_NOTE = """## HyCa on FLUX.2
 
 Needs ComfyUI 0.3.75 or newer (FLUX.2's own nodes).
 
-**Runs as loaded**: HyCa Apply without a map forecasts every channel with `taylor1`, between the model
+**Runs as loaded**: HyCa Apply without a map computes 5 of the 20 steps (the first, the last two, the
+rest spread between) and forecasts the others' final hidden state with `hermite1`, between the model
 and the guider of ComfyUI's own FLUX.2 workflow (SamplerCustomAdvanced with Flux2Scheduler).
 
-**Calibrating adds** a solver per channel cluster and interval: run the template **{calibrate}**
-(Templates, ComfyUI-HyCa) once; it calibrates on the same Flux2Scheduler sigmas and writes
-`models/hyca/flux2-dev.safetensors`.
+**Calibrating adds** a solver per channel cluster and a placement of the 5 full steps with step
+weights learned for it: run the template **{calibrate}** (Templates, ComfyUI-HyCa) once; it
+calibrates on the same Flux2Scheduler sigmas and writes `models/hyca/flux2-dev.safetensors`.
 
-Then select the **HyCa Solver Map Loader** and press **Ctrl+B** (press **R** first if the map is not listed)."""
+Then select the **HyCa Solver Map Loader** and press **Ctrl+B** (press **R** first if the map is not
+listed), and set HyCa Apply's **schedule** to **calibrated**."""
 
 
 def flux2(variant: str) -> Graph:
@@ -407,7 +421,7 @@ def flux2(variant: str) -> Graph:
         g.link(text, 0, negative, "conditioning")
         slots = dict(CALIBRATE_IO, inputs=CALIBRATE_IO["inputs"] + [("vae", "VAE"), ("sigmas", "SIGMAS")])
         node = g.node("HyCaCalibrate", **slots, x=x, y=0, width=360,
-                      widgets=calibrate_widgets(steps, 1.0, "euler", "simple", "flux2-dev", 3, intervals="2-6",
+                      widgets=calibrate_widgets(steps, 1.0, "euler", "simple", "flux2-dev", 3, 5, intervals="2-6",
                                                 description="flux2-dev: calibrated on the FLUX.2 template's sigmas"))
         for source, name in ((unet, "model"), (guidance, "positive"), (negative, "negative"), (empty, "latent_image"),
                              (vae, "vae"), (sigmas, "sigmas")):
@@ -419,7 +433,7 @@ def flux2(variant: str) -> Graph:
     else:
         loader = g.node("HyCaSolverMapLoader", outputs=[("solver_map", "HYCA_SOLVER_MAP")], widgets=["flux2-dev.safetensors"],
                         x=x, y=0, mode=BYPASS, width=440, height=60 + 26 + PANEL)
-        widgets = apply_widgets(5, 3)
+        widgets = apply_widgets(5, 3, 5)
         apply = g.node("HyCaApply", **APPLY_IO, widgets=widgets, x=x, y=loader["size"][1] + TITLE + GAP,
                        height=60 + 26 * (len(widgets) + 2))
         g.growth[apply["id"]] = PANEL

@@ -95,16 +95,33 @@ def comfy_model(m, reference):
         base.latent_format.latents_std = torch.ones_like(base.latent_format.latents_std)
         base.model_sampling.set_parameters(shift=m.pipeline.WAN_SHIFT)
         return patcher
-    supported = m.supported.Flux(reference.config.comfy_unet_config())
+    supported = m.supported.Flux(flux_unet_config(reference))
     supported.set_inference_dtype(torch.float32, None)
     model = supported.get_model({})
-    model.diffusion_model.load_state_dict(reference.state_dict(), strict=True)
+    # through the model's own key conversion, as a checkpoint loads (0.26 renames the RMSNorm scales)
+    model.diffusion_model.load_state_dict(supported.process_unet_state_dict(dict(reference.state_dict())), strict=True)
     # the reference model was trained on raw latents: make process_in/out the identity
     model.latent_format.scale_factor, model.latent_format.shift_factor = 1.0, 0.0
     if model.model_sampling.shift != m.pipeline.SHIFT:
         model.model_sampling.set_parameters(shift=m.pipeline.SHIFT)
     cpu = torch.device("cpu")
     return m.patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+# FLUX.1's values of fields newer ComfyUI's FluxParams requires (0.26: ``txt_ids_dims``, set so by its
+# checkpoint detection for FLUX.1); the reference model's head size (32) keeps it out of detection
+FLUX1_REQUIRED = {"txt_ids_dims": []}
+
+
+def flux_unet_config(reference) -> dict:
+    import dataclasses
+
+    from comfy.ldm.flux.model import FluxParams
+
+    config = reference.config.comfy_unet_config()
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    config.update({k: v for k, v in FLUX1_REQUIRED.items() if k in fields and k not in config})
+    return config
 
 
 class FullEvalCounter:
@@ -190,6 +207,10 @@ SPECTRUM_GRID = {  # the Spectrum node's knobs (its initial w is replaced on eve
     "M": (3, 4, 6), "lam": (0.1, 1.0), "warmup_steps": (1, 2, 3), "window_size": (2.0, 3.0, 4.0),
     "flex_window": (0.5, 1.0, 2.0, 3.0), "max_w": (0.5, 0.8, 1.0),
 }
+# for long runs: the full grid less knob values that were (almost) never best in the lab's sweep of
+# Spectrum's clean-room twin (both reference models, 20 and 50 steps, 28 budgets): warm-up 2 never,
+# max_w below 1 once (FLUX, 50 steps, 13 full)
+SPECTRUM_SMALL = {**SPECTRUM_GRID, "warmup_steps": (1, 3), "max_w": (1.0,)}
 SPECTRUM_QUICK = {"M": (4,), "lam": (0.1,), "warmup_steps": (1, 3), "window_size": (2.0,), "flex_window": (0.75, 3.0),
                   "max_w": (0.8,)}
 
@@ -205,8 +226,8 @@ def spectrum_node(path: str):
     return module.SpectrumNode
 
 
-def spectrum_settings(quick: bool):
-    grid = SPECTRUM_QUICK if quick else SPECTRUM_GRID
+def spectrum_settings(quick: bool, size: str = "full"):
+    grid = SPECTRUM_QUICK if quick else SPECTRUM_SMALL if size == "small" else SPECTRUM_GRID
     for values in itertools.product(*grid.values()):
         yield dict(zip(grid, values))
 
@@ -348,6 +369,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cooldown", type=int, default=1,
                         help="HyCa's full last steps, in calibration and deployment (default 1, HyCa Apply's default)")
     parser.add_argument("--granularities", nargs="+", default=["module"], help="HyCa granularities (default module)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="HyCa without a map only (no calibration runs): the interval and, with --frontier, "
+                             "the spread schedule")
+    parser.add_argument("--spectrum-grid", choices=("full", "small"), default="full",
+                        help="the Spectrum knobs swept: full (648 settings) or small (144: less values (almost) "
+                             "never best in the lab's sweep of its clean-room twin, for long runs)")
     parser.add_argument("--spectrum", help="a checkout of github:judian17/ComfyUI-Spectrum: sweep its node too")
     parser.add_argument("--no-easycache", action="store_true", help="leave out EasyCache and LazyCache")
     parser.add_argument("--frontier", action="store_true",
@@ -391,6 +418,16 @@ def main(argv=None) -> int:
     calibration = {}
     for granularity in args.granularities:
         started = time.perf_counter()
+        suffix = "" if granularity == "module" else f", {granularity}"
+        if args.no_calibrate:
+            for n in args.intervals:
+                bench.record(f"HyCa (no map{suffix})", f"N={n}", *bench.measure(
+                    hyca(m, model, n, args.cooldown, granularity=granularity)), uncached, n=n)
+            for budget in args.budgets if args.frontier else ():
+                patched = hyca(m, model, 6, args.cooldown, full_steps=budget, granularity=granularity, schedule="spread")
+                bench.record(f"HyCa (no map, spread{suffix})", f"{budget} full", *bench.measure(patched), uncached,
+                             n=budget)
+            continue
         outcome = calibrate(m, kind, model, args.steps, args.intervals, args.calibration_runs, args.cooldown,
                             args.refine, args.budgets, granularity)
         solver_map = outcome.solver_map
@@ -417,7 +454,7 @@ def main(argv=None) -> int:
 
     if args.spectrum:
         node = spectrum_node(args.spectrum)
-        for knobs in spectrum_settings(args.quick):
+        for knobs in spectrum_settings(args.quick, args.spectrum_grid):
             with contextlib.redirect_stdout(None):  # the pack prints a line per run
                 patched = node.execute(model, w=0.5, verbose=False, **knobs).result[0]
                 measured = bench.measure(patched)

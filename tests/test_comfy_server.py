@@ -15,6 +15,7 @@ from comfy_env import require_comfyui
 require_comfyui()
 
 from comfy_server import apply_prompt  # noqa: E402
+from hyca_core.session import DEFAULT_SOLVER  # noqa: E402
 from hyca_core.solver_map import load_solver_map, save_solver_map  # noqa: E402
 
 MAP = "tiny-flux.safetensors"
@@ -97,7 +98,7 @@ def test_run_report_reaches_the_apply_node(server):
 def test_report_names_the_node_that_patched_the_model(server):
     messages = server.run(apply_prompt(None, apply_id="42", seed=102))
     (report,) = [m["data"] for m in messages if m["type"] == "hyca.report"]
-    assert report["node"] == "42" and report["map"] is None and report["solver"] == "taylor1"
+    assert report["node"] == "42" and report["map"] is None and report["solver"] == DEFAULT_SOLVER
 
 
 @pytest.mark.parametrize("node", ["HyCaApply", "HyCaSolverMapLoader", "HyCaCalibrate"])

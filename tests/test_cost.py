@@ -65,7 +65,10 @@ def test_the_counts_and_their_extrapolation(model):
     costs = cost.step_costs(model, subject, "block")
     full, forecast = costs["full"], costs["forecast"]
     assert full["param_bytes"] > 4 * forecast["param_bytes"] > 0 and full["ops"] > forecast["ops"] > 0
-    assert forecast["anchor_bytes_read"] == full["anchor_bytes_written"] * 2  # taylor2: the two anchors so far
+    assert forecast["anchor_bytes_read"] == full["anchor_bytes_written"] * 3  # taylor2: all three anchors it reads
+    # a history fit reads four: the count waits for the fourth full step
+    four = cost.step_costs(model, subject, "block", solver="lsq1x4")
+    assert four["forecast"]["anchor_bytes_read"] == four["full"]["anchor_bytes_written"] * 4
     sizes = subject.sizes()
     assert sizes == [{"double_blocks": 1, "single_blocks": 1}, {"double_blocks": 2, "single_blocks": 1},
                      {"double_blocks": 1, "single_blocks": 2}]

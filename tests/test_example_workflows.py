@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from comfy_env import comfyui_path
+from hyca_core.session import DEFAULT_SOLVER
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -119,7 +120,7 @@ def test_apply_workflows_run_as_loaded_and_say_how_to_add_a_map(path):
     (note,) = [n for n in data["nodes"] if n["type"] == "MarkdownNote"]
     text = note["widgets_values"][0]
     calibrate = path.stem.replace("2 sample with the map", "1 calibrate a solver map")
-    assert calibrate in text and "Ctrl+B" in text and "taylor1" in text
+    assert calibrate in text and "Ctrl+B" in text and DEFAULT_SOLVER in text and "calibrated" in text
 
 
 @pytest.fixture(scope="module")

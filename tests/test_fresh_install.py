@@ -18,6 +18,7 @@ from comfy_env import require_comfyui
 require_comfyui()
 
 from comfy_server import ComfyServer  # noqa: E402
+from hyca_core.session import DEFAULT_SOLVER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
@@ -132,7 +133,7 @@ def test_each_example_workflows_hyca_part_runs(fresh_server, model):
 
     # the apply workflow as loaded: no map yet, the loaders bypassed, sampling at the uniform default
     found = reports(fresh_server.run(hyca_part(apply, family, object_info), timeout=900))
-    assert len(found) == len(applies) and all(r["map"] is None and r["solver"] == "taylor1" for r in found)
+    assert len(found) == len(applies) and all(r["map"] is None and r["solver"] == DEFAULT_SOLVER for r in found)
     assert all(r["predicted"] > 0 for r in found)
 
     # the calibrate workflow writes the maps the apply workflow's loaders name (Wan 2.2: one per expert)

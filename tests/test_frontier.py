@@ -57,3 +57,31 @@ def test_frontier_of_rows():
     assert table["a"][0.17]["psnr"] == 30.0 and table["a"][0.25]["psnr"] == 40.0
     assert table["b"][0.35] is None
     assert "| a | 30.00 | 30.00 | 40.00 | 40.00 | 40.00 |" in frontier.markdown(table, 20)
+
+
+def test_a_rerun_of_some_methods_reuses_the_other_rows_of_the_same_setting(result, tmp_path):
+    data, _ = result
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps(data))
+    out = tmp_path / "again"
+    assert frontier.main(["--model", "flux", "--steps", str(STEPS), "--quick", "--out", str(out),
+                          "--granularities", "final", "--methods", "nomap", "--reuse", str(earlier)]) == 0
+    again = json.loads((out / "results.json").read_text())
+    fresh = [r for r in again["rows"] if not r.get("reused")]
+    assert fresh and {r["method"] for r in fresh} <= {"HyCa, no map", "HyCa, no map (interval)"}
+    reused = [r for r in again["rows"] if r.get("reused")]
+    assert {r["method"] for r in reused} >= {"fewer steps", "Spectrum", "HyCa, calibrated"}
+    assert not {r["method"] for r in reused} & {"HyCa, no map"}
+    # HyCa's rows at a granularity not sampled now are kept
+    out = tmp_path / "module"
+    assert frontier.main(["--model", "flux", "--steps", str(STEPS), "--quick", "--out", str(out),
+                          "--granularities", "module", "--methods", "nomap", "--reuse", str(earlier)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    nomap = [r for r in rows if r["method"] == "HyCa, no map"]
+    assert {r["setting"].split()[0] for r in nomap} == {"module", "final"}
+    assert all(r.get("reused") for r in nomap if r["setting"].startswith("final"))
+    assert not any(r.get("reused") for r in nomap if r["setting"].startswith("module"))
+    # rows of another setting are refused, not mixed in
+    with pytest.raises(SystemExit, match="steps"):
+        frontier.main(["--model", "flux", "--steps", str(STEPS + 1), "--quick", "--out", str(tmp_path / "x"),
+                       "--methods", "nomap", "--reuse", str(earlier)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hyca_core.placed import PlacedCalibrator
-from hyca_core.predictor import HybridPredictor, PlacedRule
+from hyca_core.predictor import HybridPredictor, PlacedRule, Where
 from hyca_core.solvers import MAX_ANCHORS, weights_for
 
 FULL = (0, 3, 6, 9)
@@ -100,3 +100,15 @@ def test_a_predictor_with_placed_rules_forecasts_per_step():
     assert torch.equal(predictor.predict([a, b], [3.0, 0.0], 5.0, steps=STEPS), torch.full((1, 2), 3.0))
     assert torch.equal(predictor.predict([a, b], [3.0, 0.0], 4.0), a)  # the run's length unknown: reuse
     assert predictor.anchors_needed == 2
+
+
+def test_a_placed_rule_reading_fewer_anchors_than_the_placement_holds_still_applies():
+    # placement (0, 4, 8): step 10 holds three anchors, but every row reads at most two, so a run
+    # that keeps two anchors (what its rules read) must use the table, not the fallback
+    full_at, steps = (0, 4, 8), 12
+    rows = [(1.0, 0.0, 0.0, 0.0)] * steps
+    rows[10] = (1.25, -0.25, 0.0, 0.0)
+    rule = PlacedRule(steps, full_at, tuple(rows), "reuse")
+    assert rule.reads == 2
+    assert rule.weights(2.0, (4.0,), Where(10.0, steps)) == pytest.approx((1.25, -0.25))
+    assert rule.weights(2.0, (4.0, 4.0), Where(10.0, steps)) == pytest.approx((1.25, -0.25, 0.0))

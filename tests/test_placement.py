@@ -1,6 +1,7 @@
 """Calibrated placement of full steps: the schedule honours it exactly, the search finds better ones."""
 
 import pytest
+import torch
 
 from hyca_core.placement import calibrated_schedule, fixed_placements, interval_for, neighbours, search
 from hyca_core.runtime import CacheStream, PredictorBank
@@ -87,3 +88,86 @@ def test_stored_placements_become_schedules_with_the_nearest_interval():
     assert interval_for(50, 10, (2, 3, 4, 5, 6, 7, 8)) == 5
     schedule = calibrated_schedule({"full_steps": [0, 1, 5, 9], "steps": 12}, 4)
     assert schedule.full_steps(12) == [0, 1, 5, 9] and schedule.interval == 4
+
+
+class PlacementRunner:
+    """``run(seed, config)`` whose error per batch item is dictated per (candidate, placement):
+    ``errors[(name, full_steps)]``, name "map" for the map's config, the solver's name otherwise."""
+
+    def __init__(self, errors, fallback=0.5):
+        self.errors, self.fallback, self.calls = errors, fallback, []
+
+    def __call__(self, seed, config):
+        ref = torch.ones(4, 8) * (1.0 + seed)
+        if config is None:
+            return ref
+        name = "map" if config.solver_map is not None else config.solver
+        full = tuple(config.schedule.full_at)
+        self.calls.append((seed, name, full))
+        error = self.errors.get((name, full), self.fallback)
+        if isinstance(error, float):
+            error = [error * f for f in (1.0, 1.1, 0.9, 1.05)]  # items differ, so a gain has a spread to clear
+        return ref * (1 + torch.tensor(error)[:, None])
+
+
+def guarantee(errors, searched=(0, 3, 9, 11)):
+    from hyca_core import families
+    from hyca_core.closed_loop import Judge
+    from hyca_core.procedure import Procedure, placement_guarantee
+    from support import small_map
+
+    m = small_map(fit=False)
+    runner = PlacementRunner(errors)
+    judge = Judge(runner, families.FAMILIES["Flux"], "module", 3, 1)
+    p = Procedure(steps=12, runs=1, refine="fast")
+    return m, placement_guarantee(m, judge, searched, p, 3), runner
+
+
+def test_a_calibrated_placement_keeps_the_map_where_it_leads_on_held_out_seeds():
+    m, entry, runner = guarantee({("map", (0, 3, 9, 11)): 0.001})
+    assert entry["full_steps"] == [0, 3, 9, 11] and "solver" not in entry and entry["kept"] == "map"
+    # only held-out seeds were sampled, never the calibration seed
+    from hyca_core.procedure import Procedure
+
+    assert {seed for seed, _, _ in runner.calls} == set(Procedure(steps=12, runs=1, refine="fast").verify_seeds)
+
+
+def test_a_calibrated_placement_takes_a_uniform_solver_at_the_spread_placement_that_beats_the_map():
+    from hyca_core.schedule import spread_positions
+    from hyca_core.session import ApplyConfig
+    from hyca_core import families
+    from hyca_core.solver_map import placements
+
+    spread = spread_positions(12, 4)
+    assert spread != (0, 3, 9, 11)
+    m, entry, _ = guarantee({("map", (0, 3, 9, 11)): 0.01, ("reuse", spread): 0.002})
+    assert entry["full_steps"] == list(spread) and entry["solver"] == "reuse"
+    assert entry["checked_db"]["reuse at spread"] > entry["checked_db"]["map"]
+    # stored in the map, the placement samples with reuse in every cluster
+    m.provenance["schedules"] = {"4": {"steps": 12, "interval": 3, **entry}}
+    assert placements(m)[4]["solver"] == "reuse"
+    schedule = calibrated_schedule(placements(m)[4], 3)
+    config = ApplyConfig(families.FAMILIES["Flux"], "module", schedule, m)
+    assert config.placement == 4
+    bank = config.predictors()
+    assert all(rule == "reuse" for p in bank.by_scope.values() for rule in p.rules)
+    # elsewhere (another schedule) the map's own choices apply
+    other = ApplyConfig(families.FAMILIES["Flux"], "module", Schedule(interval=3), m).predictors()
+    assert any(rule != "reuse" for p in other.by_scope.values() for rule in p.rules)
+
+
+def test_a_uniform_solver_only_level_with_the_map_is_kept_over_it():
+    # the map leads by less than the spread between images: as verify, the uniform solver wins
+    m, entry, _ = guarantee({("map", (0, 3, 9, 11)): [0.009, 0.0115, 0.008, 0.0125],
+                             ("hermite1", (0, 3, 9, 11)): [0.0101] * 4})
+    assert entry["kept"] != "map" and "solver" in entry
+
+
+def test_a_placement_naming_an_unknown_solver_is_left_out():
+    from hyca_core.solver_map import placements
+    from support import small_map
+
+    m = small_map(fit=False)
+    m.provenance["schedules"] = {"3": {"full_steps": [0, 5, 9], "steps": 12, "interval": 3, "solver": "magic"},
+                                 "2": {"full_steps": [0, 9], "steps": 12, "interval": 3, "solver": "reuse"}}
+    assert list(placements(m)) == [2] and placements(m)[2]["solver"] == "reuse"

@@ -38,11 +38,12 @@ from torch.utils._pytree import tree_flatten
 from .. import blocks, families, skips
 from ..schedule import Schedule
 from ..session import ApplyConfig
+from ..solvers import get_solver
 from .pipeline import flux_sigmas
 from .speed import FLUX_DEV, TINY
 from .subject import CachedCalls, Subject, flux_subject, plain_call
 
-WARMUP = 2  # full steps before the measured forecast
+WARMUP = 2  # full steps before the measured forecast, at least (as many as the solver reads anchors)
 
 
 class _CountOps(TorchDispatchMode):
@@ -134,18 +135,20 @@ def step_costs(model: torch.nn.Module, subject: Subject, granularity: str | None
     resident = blocks.weights_streamed
     for module in (blocks, skips):  # as where ComfyUI streams the weights: the plans ride along
         module.weights_streamed = (lambda module, device: True) if streamed else resident
-    calls = CachedCalls(model, subject, ApplyConfig(family, granularity, Schedule(interval=4, warmup=WARMUP),
+    # as many full steps as the solver reads anchors, so the forecast counted reads all it will hold
+    warmup = max(WARMUP, get_solver(solver).anchors)
+    calls = CachedCalls(model, subject, ApplyConfig(family, granularity, Schedule(interval=4, warmup=warmup),
                                                     solver=solver))
     try:
-        for i in range(WARMUP - 1):
+        for i in range(warmup - 1):
             calls(x, sigmas[i], sigmas)
         before = calls.stream.store.nbytes if calls.state.run.streams else 0
         with counting(model) as full:
-            calls(x, sigmas[WARMUP - 1], sigmas)
+            calls(x, sigmas[warmup - 1], sigmas)
         stream = calls.stream
         full["anchor_bytes_written"] = stream.store.nbytes - before
         with counting(model) as forecast:
-            calls(x, sigmas[WARMUP], sigmas)
+            calls(x, sigmas[warmup], sigmas)
         assert not stream.full, "the measured step was not a forecast"
         forecast["anchor_bytes_read"] = stream.store.nbytes  # the solver reads every anchor it stores
         assert calls.state.granularity == granularity, calls.state.notes

@@ -2,6 +2,7 @@
 
     python -m hyca_core.reference.frontier --model flux --steps 20      # or --model wan, --steps 50
     python -m hyca_core.reference.frontier --quick                       # a smoke test
+    python -m hyca_core.reference.frontier --methods calibrated --reuse earlier/results.json
 
 Every method samples the same held-out prompts from the same noise (never seen by any calibration
 or fit) and is scored by the PSNR of its decoded images against the uncached sampler's. Each
@@ -12,8 +13,9 @@ most that share fully (full evaluations are counted, not predicted from the sett
 Methods: fewer steps; the clean-room baselines of ``peers`` (Spectrum, L2P, FreqCa on the final
 hidden state; FoCa's two circulating weight sets at module granularity); HyCa with no map (the
 spread schedule, and the interval schedule for comparison) and HyCa calibrated (HyCa Calibrate's
-procedure on calibration prompts, sampled with its calibrated placements). Writes results.json
-(every row) and frontier.md.
+procedure on calibration prompts, sampled with its calibrated placements), each at the module,
+final and stack granularities (``--granularities``), the best of them counting. Writes
+results.json (every row) and frontier.md.
 """
 
 from __future__ import annotations
@@ -89,13 +91,15 @@ class Frontier:
         out = self.sample(run)
         self.record(method, setting, len(run.full_steps), out)
 
-    def hyca(self, method: str, setting: str, config: ApplyConfig) -> dict:
+    def hyca(self, method: str, setting: str, config: ApplyConfig, **extra) -> dict:
         call, state = cached_evaluator(self.model, config)
         try:
             out = self.sample(call)
         finally:
             rows = state.close()
-        return self.record(method, setting, rows[0]["full"], out)
+        row = self.record(method, setting, rows[0]["full"], out)
+        row.update(extra)
+        return row
 
     def interval_schedules(self) -> dict[tuple[int, ...], str]:
         """Every distinct full-step set of TaylorSeer's interval schedule (warm-up 1-4, N, a full
@@ -152,9 +156,9 @@ def budgets(steps: int) -> list[int]:
     return sorted({int(fraction * steps + 1e-9) for fraction in FRACTIONS})
 
 
-def run_hyca(f: Frontier, granularities: tuple[str, ...], quick: bool) -> dict:
+def run_hyca(f: Frontier, granularities: tuple[str, ...], quick: bool, methods=("nomap", "calibrated")) -> dict:
     family = families.detect(f.model)
-    for granularity in granularities:
+    for granularity in granularities if "nomap" in methods else ():
         for budget in budgets(f.steps):
             f.hyca("HyCa, no map", f"{granularity} spread", ApplyConfig(
                 family, granularity, Schedule(interval=f.steps, spread=budget), cache_device="gpu"))
@@ -164,7 +168,7 @@ def run_hyca(f: Frontier, granularities: tuple[str, ...], quick: bool) -> dict:
                     family, granularity, Schedule(interval=f.steps, full_at=full, full_at_steps=f.steps),
                     cache_device="gpu"))
     seconds = {}
-    for granularity in granularities:
+    for granularity in granularities if "calibrated" in methods else ():
         setting = Setting(steps=f.steps, cfg=f.cfg, warmup=3, cooldown=1, calibration_runs=1 if quick else 2)
         started = time.perf_counter()
         outcome = calibrate_outcome(f.model, setting, granularity, clusters=2, fit=False,
@@ -173,9 +177,34 @@ def run_hyca(f: Frontier, granularities: tuple[str, ...], quick: bool) -> dict:
         seconds[granularity] = round(time.perf_counter() - started, 1)
         for budget, entry in placements(outcome.solver_map).items():
             schedule = calibrated_schedule(entry, entry["interval"])
-            f.hyca("HyCa, calibrated", f"{granularity} {entry['full_steps']}",
-                   ApplyConfig(family, granularity, schedule, outcome.solver_map, cache_device="gpu"))
+            learned = outcome.solver_map.provenance["schedules"][str(budget)].get("learned")
+            f.hyca("HyCa, calibrated", f"{granularity} {entry['full_steps']} {entry.get('solver', 'map')}",
+                   ApplyConfig(family, granularity, schedule, outcome.solver_map, cache_device="gpu"), learned=learned)
     return seconds
+
+
+METHODS = ("fewer", "peers", "nomap", "calibrated")
+METHOD_OF = {"fewer steps": "fewer", "HyCa, no map": "nomap", "HyCa, no map (interval)": "nomap",
+             "HyCa, calibrated": "calibrated"}  # any other row is a peer's
+
+
+def reused_rows(path: str, meta: dict, sampled: list[str], granularities: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of an earlier run (same model, steps, cfg and pairs) that this run does not sample:
+    methods not sampled now, and HyCa's rows at granularities not sampled now."""
+    with open(path) as file:
+        earlier = json.load(file)
+    for key in ("model", "steps", "cfg", "pairs"):
+        if earlier.get(key) != meta[key]:
+            raise SystemExit(f"{path}: {key} is {earlier.get(key)!r}, this run's is {meta[key]!r}; "
+                             "reuse rows only from a run on the same held-out prompts")
+
+    def resampled(row) -> bool:
+        method = METHOD_OF.get(row["method"], "peers")
+        if method not in sampled:
+            return False
+        return method not in ("nomap", "calibrated") or row["setting"].split()[0] in granularities
+
+    return [dict(r, reused=True) for r in earlier["rows"] if not resampled(r)]
 
 
 def frontier(rows: list[dict], steps: int) -> dict[str, dict[float, Optional[dict]]]:
@@ -205,9 +234,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cfg", type=float, help="guidance (default: 1 for flux, as FLUX.1-dev is run; 3 for wan, which runs with CFG)")
     parser.add_argument("--pairs", type=int, default=16, help="held-out prompt/seed pairs (default 16)")
-    parser.add_argument("--granularities", nargs="+", default=["module", "final"],
+    parser.add_argument("--granularities", nargs="+", default=["module", "final", "stack"],
                         choices=families.GRANULARITIES, help="HyCa granularities to measure")
     parser.add_argument("--quick", action="store_true", help="a few settings per method, for a smoke test")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="what to sample (default all): fewer steps, the peers, HyCa without and with a map")
+    parser.add_argument("--reuse", metavar="RESULTS_JSON",
+                        help="take the rows of methods not sampled now from an earlier run on the same model, "
+                             "steps, cfg and pairs (the same held-out prompts and noise)")
     parser.add_argument("--out", default="frontier_out")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -215,13 +249,18 @@ def main(argv=None) -> int:
     model = load_reference(args.model)
     started = time.perf_counter()
     f = Frontier(model, args.steps, cfg, 4 if args.quick else args.pairs)
-    f.fewer_steps()
-    run_peers(f, args.quick, record_calibration(model, args.steps, cfg, 2 if args.quick else 4))
-    calibration_seconds = run_hyca(f, tuple(args.granularities), args.quick)
+    meta = {"model": args.model, "steps": args.steps, "cfg": cfg, "pairs": f.pairs, "torch": torch.__version__}
+    if args.reuse:
+        f.rows += reused_rows(args.reuse, meta, args.methods, tuple(args.granularities))
+    if "fewer" in args.methods:
+        f.fewer_steps()
+    if "peers" in args.methods:
+        run_peers(f, args.quick, record_calibration(model, args.steps, cfg, 2 if args.quick else 4))
+    calibration_seconds = run_hyca(f, tuple(args.granularities), args.quick, args.methods)
     table = frontier(f.rows, args.steps)
     os.makedirs(args.out, exist_ok=True)
-    meta = {"model": args.model, "steps": args.steps, "cfg": cfg, "pairs": f.pairs, "torch": torch.__version__,
-            "seconds": round(time.perf_counter() - started, 1), "calibration_seconds": calibration_seconds}
+    meta.update(seconds=round(time.perf_counter() - started, 1), calibration_seconds=calibration_seconds,
+                methods=args.methods, reused=args.reuse)
     with open(os.path.join(args.out, "results.json"), "w") as out:
         json.dump({**meta, "frontier": {m: {str(k): v for k, v in c.items()} for m, c in table.items()},
                    "rows": f.rows}, out, indent=1)

@@ -1,0 +1,17 @@
+"""The lab's sweep behind HyCa Apply's no-map default, at a tiny size."""
+
+import json
+
+from hyca_core.reference import defaults, frontier
+from hyca_core.schedule import spread_positions
+
+
+def test_every_candidate_is_scored_at_every_budget_on_its_spread_placement(tmp_path):
+    out = tmp_path / "rows.json"
+    assert defaults.main(["--model", "flux", "--steps", "8", "--granularities", "final", "--solvers", "reuse",
+                          "hermite1", "--spreads", "2:0.8", "1:1.0", "--runs", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(frontier.budgets(8)) * 2 * 2
+    for row in rows:
+        assert row["full"] == list(spread_positions(8, row["b"], row["tail"], row["warp"]))
+        assert 0 < row["psnr"] <= 99
