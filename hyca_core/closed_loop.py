@@ -250,11 +250,8 @@ def verify(m: SolverMap, judge: Judge, seeds: Sequence[int], uniform: Optional[i
            mode: Optional[str] = None, extra_seeds: Sequence[int] = ()) -> SolverMap:
     """Keep the map's solvers at each N only where they beat every uniform solver (``uniform``: only
     the default and that many best open-loop ones) on held-out ``seeds``; elsewhere the best of
-    those replaces them. Candidates still level with the leader (within ``VERIFY_Z`` standard errors
-    of the paired per-image differences) are sampled on ``extra_seeds`` too, one seed at a time, until
-    one leads clearly or those run out. The map is kept only when it leads clearly; otherwise the
-    best uniform solver still level with the leader wins. Records every figure in
-    ``provenance["closed_loop"]``."""
+    those replaces them (``settle``: extra seeds for candidates still level, the map only where it
+    leads clearly). Records every figure in ``provenance["closed_loop"]``."""
     mode = mode or m.mode
     scored = "decoded image" if judge.decode is not None else "sampled latent"
     record = {"metric": f"mean SNR dB of each {scored} against its uncached run", "seeds": list(seeds),
@@ -262,23 +259,7 @@ def verify(m: SolverMap, judge: Judge, seeds: Sequence[int], uniform: Optional[i
     for n in m.intervals:
         configs = {"map": judge.config(n, m, mode=mode)}
         configs.update({name: judge.config(n, solver=name) for name in uniform_candidates(m, n, uniform)})
-        items = {name: judge.items(config, seeds) for name, config in configs.items()}
-        checked = len(items["map"])  # items of ``seeds``: every candidate has these first
-        contenders = level_with_leader(items, VERIFY_Z)
-        used = list(seeds)
-        for seed in extra_seeds:
-            if len(contenders) < 2:
-                break
-            for name in contenders:
-                items[name] += judge.items(configs[name], [seed])
-            used.append(seed)
-            contenders = level_with_leader({name: items[name] for name in contenders}, VERIFY_Z)
-        best = contenders[0]
-        if len(contenders) > 1 and "map" in contenders:
-            # a map no seed could tell from a uniform solver is not kept: its choices were fitted on
-            # the calibration seeds, and of two equals the uniform solver is the one that cannot
-            # hide a rare failure the checked images missed
-            best = max((k for k in contenders if k != "map"), key=lambda k: leader_key(k, items[k]))
+        best, items, used, checked = settle(judge, configs, seeds, extra_seeds)
         entry = {"map_db": round(fmean(items["map"][:checked]), 3),
                  "uniform_db": {k: round(fmean(v[:checked]), 3) for k, v in items.items() if k != "map"},
                  "kept": best, "gain_db": round(_gain(items[best], items[DEFAULT_SOLVER]), 3)}
@@ -293,6 +274,39 @@ def verify(m: SolverMap, judge: Judge, seeds: Sequence[int], uniform: Optional[i
     m = _copy(m)
     m.provenance["closed_loop"] = record
     return m
+
+
+class Settled(NamedTuple):
+    best: str  # the winner's name
+    items: dict  # name -> per-image SNR dB, the ``seeds``' items first
+    used: list  # seeds sampled, extra ones included
+    checked: int  # items of the ``seeds`` alone: every candidate has these first
+
+
+def settle(judge: Judge, configs: dict[str, ApplyConfig], seeds: Sequence[int],
+           extra_seeds: Sequence[int] = ()) -> Settled:
+    """The winner among ``configs`` (one named "map", the others uniform) on held-out ``seeds``:
+    candidates still level with the leader (within ``VERIFY_Z`` standard errors of the paired
+    per-image differences) are sampled on ``extra_seeds`` too, one seed at a time, until one leads
+    clearly or those run out. The map wins only when it leads clearly."""
+    items = {name: judge.items(config, seeds) for name, config in configs.items()}
+    checked = len(next(iter(items.values())))
+    contenders = level_with_leader(items, VERIFY_Z)
+    used = list(seeds)
+    for seed in extra_seeds:
+        if len(contenders) < 2:
+            break
+        for name in contenders:
+            items[name] += judge.items(configs[name], [seed])
+        used.append(seed)
+        contenders = level_with_leader({name: items[name] for name in contenders}, VERIFY_Z)
+    best = contenders[0]
+    if len(contenders) > 1 and "map" in contenders:
+        # a map no seed could tell from a uniform solver is not kept: its choices were fitted on
+        # the calibration seeds, and of two equals the uniform solver is the one that cannot
+        # hide a rare failure the checked images missed
+        best = max((k for k in contenders if k != "map"), key=lambda k: leader_key(k, items[k]))
+    return Settled(best, items, used, checked)
 
 
 def leader_key(name: str, values: Sequence[float]) -> tuple:

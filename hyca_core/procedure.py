@@ -28,8 +28,8 @@ import torch
 
 from . import families, placement, sensitivity
 from .calibration import CalibrationConfig, Calibrator, require_clustering
-from .closed_loop import (MARGIN_DB, REFINE_LEVELS, REFINE_Z, VERIFY_Z, Judge, _copy, clear_gain, closed_loop,
-                          leader_key, level_with_leader, uniform_candidates)
+from .closed_loop import (MARGIN_DB, REFINE_LEVELS, REFINE_Z, Judge, _copy, clear_gain, closed_loop, settle,
+                          uniform_candidates)
 from .placed import PlacedCalibrator
 from .schedule import Schedule
 from .session import CalibrateConfig
@@ -179,44 +179,31 @@ def guarantee_runs(p: Procedure) -> int:
 
 def placement_guarantee(solver_map: SolverMap, judge: Judge, full: tuple[int, ...], p: Procedure, n: int,
                         uniform: int = GUARANTEE_UNIFORM) -> dict:
-    """What a calibrated placement samples with, checked on held-out seeds as ``closed_loop.verify``
-    checks each N: the map's solvers at the searched placement against uniform solvers (the default
-    and the ``uniform`` best open-loop ones) there and at the spread placement (HyCa Apply's default).
-    The map is kept only when it leads clearly; otherwise the best uniform candidate still level
-    with the leader wins, so a calibrated placement is never measurably worse than HyCa Apply's
-    no-map default (spread, the default solver) at the map's granularity. On the Wan-layout reference model at cfg 3 and 20 steps the searched placement with the
-    map's solvers lost 1.6 dB to the spread default (BENCHMARKS.md, issue 22).
-    Returns the entry's changes: ``full_steps`` and ``solver`` (absent: the map) and the figures."""
-    seeds = p.verify_seeds or p.fit_seeds
+    """What a calibrated placement samples with, settled on held-out seeds as ``closed_loop.verify``
+    settles each N: the map's solvers at the searched placement against uniform solvers (the default
+    and the ``uniform`` best open-loop ones) there and at the spread placement (HyCa Apply's default),
+    so a calibrated placement is never measurably worse than the no-map default at the map's
+    granularity. On the Wan-layout reference model at cfg 3 and 20 steps the searched placement with
+    the map's solvers lost 1.6 dB to the spread default (BENCHMARKS.md, issue 22).
+    Returns the entry's changes: ``full_steps``, ``solver`` (absent: the map's) and the figures."""
     spread = placement.spread_positions(p.steps, len(full))
-    solvers = uniform_candidates(solver_map, n, uniform)
-    configs = {}
-    for where in dict.fromkeys([tuple(full), tuple(spread)]):
-        schedule = Schedule(interval=n, full_at=where, full_at_steps=p.steps)
-        configs[(where, None)] = judge.with_schedule(schedule, solver_map)
-        configs.update({(where, s): judge.with_schedule(schedule, solver=s) for s in solvers})
-    names = {key: "map" if key[1] is None and key[0] == tuple(full) else
-             f"{key[1] or 'map'} at {'searched' if key[0] == tuple(full) else 'spread'}" for key in configs}
-    items = {names[k]: judge.items(c, seeds) for k, c in configs.items()}
-    checked = len(items["map"])  # items of ``seeds``: every candidate has these first
-    contenders = level_with_leader(items, VERIFY_Z)
-    for seed in p.extra_seeds:
-        if len(contenders) < 2:
-            break
-        for key in configs:
-            if names[key] in contenders:
-                items[names[key]] += judge.items(configs[key], [seed])
-        contenders = level_with_leader({k: items[k] for k in contenders}, VERIFY_Z)
-    best = contenders[0]
-    if len(contenders) > 1 and best == "map":
-        # as verify: a map no seed could tell from a uniform solver is not kept
-        best = max(contenders[1:], key=lambda k: leader_key(k, items[k]))
-    where, solver = next(k for k in configs if names[k] == best)
-    out = {"checked_db": {k: round(fmean(v[:checked]), 3) for k, v in items.items()}, "kept": best}
-    if (where, solver) != (tuple(full), None):
+    where = {"searched": tuple(full), "spread": tuple(spread)} if tuple(spread) != tuple(full) else {
+        "searched": tuple(full)}
+    candidates, configs = {}, {}
+    for place, steps in where.items():
+        schedule = Schedule(interval=n, full_at=steps, full_at_steps=p.steps)
+        for solver in (None, *uniform_candidates(solver_map, n, uniform)):
+            name = "map" if (place, solver) == ("searched", None) else f"{solver or 'map'} at {place}"
+            candidates[name] = (steps, solver)
+            configs[name] = (judge.with_schedule(schedule, solver_map) if solver is None
+                             else judge.with_schedule(schedule, solver=solver))
+    best, items, _, checked = settle(judge, configs, p.verify_seeds or p.fit_seeds, p.extra_seeds)
+    steps, solver = candidates[best]
+    if best != "map":
         log.info("HyCa Calibrate: %d full steps: %s (%.2f dB) over the map at %s (%.2f dB), held-out seeds",
                  len(full), best, fmean(items[best]), list(full), fmean(items["map"]))
-    out["full_steps"] = list(where)
+    out = {"checked_db": {k: round(fmean(v[:checked]), 3) for k, v in items.items()}, "kept": best,
+           "full_steps": list(steps)}
     if solver is not None:
         out["solver"] = solver
     return out

@@ -417,36 +417,31 @@ def main(argv=None) -> int:
                  uncached)
     calibration = {}
     for granularity in args.granularities:
-        started = time.perf_counter()
         suffix = "" if granularity == "module" else f", {granularity}"
-        if args.no_calibrate:
-            for n in args.intervals:
-                bench.record(f"HyCa (no map{suffix})", f"N={n}", *bench.measure(
-                    hyca(m, model, n, args.cooldown, granularity=granularity)), uncached, n=n)
-            for budget in args.budgets if args.frontier else ():
-                patched = hyca(m, model, 6, args.cooldown, full_steps=budget, granularity=granularity, schedule="spread")
-                bench.record(f"HyCa (no map, spread{suffix})", f"{budget} full", *bench.measure(patched), uncached,
-                             n=budget)
-            continue
-        outcome = calibrate(m, kind, model, args.steps, args.intervals, args.calibration_runs, args.cooldown,
-                            args.refine, args.budgets, granularity)
-        solver_map = outcome.solver_map
-        calibration[granularity] = {
-            "seconds": round(time.perf_counter() - started, 1), "runs": outcome.runs, "refine": args.refine,
-            "closed_loop": solver_map.provenance.get("closed_loop"), "schedules": solver_map.provenance.get("schedules")}
-        print(f"calibrated a C=2 {granularity} map (refine {args.refine}, budgets {args.budgets}) on "
-              f"{args.calibration_runs}x8 prompts in {calibration[granularity]['seconds']} s, runs {outcome.runs}")
-        suffix = "" if granularity == "module" else f", {granularity}"
+        solver_map = None
+        if not args.no_calibrate:
+            started = time.perf_counter()
+            outcome = calibrate(m, kind, model, args.steps, args.intervals, args.calibration_runs, args.cooldown,
+                                args.refine, args.budgets, granularity)
+            solver_map = outcome.solver_map
+            calibration[granularity] = {
+                "seconds": round(time.perf_counter() - started, 1), "runs": outcome.runs, "refine": args.refine,
+                "closed_loop": solver_map.provenance.get("closed_loop"),
+                "schedules": solver_map.provenance.get("schedules")}
+            print(f"calibrated a C=2 {granularity} map (refine {args.refine}, budgets {args.budgets}) on "
+                  f"{args.calibration_runs}x8 prompts in {calibration[granularity]['seconds']} s, runs {outcome.runs}")
         for n in args.intervals:
-            bench.record(f"HyCa (map{suffix})", f"N={n}", *bench.measure(
-                hyca(m, model, n, args.cooldown, solver_map, granularity=granularity)), uncached, n=n)
+            if solver_map is not None:
+                bench.record(f"HyCa (map{suffix})", f"N={n}", *bench.measure(
+                    hyca(m, model, n, args.cooldown, solver_map, granularity=granularity)), uncached, n=n)
             bench.record(f"HyCa (no map{suffix})", f"N={n}", *bench.measure(
                 hyca(m, model, n, args.cooldown, granularity=granularity)), uncached, n=n)
         for budget in args.budgets:
-            full = solver_map.provenance["schedules"][str(budget)]["full_steps"]
-            patched = hyca(m, model, 6, args.cooldown, solver_map, full_steps=budget, granularity=granularity)
-            bench.record(f"HyCa (calibrated{suffix})", f"{budget} full: {','.join(map(str, full))}",
-                         *bench.measure(patched), uncached, n=budget)
+            if solver_map is not None:
+                full = solver_map.provenance["schedules"][str(budget)]["full_steps"]
+                patched = hyca(m, model, 6, args.cooldown, solver_map, full_steps=budget, granularity=granularity)
+                bench.record(f"HyCa (calibrated{suffix})", f"{budget} full: {','.join(map(str, full))}",
+                             *bench.measure(patched), uncached, n=budget)
             if args.frontier:
                 patched = hyca(m, model, 6, args.cooldown, full_steps=budget, granularity=granularity, schedule="spread")
                 bench.record(f"HyCa (no map, spread{suffix})", f"{budget} full", *bench.measure(patched), uncached,

@@ -25,10 +25,10 @@ from .. import families
 from ..metrics import psnr
 from ..schedule import Schedule, spread_positions
 from ..session import ApplyConfig
-from .benchmark import cached_evaluator
+from .benchmark import Setting, reference_runner
 from .data import decode
 from .frontier import budgets
-from .pipeline import kind_of, load_reference, sample
+from .pipeline import load_reference
 
 
 def main(argv=None) -> int:
@@ -46,22 +46,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = args.cfg if args.cfg is not None else (1.0 if args.model == "flux" else 3.0)
     model = load_reference(args.model)
-    kind, family = kind_of(model), families.detect(model)
-    runs = [(kind.prompts(4242 + s, 8), 50_000 + 100 * s) for s in range(args.runs)]
-    references = [decode(sample(model, p, seed=seed, steps=args.steps, cfg=cfg)) for p, seed in runs]
+    family = families.detect(model)
+    run = reference_runner(model, Setting(steps=args.steps, cfg=cfg))  # HyCa Calibrate's runs in the lab
+    references = [decode(run(seed, None)) for seed in range(args.runs)]
 
     def score(full, granularity, solver) -> float:
-        values = []
-        for (prompts, seed), reference in zip(runs, references):
-            config = ApplyConfig(family, granularity, Schedule(interval=args.steps, full_at=tuple(full),
-                                                               full_at_steps=args.steps),
-                                 cache_device="gpu", solver=solver)
-            call, state = cached_evaluator(model, config)
-            try:
-                out = sample(model, prompts, seed=seed, steps=args.steps, cfg=cfg, evaluate=call)
-            finally:
-                state.close()
-            values += psnr(decode(out), reference).clamp_max(99).tolist()
+        schedule = Schedule(interval=args.steps, full_at=tuple(full), full_at_steps=args.steps)
+        config = ApplyConfig(family, granularity, schedule, cache_device="gpu", solver=solver)
+        values = [v for seed, reference in enumerate(references)
+                  for v in psnr(decode(run(seed, config)), reference).clamp_max(99).tolist()]
         return sum(values) / len(values)
 
     started = time.perf_counter()
