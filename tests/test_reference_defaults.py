@@ -15,3 +15,11 @@ def test_every_candidate_is_scored_at_every_budget_on_its_spread_placement(tmp_p
     for row in rows:
         assert row["full"] == list(spread_positions(8, row["b"], row["tail"], row["warp"]))
         assert 0 < row["psnr"] <= 99
+
+
+def test_a_malformed_spread_rule_is_refused_with_its_form(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        defaults.main(["--spreads", "2-0.8"])
+    assert "tail:warp, e.g. 2:0.8, got '2-0.8'" in capsys.readouterr().err

@@ -31,6 +31,15 @@ from .frontier import budgets
 from .pipeline import load_reference
 
 
+def spread_rule(text: str) -> tuple[int, float]:
+    """``tail:warp`` (e.g. ``2:0.8``) as the spread rule's (tail, warp)."""
+    try:
+        tail, warp = text.split(":")
+        return int(tail), float(warp)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a spread rule is tail:warp, e.g. 2:0.8, got {text!r}") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hyca_core.reference.defaults", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,8 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cfg", type=float, help="default: 1 for flux, 3 for wan (as the frontier)")
     parser.add_argument("--granularities", nargs="+", default=["module", "final"], choices=families.GRANULARITIES)
     parser.add_argument("--solvers", nargs="+", default=["reuse", "taylor1", "foca", "ridge1x4", "lsq1x4"])
-    parser.add_argument("--spreads", nargs="+", default=["1:0.8", "1:1.0", "1:1.25", "2:0.8", "2:1.0", "2:1.25"],
-                        help="spread rules as tail:warp")
+    parser.add_argument("--spreads", nargs="+", type=spread_rule,
+                        default=[(1, 0.8), (1, 1.0), (1, 1.25), (2, 0.8), (2, 1.0), (2, 1.25)],
+                        help="spread rules as tail:warp (default: tails 1 and 2, warps 0.8, 1.0, 1.25)")
     parser.add_argument("--runs", type=int, default=2, help="calibration runs of 8 prompts (default 2)")
     parser.add_argument("--out", help="write the rows here (JSON)")
     args = parser.parse_args(argv)
@@ -59,9 +69,8 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     rows = []
-    spreads = [(int(t), float(w)) for t, w in (s.split(":") for s in args.spreads)]
     for budget in budgets(args.steps):
-        for (tail, warp), granularity, solver in itertools.product(spreads, args.granularities, args.solvers):
+        for (tail, warp), granularity, solver in itertools.product(args.spreads, args.granularities, args.solvers):
             full = spread_positions(args.steps, budget, tail, warp)
             rows.append({"b": budget, "tail": tail, "warp": warp, "gran": granularity, "solver": solver,
                          "psnr": round(score(full, granularity, solver), 2), "full": list(full)})
