@@ -22,13 +22,14 @@ from dataclasses import dataclass
 sys.path[:0] = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]
 
 import torch  # noqa: E402
-from comfy_env import comfyui_path  # noqa: E402
+from comfy_env import comfyui_path, detected_config  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
     comfy_class: str  # comfy.supported_models class
+    family: str  # its tiny checkpoint (tests/fixtures): ComfyUI's detection fills the fields it requires
     unet: dict  # its unet_config at full width
     depth_keys: dict  # block list -> the unet_config key of its length
     latent: tuple  # the measured call's latent (B, C, [T,] H, W)
@@ -58,18 +59,18 @@ WAN_14B = dict(image_model="wan2.1", model_type="t2v", dim=5120, ffn_dim=13824, 
 
 TARGETS = (
     # 1024x1024: 4096 image and 512 text tokens, measured at 256 and 32
-    Target("FLUX.1-dev", "Flux", FLUX_DEV, {"double_blocks": "depth", "single_blocks": "depth_single_blocks"},
+    Target("FLUX.1-dev", "Flux", "flux", FLUX_DEV, {"double_blocks": "depth", "single_blocks": "depth_single_blocks"},
            (1, 16, 32, 32), (32, 4096), pooled=768, guidance=True, scale_to="1024x1024, 512 text tokens", token_scale=16,
            run_latent=(1, 16, 128, 128), run_text=512),
     # 1024x1024: 4096 image and 256 text tokens, measured at 256 and 16
-    Target("Qwen-Image", "QwenImage", QWEN_IMAGE, {"transformer_blocks": "num_layers"}, (1, 16, 1, 32, 32), (16, 3584),
+    Target("Qwen-Image", "QwenImage", "qwen_image", QWEN_IMAGE, {"transformer_blocks": "num_layers"}, (1, 16, 1, 32, 32), (16, 3584),
            scale_to="1024x1024, 256 text tokens", token_scale=16, run_latent=(1, 16, 1, 128, 128), run_text=256, batch=2),
     # 960x544, 61 frames: 16 x 34 x 60 = 32640 image and 256 text tokens, measured at 510 and 4
-    Target("HunyuanVideo", "HunyuanVideo", HUNYUAN_VIDEO, {"double_blocks": "depth", "single_blocks": "depth_single_blocks"},
+    Target("HunyuanVideo", "HunyuanVideo", "hunyuan_video", HUNYUAN_VIDEO, {"double_blocks": "depth", "single_blocks": "depth_single_blocks"},
            (1, 16, 1, 34, 60), (4, 4096), pooled=768, guidance=True, timestep_scale=1000.0,
            scale_to="960x544, 61 frames, 256 text tokens", token_scale=64, run_latent=(1, 16, 16, 68, 120), run_text=256),
     # 832x480, 81 frames: 21 x 30 x 52 = 32760 image tokens (Wan caches image tokens only), measured at 390
-    Target("Wan 2.1 14B", "WAN21_T2V", WAN_14B, {"blocks": "num_layers"}, (1, 16, 1, 30, 52), (512, 4096),
+    Target("Wan 2.1 14B", "WAN21_T2V", "wan", WAN_14B, {"blocks": "num_layers"}, (1, 16, 1, 30, 52), (512, 4096),
            timestep_scale=1000.0, scale_to="832x480, 81 frames", token_scale=84, run_latent=(1, 16, 21, 60, 104),
            run_text=512, batch=2),
 )
@@ -83,18 +84,18 @@ def tiny(target: Target) -> Target:
     unet = {k: narrow.get(k, v) for k, v in target.unet.items()}
     text = (target.text[0] if target.text[0] < 64 else 8, 32)
     latent = (*target.latent[:-2], 8, 8)
-    return Target(target.name + " (tiny)", target.comfy_class, unet, target.depth_keys, latent, text,
+    return Target(target.name + " (tiny)", target.comfy_class, target.family, unet, target.depth_keys, latent, text,
                   32 if target.pooled else 0, target.guidance, target.timestep_scale, run_latent=latent,
                   run_text=text[0], batch=target.batch)
 
 
 def subject(target: Target, dtype=torch.bfloat16, batch: int = 1, device: str = "cpu"):
-    import comfy.supported_models
     from hyca_core.reference.subject import Subject
 
     def build(size: dict) -> torch.nn.Module:
         unet = dict(target.unet, **{target.depth_keys[name]: n for name, n in size.items()})
-        supported = getattr(comfy.supported_models, target.comfy_class)(unet)
+        supported = detected_config(target.family, unet)
+        assert type(supported).__name__ == target.comfy_class, type(supported).__name__
         supported.set_inference_dtype(dtype, None)
         with torch.device(device):
             model = supported.get_model({}, device=device).diffusion_model

@@ -2,8 +2,9 @@
 
 ComfyUI is found through ``COMFYUI_PATH``, or two folders up when this pack sits in
 ``ComfyUI/custom_nodes/``. Without one, ``require_comfyui()`` skips the calling test module with
-the reason. Models are built through ComfyUI's own classes (``comfy.supported_models``) with
-fan-in-scaled random weights: with tiny weights every block is nearly the identity and caching
+the reason. Models load as checkpoints do: ComfyUI's own detection reads a tiny checkpoint's key
+manifest (``tests/fixtures/tiny_checkpoints.json``), so fields a newer ComfyUI requires come from it;
+weights are fan-in-scaled random: with tiny weights every block is nearly the identity and caching
 errors would be invisible.
 """
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "tests" / "fixtures" / "tiny_checkpoints.json"
 
 
 def comfyui_path():
@@ -48,6 +50,7 @@ def require_comfyui():
     return path
 
 
+# The hand-written tiny configs the manifests were written from (tools/tiny_checkpoints.py).
 FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64,
             mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=3, axes_dim=[8, 12, 12], theta=10000,
             patch_size=2, qkv_bias=True, guidance_embed=True)
@@ -67,20 +70,61 @@ CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_
 LTXV = dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=32, num_attention_heads=2,
             caption_channels=32, num_layers=3)  # no family of HyCa's: cached through its block list
 
-CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN),
+HAND_CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN),
            "wan": ("WAN21_T2V", WAN), "chroma": ("Chroma", CHROMA), "ltxv": ("LTXV", LTXV)}
 
 
+# The widths real checkpoints of a family share, which detection therefore fixes (heads from a
+# 128-wide head, rope axes, the text encoder's width ...): the only fields a tiny model overrides.
+TINY_WIDTHS = {
+    "flux": dict(hidden_size=64, context_in_dim=32, mlp_ratio=2.0, num_heads=2, axes_dim=[8, 12, 12]),
+    "qwen_image": dict(attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32,
+                       axes_dims_rope=(8, 12, 12)),
+    "hunyuan_video": dict(vec_in_dim=32, mlp_ratio=2.0, num_heads=2, axes_dim=[8, 12, 12]),
+    "wan": dict(num_heads=2, text_dim=32),
+    "chroma": dict(hidden_size=64, context_in_dim=32, mlp_ratio=2.0, num_heads=2, axes_dim=[8, 12, 12], out_dim=64,
+                   hidden_dim=128, n_layers=2),
+    "ltxv": dict(attention_head_dim=32, num_attention_heads=2, caption_channels=32),
+}
+
+
+def manifest(family: str) -> dict:
+    import json
+
+    return json.loads(MANIFESTS.read_text())[family]["keys"]
+
+
+def tiny_config(family: str):
+    """The family's tiny model config as this ComfyUI loads a checkpoint: its own detection reads the
+    manifest's keys and shapes (filling every field this version requires), then ``TINY_WIDTHS``."""
+    return detected_config(family, TINY_WIDTHS[family])
+
+
+def detected_config(family: str, widths: dict):
+    """``comfy.supported_models`` config of a family at the given widths: this ComfyUI's detection of
+    the family's tiny checkpoint, with ``widths`` over it (full-width models for the cost script)."""
+    import torch
+    import comfy.model_detection
+
+    state_dict = {key: torch.zeros(shape) for key, shape in manifest(family).items()}
+    config = comfy.model_detection.detect_unet_config(state_dict, "")
+    if config is None:
+        raise RuntimeError(f"this ComfyUI does not detect the tiny {family} checkpoint (tests/fixtures)")
+    config.update(widths)
+    model_config = comfy.model_detection.model_config_from_unet_config(config, state_dict)
+    if model_config is None:
+        raise RuntimeError(f"this ComfyUI has no model class for the detected {family} config {config}")
+    return model_config
+
+
 def build(family: str, seed: int = 0, dtype=None):
-    """A tiny random ModelPatcher of a family, on the CPU."""
+    """A tiny random ModelPatcher of a family, on the CPU, loaded through ComfyUI's detection."""
     import torch
     import comfy.model_patcher
-    import comfy.supported_models
 
-    class_name, config = CONFIGS[family]
-    supported = getattr(comfy.supported_models, class_name)(dict(config))
-    supported.set_inference_dtype(dtype or torch.float32, None)
-    model = supported.get_model({})
+    model_config = tiny_config(family)
+    model_config.set_inference_dtype(dtype or torch.float32, None)
+    model = model_config.get_model({})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():

@@ -48,7 +48,7 @@ for path in (HERE, HERE.parent):  # comfy_env / support, and the repository (run
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from comfy_env import comfyui_path, require_comfyui  # noqa: E402
+from comfy_env import comfyui_path, detected_config, require_comfyui  # noqa: E402
 
 SEED = 90_000  # evaluation noise, as hyca_core.reference.benchmark
 CALIBRATION_SEED = 50_000
@@ -72,7 +72,7 @@ def load_modules():
     load_pack()
     names = {
         "sample": "comfy.sample", "samplers": "comfy.samplers", "patcher": "comfy.model_patcher",
-        "supported": "comfy.supported_models", "easycache": "comfy_extras.nodes_easycache",
+        "easycache": "comfy_extras.nodes_easycache",
         "apply": "comfyui_hyca.nodes.apply", "patch": "comfyui_hyca.nodes.patch",
         "families": "comfyui_hyca.hyca_core.families", "procedure": "comfyui_hyca.hyca_core.procedure",
         "session": "comfyui_hyca.hyca_core.session",
@@ -95,7 +95,7 @@ def comfy_model(m, reference):
         base.latent_format.latents_std = torch.ones_like(base.latent_format.latents_std)
         base.model_sampling.set_parameters(shift=m.pipeline.WAN_SHIFT)
         return patcher
-    supported = m.supported.Flux(flux_unet_config(reference))
+    supported = detected_config("flux", reference.config.comfy_unet_config())
     supported.set_inference_dtype(torch.float32, None)
     model = supported.get_model({})
     # through the model's own key conversion, as a checkpoint loads (0.26 renames the RMSNorm scales)
@@ -106,22 +106,6 @@ def comfy_model(m, reference):
         model.model_sampling.set_parameters(shift=m.pipeline.SHIFT)
     cpu = torch.device("cpu")
     return m.patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
-
-
-# FLUX.1's values of fields newer ComfyUI's FluxParams requires (0.26: ``txt_ids_dims``, set so by its
-# checkpoint detection for FLUX.1); the reference model's head size (32) keeps it out of detection
-FLUX1_REQUIRED = {"txt_ids_dims": []}
-
-
-def flux_unet_config(reference) -> dict:
-    import dataclasses
-
-    from comfy.ldm.flux.model import FluxParams
-
-    config = reference.config.comfy_unet_config()
-    fields = {f.name for f in dataclasses.fields(FluxParams)}
-    config.update({k: v for k, v in FLUX1_REQUIRED.items() if k in fields and k not in config})
-    return config
 
 
 class FullEvalCounter:

@@ -73,15 +73,15 @@ def test_same_weights_same_outputs_in_comfyui_flux(model):
 
     if comfyui_path() is None:
         pytest.skip("no ComfyUI found: weight compatibility is checked against ComfyUI's Flux (set COMFYUI_PATH)")
-    from comfy_env import require_comfyui
+    from comfy_env import detected_config, require_comfyui
 
     require_comfyui()
-    import comfy.supported_models
-
-    supported = comfy.supported_models.Flux(CONFIG.comfy_unet_config())
+    supported = detected_config("flux", CONFIG.comfy_unet_config())  # fields newer ComfyUI requires: its detection
     supported.set_inference_dtype(torch.float32, None)
     comfy_flux = supported.get_model({}).diffusion_model
-    missing, unexpected = comfy_flux.load_state_dict(model.state_dict(), strict=True)
+    # through the model's own key conversion, as a checkpoint loads (0.26 renames the RMSNorm scales)
+    state_dict = supported.process_unet_state_dict(dict(model.state_dict()))
+    missing, unexpected = comfy_flux.load_state_dict(state_dict, strict=True)
     assert not missing and not unexpected
     args = inputs()
     with torch.no_grad():

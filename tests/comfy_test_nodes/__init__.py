@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 from comfy_env import build, conditioning, latent  # noqa: E402
 
-FAMILIES = ["flux", "qwen_image", "hunyuan_video", "wan", "chroma"]  # comfy_env.CONFIGS
+FAMILIES = ["flux", "qwen_image", "hunyuan_video", "wan", "chroma"]  # comfy_env.TINY_WIDTHS
 
 
 def tiny_node(return_type: str, make, **inputs):
