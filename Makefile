@@ -23,10 +23,12 @@ bench-engine: deps
 	$(PYTHON) -m hyca_core.bench
 
 # Integration tests against a real ComfyUI: COMFYUI_PATH=/path/to/ComfyUI COMFY_PYTHON=/path/to/its/python
+# (tools/comfyui_venv.sh builds a version's tree and venv; README, "Integration tests")
 test-comfyui:
 	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
 	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_comfy_integration.py tests/test_comfy_server.py \
-		tests/test_example_workflows.py tests/test_template_thumbnails.py tests/test_fresh_install.py
+		tests/test_comfy_models.py tests/test_comfy_multigpu.py tests/test_example_workflows.py tests/test_template_thumbnails.py \
+		tests/test_fresh_install.py tests/test_comfy_compare.py tests/test_reference_model.py tests/test_reference_wan.py
 
 # The newest ComfyUI frontend from PyPI, unpacked into .frontends/: the browser test runs on it too
 frontend:

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from . import vec_paths
+from .routes import Unrouted, qwen_image21_prefix_pass
 from .skips import Skip
 
 GRANULARITIES = ("module", "block", "stack", "final")
@@ -263,6 +264,9 @@ class Family:
     # later step of those whose output module granularity needs (computed ahead)
     skips: tuple = ()
     ahead_inputs: Optional[Callable] = None
+    # block lists the model calls without the patches_replace["dit"] lookup: HyCa routes them
+    # through object-patched twins (``hyca_core.routes``)
+    unrouted: Optional[Unrouted] = None
 
 
 FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
@@ -299,7 +303,24 @@ GENERIC_BLOCK_LISTS = (
 )
 
 
+# DiTs whose blocks HyCa reaches through its own routing twins (``hyca_core.routes``): Lumina 2 and
+# Z-Image (NextDiT) call ``layers[i](img, mask, freqs_cis, adaln_input, ...)`` with no "dit" lookup;
+# Qwen-Image 2.1 drops its prefix K/V cache when any "dit" entry exists; Kandinsky 5's own "dit" route
+# calls its blocks with names they do not take (ComfyUI 0.26: ``block(x=...)``, a TypeError).
+UNROUTED = {
+    "NextDiT": Unrouted((("double_block", "layers"),)),
+    "Kandinsky5": Unrouted((("double_block", "visual_transformer_blocks"),)),
+    "QwenImage21Transformer2DModel": Unrouted((("single_block", "transformer_blocks"),), qwen_image21_prefix_pass),
+}
+
+
 def _generic(diffusion_model: torch.nn.Module) -> Optional[Family]:
+    for cls in type(diffusion_model).__mro__:
+        unrouted = UNROUTED.get(cls.__name__)
+        if unrouted is not None and all(len(getattr(diffusion_model, attr, ())) for _, attr in unrouted.lists):
+            name = type(diffusion_model).__name__
+            return Family(f"other:{name}", name, unrouted.lists, {}, {kind: ("img",) for kind, _ in unrouted.lists},
+                          known=False, unrouted=unrouted)
     for blocks in GENERIC_BLOCK_LISTS:
         lists = [getattr(diffusion_model, attr, None) for _, attr in blocks]
         if all(isinstance(x, torch.nn.ModuleList) and len(x) for x in lists):

@@ -88,9 +88,12 @@ class RunState:
     gate_notes: list = field(default_factory=list)
 
     def __post_init__(self):
-        # Newer ComfyUI's multi-GPU sampling calls the model from one worker thread per device:
-        # one evaluation at a time keeps the run's streams and decisions consistent.
-        self.lock = threading.RLock()
+        # Newer ComfyUI's multi-GPU sampling calls the model from one worker thread per device, at
+        # once. Each (cond, device) has its own stream, so evaluations run in parallel; only the
+        # run-wide decisions (streams made, a fall-back, where anchors live) take this lock, and
+        # other streams apply them at their next evaluation, never under a running one.
+        self._decisions = threading.RLock()
+        self._stale: set = set()  # ids of streams a fall-back left with useless anchors
         self.granularity = self.config.granularity
         self.verified = self.granularity != "module"
         device = {"cpu": "cpu"}.get(self.config.cache_device)
@@ -108,9 +111,15 @@ class RunState:
                 schedule, interval=interval)).predictors()
 
     def stream(self, key, name):
-        stream = self.run.stream(key)
-        stream.name = name
-        return stream
+        with self._decisions:
+            stream = self.run.stream(key)
+            stream.name = name
+            if id(stream) in self._stale:
+                self._stale.discard(id(stream))
+                stream.reset()  # anchors of the granularity a fall-back left: start over
+            if self.run.cache_device == "cpu" and stream.store.storage_device not in (None, torch.device("cpu")):
+                stream.store.move_to("cpu")  # placed off the GPU while this stream was not running
+            return stream
 
     def context(self, stream, full: bool, diffusion_model=None) -> EvalContext:
         verify = full and not self.verified
@@ -197,6 +206,10 @@ class RunState:
 
     def after(self, ctx: EvalContext) -> None:
         """Act on what the blocks found during one evaluation."""
+        with self._decisions:
+            self._after(ctx)
+
+    def _after(self, ctx: EvalContext) -> None:
         self._gate_report(ctx)
         if ctx.full and self.config.cache_device == "auto" and not self.placed:
             self.place(ctx.stream)
@@ -211,8 +224,8 @@ class RunState:
             self.notes.append(message)
             self.granularity = fallback
             self.verified = True
-            for stream in self.run.streams.values():
-                stream.reset()  # the anchors of another granularity are useless: start over
+            ctx.stream.reset()  # the others start over at their next evaluation
+            self._stale = {id(s) for s in self.run.streams.values() if s is not ctx.stream}
 
     @property
     def passthrough(self) -> bool:
@@ -237,9 +250,8 @@ class RunState:
                        "keeping them in CPU memory for this run (set cache_device to gpu or cpu to choose)")
             log.info(message)
             self.notes.append(message)
-            self.run.cache_device = "cpu"
-            for s in self.run.streams.values():
-                s.store.move_to("cpu")
+            self.run.cache_device = "cpu"  # new streams start there, others move at their next evaluation
+            stream.store.move_to("cpu")
 
     def report(self) -> list[dict]:
         seconds = time.perf_counter() - self.started
@@ -367,8 +379,9 @@ def _cond_name(options: dict) -> str:
 
 
 def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
-    """Run one model call (``executor(*args, **kwargs)``) under the run state in ``options``,
-    one call at a time per run (``RunState.lock``)."""
+    """Run one model call (``executor(*args, **kwargs)``) under the run state in ``options``.
+    A state with a ``lock`` (calibration: its statistics are one sum) sees one call at a time; a
+    ``RunState`` lets multi-GPU workers evaluate their conds in parallel."""
     state = options.get(RUN_KEY)
     lock = getattr(state, "lock", None)
     if lock is None:
@@ -397,7 +410,13 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     t = step_coordinate(float(options["sigmas"].max()), sigmas)
     n_steps = len(sigmas) - 1
     uuids = tuple(options.get("uuids") or ())
-    stream = state.stream(uuids, _cond_name(options))
+    # multi-GPU sampling: one stream per (cond, worker device); on the CPU the device's index is
+    # only in ComfyUI's options, never on the tensors
+    device = options.get("multigpu_thread_device")
+    if device is None:
+        stream = state.stream(uuids, _cond_name(options))
+    else:
+        stream = state.stream(uuids + (str(device),), f"{_cond_name(options)} on {device}")
     signature = (tuple(x.shape), x.dtype, x.device)
     full = stream.begin(t, n_steps, signature)
     running = _running_model(executor)

@@ -112,8 +112,13 @@ class HyCaApply(io.ComfyNode):
         if not family.known and granularity == "module":
             granularity = "block"  # module granularity needs per-family code
             notes.append(f"{family.class_name} is not a family HyCa knows: caching whole blocks "
-                         "(granularity block) found through ComfyUI's block replacement")
+                         "(granularity block), found through their block lists")
             log.warning("HyCa Apply: %s", notes[-1])
+        if family.unrouted is not None:
+            lists = " and ".join(attr for _, attr in family.unrouted.lists)
+            notes.append(f"{family.class_name} reaches its {lists} without ComfyUI's block "
+                         "replacement: HyCa routes each block through an object patch")
+            log.info("HyCa Apply: %s", notes[-1])
         if solver_map is not None:
             if solver_map.granularity != granularity:
                 raise SolverMapMismatch(

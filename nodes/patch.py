@@ -17,7 +17,7 @@ import logging
 
 import torch
 
-from ..hyca_core import skips
+from ..hyca_core import routes, skips
 from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and tests)
     CONFIG_KEY, DEFAULT_SOLVER, FREE_MEMORY_SHARE, RUN_KEY, ApplyConfig, RunState, Schedule, anchors_still_needed,
     block_patches, evaluate, transformer_options,
@@ -88,7 +88,8 @@ def install(model_patcher, config, report_to=None, notes=()) -> None:
     options = model_patcher.model_options.setdefault("transformer_options", {})
     options[CONFIG_KEY] = config
     options.pop(report.NODE_KEY, None)  # a model patched before (HyCa Apply -> Calibrate) reports no more
-    existing = options.get("patches_replace", {}).get("dit", {})
+    # another node's "dit" replacement is kept; a model that routes no block through "dit" never runs one
+    existing = options.get("patches_replace", {}).get("dit", {}) if config.family.unrouted is None else {}
     patches = block_patches(model_patcher.model.diffusion_model, config.family, existing)
     chained = sorted({type(p.inner).__name__ for p in patches.values() if p.inner is not None})
     if chained:
@@ -104,8 +105,14 @@ def install(model_patcher, config, report_to=None, notes=()) -> None:
     # text embedding and time projection): ComfyUI swaps in their skipping twins while it loads the model
     for name, twin in skips.patches(model_patcher.model.diffusion_model, config.family.skips).items():
         model_patcher.add_object_patch(name, twin)
+    # blocks the model calls without the "dit" lookup (Lumina 2 / Z-Image): twins that make it
+    for name, twin in routes.patches(model_patcher.model.diffusion_model, config.family.unrouted).items():
+        model_patcher.add_object_patch(name, twin)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
+    if config.family.unrouted is not None:  # read by the routing twins, not the model (hyca_core.routes)
+        options[routes.ROUTES_KEY] = dict(patches)
+        return
     for (kind, i), patch in patches.items():
         model_patcher.set_model_patch_replace(patch, "dit", kind, i)
 

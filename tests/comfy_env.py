@@ -70,8 +70,31 @@ CHROMA = dict(image_model="chroma", in_channels=64, out_channels=64, context_in_
 LTXV = dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=32, num_attention_heads=2,
             caption_channels=32, num_layers=3)  # no family of HyCa's: cached through its block list
 
+# Newer families (ComfyUI 0.26's classes): FLUX.2 / Klein, Z-Image (NextDiT with Z-Image's modulation, at
+# the least width it takes, 256; ComfyUI's ZImage class is matched at width 3840, so it loads as Lumina2), Qwen-Image-Edit
+# 2511 (its checkpoint's marker key), HunyuanVideo 1.5, Wan 2.2 5B, Kandinsky 5.
+FLUX2 = dict(image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=32, hidden_size=64,
+             mlp_ratio=3.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 8, 8, 8], theta=2000, patch_size=1,
+             qkv_bias=False, guidance_embed=True, global_modulation=True, mlp_silu_act=True, ops_bias=False,
+             default_ref_method="index", ref_index_scale=10.0, txt_ids_dims=[3])
+ZIMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=32, n_layers=3,
+              n_refiner_layers=1, qk_norm=True, n_heads=2, n_kv_heads=2, axes_dims=[32, 48, 48], axes_lens=[64, 64, 64],
+              rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True, time_scale=1000.0)
+HUNYUAN15 = dict(image_model="hunyuan_video", in_channels=65, out_channels=32, vec_in_dim=None, context_in_dim=32,
+                 hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=0, axes_dim=[8, 12, 12],
+                 theta=256, patch_size=[1, 1, 1], qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False,
+                 use_cond_type_embedding=True, vision_in_dim=1152, meanflow_sum=True)
+KANDINSKY5 = dict(image_model="kandinsky5", in_visual_dim=16, out_visual_dim=16, in_text_dim=32, in_text_dim2=32,
+                  time_dim=32, model_dim=64, ff_dim=128, visual_embed_dim=16 * 4 + 16 * 4 + 4, patch_size=(1, 2, 2),
+                  num_text_blocks=1, num_visual_blocks=3, axes_dims=(8, 12, 12))
+
 HAND_CONFIGS = {"flux": ("Flux", FLUX), "qwen_image": ("QwenImage", QWEN), "hunyuan_video": ("HunyuanVideo", HUNYUAN),
-           "wan": ("WAN21_T2V", WAN), "chroma": ("Chroma", CHROMA), "ltxv": ("LTXV", LTXV)}
+           "wan": ("WAN21_T2V", WAN), "chroma": ("Chroma", CHROMA), "ltxv": ("LTXV", LTXV),
+                "flux2": ("Flux2", FLUX2), "zimage": ("Lumina2", ZIMAGE), "qwen_image_2511": ("QwenImage", QWEN),
+                "hunyuan_video15": ("HunyuanVideo15", HUNYUAN15), "wan22": ("WAN22_T2V", dict(WAN, in_dim=48, out_dim=48)),
+                "kandinsky5": ("Kandinsky5", KANDINSKY5)}
+# keys of a checkpoint that are markers, not weights (detection reads them)
+MARKER_KEYS = {"qwen_image_2511": {"__index_timestep_zero__": []}}
 
 
 # The widths real checkpoints of a family share, which detection therefore fixes (heads from a
@@ -85,7 +108,14 @@ TINY_WIDTHS = {
     "chroma": dict(hidden_size=64, context_in_dim=32, mlp_ratio=2.0, num_heads=2, axes_dim=[8, 12, 12], out_dim=64,
                    hidden_dim=128, n_layers=2),
     "ltxv": dict(attention_head_dim=32, num_attention_heads=2, caption_channels=32),
+    "flux2": dict(num_heads=2, axes_dim=[8, 8, 8, 8]),
+    "zimage": dict(n_refiner_layers=1, n_heads=2, n_kv_heads=2, axes_dims=[32, 48, 48], axes_lens=[64, 64, 64],
+                   rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True, time_scale=1000.0),
+    "hunyuan_video15": dict(mlp_ratio=2.0, num_heads=2, axes_dim=[8, 12, 12]),
+    "kandinsky5": dict(in_text_dim=32, in_text_dim2=32, axes_dims=(8, 12, 12)),
 }
+TINY_WIDTHS["qwen_image_2511"] = TINY_WIDTHS["qwen_image"]
+TINY_WIDTHS["wan22"] = TINY_WIDTHS["wan"]
 
 
 def manifest(family: str) -> dict:
@@ -94,10 +124,24 @@ def manifest(family: str) -> dict:
     return json.loads(MANIFESTS.read_text())[family]["keys"]
 
 
+# what detection must have read off a checkpoint for the model to be that family (older ComfyUI
+# loads Qwen-Image-Edit-2511 as plain Qwen-Image)
+DETECTED = {"qwen_image_2511": {"default_ref_method": "index_timestep_zero"}}
+
+
 def tiny_config(family: str):
     """The family's tiny model config as this ComfyUI loads a checkpoint: its own detection reads the
-    manifest's keys and shapes (filling every field this version requires), then ``TINY_WIDTHS``."""
-    return detected_config(family, TINY_WIDTHS[family])
+    manifest's keys and shapes (filling every field this version requires), then ``TINY_WIDTHS``.
+    RuntimeError when this ComfyUI does not load it as that family (an older one)."""
+    model_config = detected_config(family, TINY_WIDTHS[family])
+    expected = HAND_CONFIGS[family][0]
+    if type(model_config).__name__ != expected:
+        raise RuntimeError(f"this ComfyUI loads the tiny {family} checkpoint as {type(model_config).__name__}, "
+                           f"not {expected}")
+    for key, value in DETECTED.get(family, {}).items():
+        if model_config.unet_config.get(key) != value:
+            raise RuntimeError(f"this ComfyUI's detection gives {family} no {key}={value!r}")
+    return model_config
 
 
 def detected_config(family: str, widths: dict):
@@ -124,7 +168,10 @@ def build(family: str, seed: int = 0, dtype=None):
 
     model_config = tiny_config(family)
     model_config.set_inference_dtype(dtype or torch.float32, None)
-    model = model_config.get_model({})
+    try:
+        model = model_config.get_model({})
+    except TypeError as exc:  # its model class is older than the family (0.3.64's NextDiT: no Z-Image)
+        raise RuntimeError(f"this ComfyUI's {type(model_config).__name__} cannot build {family}: {exc}") from exc
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
@@ -141,7 +188,7 @@ def conditioning(family: str, seed: int = 1, tokens: int = 8):
 
     g = torch.Generator().manual_seed(seed)
     extra = {"guidance": 3.5}
-    if family in ("flux", "hunyuan_video", "chroma"):  # Chroma's model asks for it and ignores it
+    if family in ("flux", "hunyuan_video", "hunyuan_video15", "chroma", "kandinsky5"):  # Chroma's model asks for it and ignores it
         extra["pooled_output"] = torch.randn(1, 32, generator=g)
     if family == "ltxv":
         extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)  # integer: the model makes it additive
@@ -151,10 +198,13 @@ def conditioning(family: str, seed: int = 1, tokens: int = 8):
 def latent(family: str, batch: int = 1, size: int = 16, frames: int = 3):
     import torch
 
-    if family in ("hunyuan_video", "wan"):
-        return torch.zeros(batch, 16, frames, size, size)
+    channels = {"wan22": 48, "hunyuan_video15": 32, "flux2": 128}.get(family, 16)
+    if family in ("hunyuan_video", "wan", "wan22", "hunyuan_video15", "kandinsky5"):
+        return torch.zeros(batch, channels, frames, size, size)
+    if family == "flux2":
+        return torch.zeros(batch, channels, size // 2, size // 2)  # FLUX.2's VAE: 16x smaller, patch 1
     if family == "ltxv":
         return torch.zeros(batch, 128, frames, size // 4, size // 4)  # LTXV's VAE: 128 channels, 32x smaller
-    if family == "qwen_image":
+    if family in ("qwen_image", "qwen_image_2511"):
         return torch.zeros(batch, 16, 1, size, size)  # Qwen-Image uses a video VAE: one frame
     return torch.zeros(batch, 16, size, size)

@@ -188,7 +188,9 @@ def test_node_types_exist_and_widget_values_fit(path, node_classes):
         assert cls is not None, f"{path.name}: unknown node type {node['type']}"
         values = list(node["widgets_values"])
         for name, kind, options in widget_inputs(cls):
-            assert values, f"{path.name}: {node['type']} lacks a value for {name}"
+            if not values:  # an input newer than the workflow (0.26: CreateVideo.bit_depth): the frontend
+                assert "default" in options, f"{path.name}: {node['type']} lacks a value for {name}"
+                continue  # fills in its default, as for every saved workflow older than the node
             value = values.pop(0)
             if options.get("control_after_generate"):
                 assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")

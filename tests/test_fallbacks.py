@@ -201,33 +201,50 @@ def test_module_hooks_go_on_the_model_that_runs_the_call():
     assert state.granularity == "module" and not state.notes
 
 
-def test_one_evaluation_at_a_time_per_run():
-    """Multi-GPU sampling calls the model from a worker thread per device: the run state is locked."""
+def test_multi_gpu_workers_evaluate_their_conds_at_once():
+    """Multi-GPU sampling (ComfyUI 0.2x ``comfy/multigpu.py``) calls the model from one worker thread
+    per device, cond on one and uncond on the other, at once: each (cond, device) has its own stream,
+    nothing serialises the workers, and each cond gets the outputs of a run on one thread."""
     import threading
 
     toy = Flux()
     family = families.detect(toy)
-    options, state = patched_options(toy, "block", family)
-    inside, overlaps = [], []
 
-    def call(step):
-        img, txt, vec = inputs(step)
-        opts = step_options(options, step, SIGMAS, uuids=[f"c{step % 2}"])
+    def run(parallel: bool):
+        options, state = patched_options(toy, "block", family)
+        meet = threading.Barrier(2, timeout=10)  # both workers inside the model at once, or it breaks
+        outputs = {0: [], 1: []}
 
-        def executor(*a, **k):
-            inside.append(1)
-            overlaps.append(len(inside) > 1)
-            out = toy(img.clone(), txt.clone(), vec, opts)
-            inside.pop()
-            return out
-        patch.evaluate(executor, (img,), {}, opts)
+        def worker(cond):
+            for step in range(8):
+                img, txt, vec = inputs(step)
+                opts = step_options(options, step, SIGMAS, uuids=[f"c{cond}"])
+                opts["multigpu_thread_device"] = torch.device("cpu", cond)
 
-    threads = [threading.Thread(target=call, args=(step,)) for step in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(overlaps) == 8 and not any(overlaps) and isinstance(state.lock, type(threading.RLock()))
+                def executor(*a, **k):
+                    if parallel:
+                        meet.wait()
+                    return toy(img.clone(), txt.clone(), vec, opts)
+                outputs[cond].append(patch.evaluate(executor, (img,), {}, opts))
+
+        if parallel:
+            threads = [threading.Thread(target=worker, args=(cond,)) for cond in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            worker(0), worker(1)
+        return outputs, state
+
+    (together, state), (alone, _) = run(parallel=True), run(parallel=False)
+    for cond in (0, 1):
+        assert len(together[cond]) == 8
+        for a, b in zip(together[cond], alone[cond]):
+            assert torch.equal(a, b)
+    rows = state.report()
+    assert sorted(r["cond"] for r in rows) == ["positive on cpu:0", "positive on cpu:1"]
+    assert all(r["full"] + r["predicted"] == 8 and r["predicted"] > 0 for r in rows)
 
 
 # -- a DiT of no known family ---------------------------------------------------------------------------

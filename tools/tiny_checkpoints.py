@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comfy_env import HAND_CONFIGS, MANIFESTS, require_comfyui  # noqa: E402
+from comfy_env import HAND_CONFIGS, MANIFESTS, MARKER_KEYS, require_comfyui  # noqa: E402
 
 
 def manifest(family: str) -> dict:
@@ -28,7 +28,8 @@ def manifest(family: str) -> dict:
 
     class_name, config = HAND_CONFIGS[family]
     model = getattr(comfy.supported_models, class_name)(dict(config)).get_model({})
-    return {key: list(value.shape) for key, value in model.diffusion_model.state_dict().items()}
+    keys = {key: list(value.shape) for key, value in model.diffusion_model.state_dict().items()}
+    return {**keys, **MARKER_KEYS.get(family, {})}
 
 
 def main(families: list[str]) -> None:
