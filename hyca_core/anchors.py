@@ -9,8 +9,9 @@ to offload long videos.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Hashable, Optional
+from typing import Callable, Hashable, Optional
 
 import torch
 
@@ -33,7 +34,7 @@ class AnchorStore:
     """Per-feature rings of anchors. ``device=None`` / ``dtype=None`` keep the feature's own."""
 
     def __init__(self, capacity: int = 3, dtype: Optional[torch.dtype] = None,
-                 device: Optional[torch.device | str] = None):
+                 device: Optional[torch.device | str] = None, allocating: Callable = contextlib.nullcontext):
         if not 1 <= capacity <= MAX_ANCHORS:
             raise ValueError(f"anchor capacity must be 1..{MAX_ANCHORS}, got {capacity}")
         self.capacity = capacity
@@ -43,6 +44,9 @@ class AnchorStore:
         self.nbytes = 0
         self.peak_nbytes = 0
         self.restarts = 0  # histories dropped because shape, dtype or time order changed
+        # anchors outlive the forward that stores them: allocated outside ComfyUI's malloc graphs
+        # (the Comfy Compiler replays a forward's allocations at the same addresses)
+        self.allocating = allocating
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._rings and bool(self._rings[key].buffers)
@@ -83,7 +87,8 @@ class AnchorStore:
                 head.copy_(value, non_blocking=True)
                 return
         if len(ring.buffers) < self.capacity:
-            buffer = self._allocate(value, dtype, device)
+            with self.allocating():
+                buffer = self._allocate(value, dtype, device)
             self.nbytes += buffer.numel() * buffer.element_size()
             self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
         else:
@@ -109,7 +114,8 @@ class AnchorStore:
         for ring in self._rings.values():
             moved = []
             for buffer in ring.buffers:
-                target = self._allocate(buffer, buffer.dtype, self.device)
+                with self.allocating():
+                    target = self._allocate(buffer, buffer.dtype, self.device)
                 target.copy_(buffer, non_blocking=True)
                 moved.append(target)
             ring.buffers[:] = moved

@@ -71,6 +71,7 @@ class AutoState:
         self.target: Optional[str] = None
         self.notes: list[str] = []
         self.free_memory = None
+        self.allocating = None  # given to the state it becomes (RunState.allocating)
 
     # the RunState fields the run report reads
     @property
@@ -95,6 +96,7 @@ class AutoState:
             self.inner = ApplyConfig(c.family, c.granularity, c.schedule, found, cache_device=c.cache_device).start(
                 self.diffusion_model)
             self.inner.free_memory = self.free_memory
+            self.inner.allocating = self.allocating
             self.inner.on_sigmas(sigmas)  # a spread schedule picks the map's interval from the run's steps
             self.notes.append(f"HyCa auto-calibration: cached with {os.path.basename(self.target)}, "
                               "calibrated on an earlier run of this model and these settings")
@@ -104,6 +106,7 @@ class AutoState:
         self.calibrator = Calibrator(CalibrationConfig(clusters=c.clusters, intervals=intervals, fit=False,
                                                        warmup=c.schedule.warmup, cooldown=c.schedule.cooldown))
         self.inner = CalibrateConfig(c.family, c.granularity, self.calibrator).start(self.diffusion_model)
+        self.inner.allocating = self.allocating
         self.notes.append(f"HyCa auto-calibration: no map yet for this model and these settings; this run is "
                           f"computed uncached (full quality) and calibrates {os.path.basename(self.target)}")
 

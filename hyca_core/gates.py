@@ -22,9 +22,10 @@ computes its gates itself, as before, and the run's report counts it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -94,7 +95,11 @@ class GatePlan:
 class Planning:
     """Filled by the blocks of one full step: each adds its gates for every planned step."""
 
-    def __init__(self, steps: list[int], vecs: Optional[list], inputs: Optional[dict] = None):
+    def __init__(self, steps: list[int], vecs: Optional[list], inputs: Optional[dict] = None,
+                 allocating: Optional[Callable] = None):
+        # under the Comfy Compiler (``allocating`` pauses its malloc graph) what the plan keeps is
+        # made, or copied, outside the graph: it outlives the forward
+        self.allocating = allocating
         self.steps = steps
         self.vecs = torch.cat(vecs) if vecs else None  # one modulation call for every planned step
         self.planned = {s: StepGates(s, v) for s, v in zip(steps, vecs or [None] * len(steps))}
@@ -103,16 +108,27 @@ class Planning:
 
     def add_module(self, name: str, outputs: torch.Tensor) -> None:
         """A skipped module's outputs for every planned step (``inputs[name]``'s rows, in order)."""
-        ins, outs = self.inputs[name].chunk(len(self.steps)), outputs.chunk(len(self.steps))
+        ins, outs = self.inputs[name].chunk(len(self.steps)), self.kept(outputs).chunk(len(self.steps))
         for step, x, y in zip(self.steps, ins, outs):
             self.planned[step].modules[name] = (x, y)
+
+    def outside_graphs(self):
+        return self.allocating() if self.allocating is not None else contextlib.nullcontext()
+
+    def kept(self, tree):
+        """``tree`` (computed inside the model's forward) as copies made outside the malloc graph."""
+        if self.allocating is None or tree is None:
+            return tree
+        with self.allocating():
+            return _copied(tree)
 
     @torch.no_grad()
     def add(self, prefix: str, modulation, block: torch.nn.Module, args: dict, outputs: Optional[dict] = None) -> None:
         """The gates of ``block`` (its ``OwnModulation``) for every planned step; ``outputs``: what
         its modules already returned for the planned vecs (computed along with the block's own call)."""
         try:
-            gates = modulation.compute(block, self.vecs, args, steps=len(self.steps), outputs=outputs)
+            with self.outside_graphs():
+                gates = modulation.compute(block, self.vecs, args, steps=len(self.steps), outputs=self.kept(outputs))
             parts = {name: g.unflatten(0, (len(self.steps), -1)) for name, g in gates.items()}
         except Exception as exc:  # noqa: BLE001  ours: the full step goes on, that block computes its gates itself
             self.errors.append(f"{prefix}: {type(exc).__name__}: {exc}")
@@ -129,6 +145,19 @@ def weights_streamed(module: torch.nn.Module, device: torch.device) -> bool:
     """Whether ``module``'s weights live off the computing device (ComfyUI casts them over on each
     call: ``--lowvram``, Dynamic VRAM), so that a second call would move them again."""
     return any(p.device != device for p in module.parameters())
+
+
+def _copied(tree):
+    if isinstance(tree, torch.Tensor):
+        return tree.clone()
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_copied(x) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _copied(v) for k, v in tree.items()}
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: _copied(getattr(tree, f.name)) for f in dataclasses.fields(tree)
+                                            if f.init})
+    return tree
 
 
 def _rows(tree, rows: slice):

@@ -14,6 +14,7 @@ Use per evaluation::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -92,10 +93,11 @@ class StreamStats:
 class CacheStream:
     def __init__(self, schedule: Schedule, predictors: Callable[[str], HybridPredictor],
                  capacity: int = 3, cache_dtype: Optional[torch.dtype] = None,
-                 cache_device: Optional[torch.device | str] = None, name: str = "stream"):
+                 cache_device: Optional[torch.device | str] = None, name: str = "stream",
+                 allocating: Callable = contextlib.nullcontext):
         self.schedule = schedule
         self.predictors = predictors
-        self.store = AnchorStore(capacity, cache_dtype, cache_device)
+        self.store = AnchorStore(capacity, cache_dtype, cache_device, allocating)
         self.gate_plan = GatePlan()
         self.name = name
         self.stats = StreamStats()
@@ -176,12 +178,13 @@ class CacheRun:
         self.cache_dtype = cache_dtype
         self.cache_device = cache_device
         self.streams: dict[Hashable, CacheStream] = {}
+        self.allocating: Callable = contextlib.nullcontext  # see AnchorStore
 
     def stream(self, key: Hashable) -> CacheStream:
         stream = self.streams.get(key)
         if stream is None:
             stream = CacheStream(self.schedule, self.predictors, self.predictors.anchors_needed,
-                                 self.cache_dtype, self.cache_device, name=str(key))
+                                 self.cache_dtype, self.cache_device, name=str(key), allocating=self.allocating)
             self.streams[key] = stream
         return stream
 

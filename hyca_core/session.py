@@ -8,6 +8,7 @@ and the reference benchmark both drive it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -86,6 +87,9 @@ class RunState:
     # sigma -> the timestep the model call gets (ComfyUI: model_sampling.timestep); None: the sigma
     timestep_of: Optional[Callable] = None
     gate_notes: list = field(default_factory=list)
+    # newer ComfyUI (the Comfy Compiler): a context pausing the calling thread's malloc graph, for
+    # what HyCa keeps past a forward (anchors, planned gates); None where there is none
+    allocating: Optional[Callable] = None
 
     def __post_init__(self):
         # Newer ComfyUI's multi-GPU sampling calls the model from one worker thread per device, at
@@ -112,6 +116,8 @@ class RunState:
 
     def stream(self, key, name):
         with self._decisions:
+            if self.allocating is not None:
+                self.run.allocating = self.allocating
             stream = self.run.stream(key)
             stream.name = name
             if id(stream) in self._stale:
@@ -153,7 +159,6 @@ class RunState:
     @torch.no_grad()
     def _planning(self, model, call: ModelCall, options: dict, sigmas: list, steps: list, gates: bool,
                   modules: list) -> Optional[Planning]:
-        family = self.config.family
         timestep_of = self.timestep_of or (lambda sigma: sigma)
         try:
             # one sampler step: every entry of the batch has the same sigma (ComfyUI's cond batching
@@ -164,22 +169,28 @@ class RunState:
                 self.note_once("HyCa: the model's timestep is not its model sampling's of the sigma (or not one "
                                "per batch entry); forecast steps compute their gates themselves")
                 return None
-            vec_at = family.vec_path(model, call, sigmas) if gates else None
-            inputs_at = family.ahead_inputs(model, call, sigmas) if modules and family.ahead_inputs else None
-            if vec_at is None and inputs_at is None:
-                self.note_once("HyCa: no way to compute this model variant's vec ahead; "
-                               "forecast steps compute their gates themselves")
-                return None
-            at = lambda j: timestep_of(sigma.new_full((1,), sigmas[j])).to(timestep).expand(timestep.shape)  # noqa: E731
-            vecs = [vec_at(at(j), j) for j in steps] if vec_at is not None else None
-            ahead = [inputs_at(at(j), j) for j in steps] if inputs_at is not None else []
-            inputs = {name: [step[name] for step in ahead] for name in modules if ahead and name in ahead[0]}
+            with (self.allocating or contextlib.nullcontext)():  # the plan outlives this forward
+                planning = self._planned(model, call, sigmas, steps, gates, modules, sigma, timestep, timestep_of)
         except Exception as exc:  # noqa: BLE001  ours: the full step goes on, the forecasts compute their gates
             log.debug("HyCa could not compute vecs ahead", exc_info=True)
             self.note_once(f"HyCa: could not compute the coming steps' vec ({type(exc).__name__}: {exc}); "
                            "forecast steps compute their gates themselves")
             return None
-        return Planning(steps, vecs, inputs)
+        return planning
+
+    def _planned(self, model, call, sigmas, steps, gates, modules, sigma, timestep, timestep_of) -> Optional[Planning]:
+        family = self.config.family
+        vec_at = family.vec_path(model, call, sigmas) if gates else None
+        inputs_at = family.ahead_inputs(model, call, sigmas) if modules and family.ahead_inputs else None
+        if vec_at is None and inputs_at is None:
+            self.note_once("HyCa: no way to compute this model variant's vec ahead; "
+                           "forecast steps compute their gates themselves")
+            return None
+        at = lambda j: timestep_of(sigma.new_full((1,), sigmas[j])).to(timestep).expand(timestep.shape)  # noqa: E731
+        vecs = [vec_at(at(j), j) for j in steps] if vec_at is not None else None
+        ahead = [inputs_at(at(j), j) for j in steps] if inputs_at is not None else []
+        inputs = {name: [step[name] for step in ahead] for name in modules if ahead and name in ahead[0]}
+        return Planning(steps, vecs, inputs, allocating=self.allocating)
 
     def note_once(self, message: str) -> None:
         """Gates computed on the step cost speed, never quality: logged once, kept apart from the
@@ -286,16 +297,18 @@ FREE_MEMORY_SHARE = 0.5  # anchors may take at most this share of free GPU memor
 class CalibrationTap:
     """Stream protocol for calibration: every evaluation is full, features go to the calibrator."""
 
-    def __init__(self, calibrator: Calibrator, key):
+    def __init__(self, calibrator: Calibrator, key, allocating: Optional[Callable] = None):
         self.calibrator, self.key, self.name = calibrator, key, str(key)
         self.time = 0.0
+        self.allocating = allocating or contextlib.nullcontext  # statistics outlive the forward (RunState)
 
     def begin(self, t, n_steps, signature=None, force_full=False) -> bool:
         self.time = t
         return True
 
     def remember(self, feature, value) -> None:
-        self.calibrator.observe(feature, self.time, value, stream=self.key)
+        with self.allocating():
+            self.calibrator.observe(feature, self.time, value, stream=self.key)
 
     def accept(self, output=None) -> bool:
         return True
@@ -318,10 +331,13 @@ class CalibrationState:
     def __init__(self, config: CalibrateConfig, diffusion_model):
         self.config, self.diffusion_model = config, diffusion_model
         self.taps: dict = {}
+        self.allocating: Optional[Callable] = None  # as RunState's
         config.calibrator.begin_run()
 
     def stream(self, key, name):
-        return self.taps.setdefault(key, CalibrationTap(self.config.calibrator, key))
+        if key not in self.taps:
+            self.taps[key] = CalibrationTap(self.config.calibrator, key, self.allocating)
+        return self.taps[key]
 
     def context(self, stream, full, diffusion_model=None) -> EvalContext:
         return EvalContext(stream, True, self.config.granularity, self.config.family,

@@ -35,6 +35,17 @@ def _comfy_free_memory(device) -> int:
     return comfy.model_management.get_free_memory(device)
 
 
+def _outside_malloc_graphs():
+    """The Comfy Compiler's ``pause_malloc_graph`` (ComfyUI newer than 0.26, comfy/model_prefetch.py
+    at 03fb330a): what HyCa keeps past a forward is allocated with the calling thread's malloc graph
+    paused, so a replay of the graph never reuses its memory. None on a ComfyUI without it."""
+    try:
+        from comfy.model_prefetch import pause_malloc_graph
+    except ImportError:
+        return None
+    return pause_malloc_graph
+
+
 def _timestep_of(model_patcher):
     """sigma -> the timestep ComfyUI hands the diffusion model (``BaseModel._apply_model``), read
     when asked: a node's ``model_sampling`` object patch (ModelSamplingFlux, ...) is in place by then."""
@@ -56,6 +67,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     # Newer ComfyUI: the patcher's own count also holds VRAM that Dynamic VRAM would free for us
     # (model_management.get_free_memory's comment says to ask the ModelPatcher instead)
     state.free_memory = getattr(guider.model_patcher, "get_free_memory", None) or _comfy_free_memory
+    state.allocating = _outside_malloc_graphs()
     if hasattr(state, "timestep_of"):  # gates computed ahead need each future step's timestep
         state.timestep_of = _timestep_of(guider.model_patcher)
     options[RUN_KEY] = state

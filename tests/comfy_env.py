@@ -188,7 +188,7 @@ def conditioning(family: str, seed: int = 1, tokens: int = 8):
 
     g = torch.Generator().manual_seed(seed)
     extra = {"guidance": 3.5}
-    if family in ("flux", "hunyuan_video", "hunyuan_video15", "chroma", "kandinsky5"):  # Chroma's model asks for it and ignores it
+    if family in ("flux", "flux2", "hunyuan_video", "hunyuan_video15", "chroma", "kandinsky5"):  # CLIPTextEncode's conds carry it; Chroma and FLUX.2 ignore it
         extra["pooled_output"] = torch.randn(1, 32, generator=g)
     if family == "ltxv":
         extra["attention_mask"] = torch.ones(1, tokens, dtype=torch.long)  # integer: the model makes it additive

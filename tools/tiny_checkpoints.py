@@ -28,8 +28,16 @@ def manifest(family: str) -> dict:
 
     class_name, config = HAND_CONFIGS[family]
     model = getattr(comfy.supported_models, class_name)(dict(config)).get_model({})
-    keys = {key: list(value.shape) for key, value in model.diffusion_model.state_dict().items()}
+    keys = {checkpoint_name(family, key): list(value.shape) for key, value in model.diffusion_model.state_dict().items()}
     return {**keys, **MARKER_KEYS.get(family, {})}
+
+
+def checkpoint_name(family: str, key: str) -> str:
+    """The name a released checkpoint gives a weight, where ComfyUI renames it on load (ComfyUI 0.26
+    loads FLUX's ``*_norm.scale`` as ``*_norm.weight``; older detection only knows ``scale``)."""
+    if family in ("flux", "flux2", "chroma") and key.endswith("_norm.weight"):
+        return key[:-len("weight")] + "scale"
+    return key
 
 
 def main(families: list[str]) -> None:
