@@ -15,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from . import families
 from .calibration import CalibrationConfig, CalibrationError, Calibrator, require_clustering
 from .schedule import Schedule
-from .session import ApplyConfig, CalibrateConfig, ModuleMismatch
+from .session import ApplyConfig, CalibrateConfig, ModuleMismatch, PlainState
 from .solver_map import SolverMap, SolverMapError, SolverMapMismatch, load_solver_map, save_solver_map
 
 log = logging.getLogger("hyca")
@@ -31,6 +33,9 @@ def sigmas_key(sigmas: Sequence[float]) -> str:
     """A short stable key of a sigma schedule (6 significant digits, so float noise does not split it)."""
     text = ",".join(f"{float(s):.6g}" for s in sigmas)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+MAP_PROBE_BYTES = 1 << 20  # about an automatic map's size at block granularity
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,27 @@ class AutoCalibrateConfig:
         # at HyCa Apply, not in the middle of the user's first sampling run
         require_clustering(CalibrationConfig(clusters=self.clusters))
     writes: list = field(default_factory=list, compare=False, hash=False)  # paths written, for tests and logs
+    # why the last map could not be written (kept across runs: no run calibrates again while it holds)
+    unwritable: list = field(default_factory=list, compare=False, hash=False)
 
     def start(self, diffusion_model) -> "AutoState":
         return AutoState(self, diffusion_model)
+
+    def writable(self) -> Optional[str]:
+        """None when maps can be written to ``folder`` (created if missing), else why not."""
+        folder = self.folder
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder) as probe:  # a read-only mount passes os.access; this does not
+                if self.unwritable:  # the last map did not fit (a full disk): a file of a map's size must
+                    probe.write(bytes(MAP_PROBE_BYTES))
+                    probe.flush()
+                    os.fsync(probe.fileno())
+        except OSError as exc:
+            return f"{folder} is not a writable folder ({exc.strerror or exc})"
+        if self.unwritable:  # the last write failed (a full disk, say) and the folder takes files again
+            self.unwritable.clear()
+        return None
 
     def path(self, sigmas: Sequence[float]) -> str:
         s = self.schedule
@@ -72,6 +95,7 @@ class AutoState:
         self.notes: list[str] = []
         self.free_memory = None
         self.allocating = None  # given to the state it becomes (RunState.allocating)
+        self._deciding = threading.Lock()  # multi-GPU workers reach the first step at once
 
     # the RunState fields the run report reads
     @property
@@ -89,9 +113,22 @@ class AutoState:
     def on_sigmas(self, sigmas: Sequence[float]) -> None:
         if self.inner is not None:
             return
+        with self._deciding:
+            if self.inner is None:
+                self._decide(sigmas)
+
+    def _decide(self, sigmas: Sequence[float]) -> None:
         c = self.config
         self.target = c.path(sigmas)
         found = self._load(self.target)
+        blocked = c.writable() if found is None else None
+        if blocked is not None:
+            self.inner = PlainState()
+            self.notes.append(f"HyCa auto-calibration: {blocked}, so this run is computed uncached and "
+                              f"calibrates nothing; make it a writable folder (or free disk space) and the next "
+                              "run calibrates")
+            log.warning(self.notes[-1])
+            return
         if found is not None:
             self.inner = ApplyConfig(c.family, c.granularity, c.schedule, found, cache_device=c.cache_device).start(
                 self.diffusion_model)
@@ -122,6 +159,14 @@ class AutoState:
         except (SolverMapError, SolverMapMismatch) as exc:
             log.warning("HyCa auto-calibration: %s is unusable (%s); calibrating it again", path, exc)
             return None
+
+    @property
+    def passthrough(self) -> bool:
+        return bool(getattr(self.inner, "passthrough", False))
+
+    @property
+    def lock(self):
+        return getattr(self.inner, "lock", None)
 
     def stream(self, key, name):
         return self.inner.stream(key, name)
@@ -163,7 +208,15 @@ class AutoState:
             architecture=c.architecture, provenance={"cooldown": c.schedule.cooldown, "auto": True,
                                                      "fingerprint": c.fingerprint, "refine": "off"},
             description="written by HyCa Apply's auto-calibration from the first run of this model")
-        save_solver_map(m, self.target)
+        try:
+            save_solver_map(m, self.target)
+        except OSError as exc:  # the image is the user's: it is returned, the map is not written
+            c.unwritable.append(str(exc))
+            self.notes.append(f"HyCa auto-calibration: could not write {self.target} ({exc.strerror or exc}); this "
+                              "run's image is kept. Make that folder writable (or free disk space): until then "
+                              "runs are computed uncached and calibrate nothing")
+            log.warning(self.notes[-1])
+            return
         c.writes.append(self.target)
         log.info("HyCa auto-calibration: wrote %s", self.target)
         self.notes.append(f"HyCa auto-calibration: wrote {os.path.basename(self.target)}; the next run with "

@@ -229,6 +229,7 @@ class Calibrator:
         self._by_interval = {n: [i for i, s in enumerate(self._slots) if s.interval == n] for n in config.intervals}
         self._scopes: dict[str, _ScopeStats] = {}
         self._windows: dict[str, _Window] = {}
+        self._home: Optional[torch.device] = None  # where windows and statistics live
         self._features: dict[str, int] = {}
         self._runs = 0
         self._in_run = False
@@ -273,7 +274,9 @@ class Calibrator:
                 # a target is scored once `cooldown` later steps show it is not one of the last
                 self._finalize_upto(feature, window, step - max(self.config.cooldown, 1))
         sample = flat.index_select(0, window.rows)
-        device = self.config.window_device or sample.device
+        # multi-GPU workers observe on their own devices; the sums live on the first one's
+        self._home = self._home if self._home is not None else sample.device
+        device = self.config.window_device or self._home
         window.values[step] = sample.to(device=device, dtype=self.config.window_dtype or sample.dtype, copy=True)
         window.last = step
         for old in [s for s in window.values if s <= step - self.config.window]:

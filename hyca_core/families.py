@@ -314,6 +314,13 @@ UNROUTED = {
 }
 
 
+# DiTs whose block lists HyCa would find but cannot cache yet: refused at HyCa Apply, saying why
+NOT_YET = {
+    "LTXAVModel": "LTX-2's blocks carry its video and audio streams as one tuple, which HyCa's block code "
+                  "does not split yet",
+}
+
+
 def _generic(diffusion_model: torch.nn.Module) -> Optional[Family]:
     for cls in type(diffusion_model).__mro__:
         unrouted = UNROUTED.get(cls.__name__)
@@ -336,6 +343,10 @@ def detect(diffusion_model: torch.nn.Module, generic: bool = False) -> Family:
         family = FAMILIES.get(cls.__name__)
         if family is not None:
             return family
+    for cls in type(diffusion_model).__mro__:
+        if cls.__name__ in NOT_YET:
+            raise UnsupportedModel(f"HyCa does not support {type(diffusion_model).__name__} models yet: "
+                                   f"{NOT_YET[cls.__name__]}; bypass HyCa Apply for this model")
     family = _generic(diffusion_model) if generic else None
     if family is not None:
         return family

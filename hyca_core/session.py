@@ -332,6 +332,8 @@ class CalibrationState:
         self.config, self.diffusion_model = config, diffusion_model
         self.taps: dict = {}
         self.allocating: Optional[Callable] = None  # as RunState's
+        # one sum of statistics: multi-GPU workers calibrate one evaluation at a time
+        self.lock = threading.RLock()
         config.calibrator.begin_run()
 
     def stream(self, key, name):
@@ -399,6 +401,11 @@ def evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     A state with a ``lock`` (calibration: its statistics are one sum) sees one call at a time; a
     ``RunState`` lets multi-GPU workers evaluate their conds in parallel."""
     state = options.get(RUN_KEY)
+    sample_sigmas = options.get("sample_sigmas")
+    if hasattr(state, "on_sigmas") and sample_sigmas is not None and CONTEXT_KEY not in options:
+        # decided once per run, before its lock is known (auto-calibration becomes a calibration)
+        state.on_sigmas(sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor)
+                        else [float(s) for s in sample_sigmas])
     lock = getattr(state, "lock", None)
     if lock is None:
         return _evaluate(executor, args, kwargs, options)
@@ -421,8 +428,6 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
         return executor(*args, **kwargs)
     x = args[0]
     sigmas = sample_sigmas.tolist() if isinstance(sample_sigmas, torch.Tensor) else [float(s) for s in sample_sigmas]
-    if hasattr(state, "on_sigmas"):
-        state.on_sigmas(sigmas)  # auto-calibration decides once the run's sigmas are known
     t = step_coordinate(float(options["sigmas"].max()), sigmas)
     n_steps = len(sigmas) - 1
     uuids = tuple(options.get("uuids") or ())

@@ -80,10 +80,18 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         status = "interrupted"
         raise
     finally:
-        rows = state.close(status)
         guider.model_options = original
+        try:  # the run's output is the user's: nothing of HyCa's cleanup may take it
+            rows = state.close(status)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("HyCa: closing the run failed")
+            rows = []
+            getattr(state, "notes", []).append(f"HyCa: closing the run failed ({type(exc).__name__}: {exc})")
         if options.get(report.NODE_KEY) is not None:
-            report.publish(options[report.NODE_KEY], state, rows, status, options.get(report.NOTES_KEY, ()))
+            try:
+                report.publish(options[report.NODE_KEY], state, rows, status, options.get(report.NOTES_KEY, ()))
+            except Exception:  # noqa: BLE001
+                log.exception("HyCa: sending the run report failed")
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):

@@ -59,3 +59,54 @@ def test_sigma_keys_ignore_float_noise_but_not_the_schedule():
     a = flux_sigmas(20).tolist()
     assert sigmas_key(a) == sigmas_key([s * (1 + 1e-9) for s in a])
     assert sigmas_key(a) != sigmas_key(flux_sigmas(21).tolist())
+
+
+def test_a_map_that_cannot_be_written_never_costs_the_image_and_stops_calibrating(tmp_path, monkeypatch):
+    """issue 24, item 1: a full disk (the write fails), then a folder that takes no file: the image of
+    every run is returned, each run says why no map was written and what to do, and no run calibrates
+    again until the folder takes a map's size of file."""
+    import errno
+
+    from hyca_core import auto
+
+    model = load_reference()
+    family = families.detect(model)
+    arch = families.architecture(model, family, "block")
+    config = AutoCalibrateConfig(family, "block", Schedule(interval=3, warmup=2, cooldown=1), "f" * 64, arch,
+                                 str(tmp_path / "auto"))
+    uncached = sample(model, PROMPTS, seed=3, steps=12)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(auto, "save_solver_map", full)
+    first, rows, notes = run(model, config, 12)
+    assert torch.equal(first, uncached) and not config.writes
+    assert any("could not write" in n and "No space left" in n and "image is kept" in n for n in notes)
+
+    real = auto.tempfile.TemporaryFile
+
+    def probe(*a, **k):  # the disk is still full: a map's size of file does not fit
+        f = real(*a, **k)
+        f.write = full
+        return f
+    monkeypatch.setattr(auto.tempfile, "TemporaryFile", probe)
+    calibrating = []
+    monkeypatch.setattr(auto.Calibrator, "observe", lambda *a, **k: calibrating.append(1))
+    second, rows, notes = run(model, config, 12)
+    assert torch.equal(second, uncached) and not calibrating and rows == []
+    assert any("not a writable folder" in n and "free disk space" in n for n in notes)
+
+    monkeypatch.undo()  # space again: the next run calibrates and writes its map
+    run(model, config, 12)
+    assert len(config.writes) == 1 and not config.unwritable
+
+
+def test_a_plain_file_where_the_folder_should_be_calibrates_nothing_and_says_so(tmp_path):
+    model = load_reference()
+    family = families.detect(model)
+    (tmp_path / "auto").write_text("not a folder")
+    config = AutoCalibrateConfig(family, "block", Schedule(interval=3, warmup=2, cooldown=1), "f" * 64,
+                                 families.architecture(model, family, "block"), str(tmp_path / "auto"))
+    out, rows, notes = run(model, config, 12)
+    assert torch.equal(out, sample(model, PROMPTS, seed=3, steps=12)) and not config.writes
+    assert any("auto is not a writable folder" in n for n in notes), notes

@@ -262,3 +262,28 @@ def load_solver_map_from_bytes(data: bytes):
         with open(path, "wb") as f:
             f.write(data)
         return load_solver_map(path)
+
+
+# -- a map auto-calibration cannot write (issue 24, item 1) ----------------------------------------
+def test_an_unwritable_auto_folder_never_costs_the_image(server):
+    """``models/hyca/auto`` a plain file: the prompt still saves its image, the report says why no
+    map was written and what to do, and the next run neither calibrates nor fails."""
+    auto = server.maps_dir / "auto"
+    moved = auto.with_name("auto-moved-by-test")
+    if auto.exists():
+        auto.rename(moved)
+    auto.write_text("a file where the folder should be")
+    try:
+        for seed in (131, 132):
+            prompt = apply_prompt(None, apply_id="8", seed=seed)
+            prompt["8"]["inputs"]["auto_calibrate"] = True
+            prompt["10"]["inputs"]["filename_prefix"] = f"hyca-unwritable-{seed}"
+            (report,) = [m["data"] for m in server.run(prompt) if m["type"] == "hyca.report"]
+            assert list((server.base / "output").glob(f"hyca-unwritable-{seed}_*.latent"))  # the image is kept
+            assert any("auto is not a writable folder" in n and "writable folder" in n for n in report["notes"]), report
+            assert report["status"] == "done" and all(c["predicted"] == 0 for c in report["conds"])
+        assert auto.read_text() == "a file where the folder should be"
+    finally:
+        auto.unlink()
+        if moved.exists():
+            moved.rename(auto)

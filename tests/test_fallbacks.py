@@ -295,6 +295,22 @@ def test_a_model_without_block_lists_is_refused_naming_what_it_has():
         families.detect(NotADiT(), generic=True)
 
 
+def test_a_dit_hyca_cannot_cache_yet_is_refused_saying_why():
+    """LTX-2 (ComfyUI 0.26 comfy/ldm/lightricks/av_model.py): its ``transformer_blocks`` would be found,
+    but each gets ``img = (video, audio)``."""
+    class LTXVModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer_blocks = nn.ModuleList([nn.Linear(2, 2)])
+
+    class LTXAVModel(LTXVModel):
+        pass
+
+    assert families.detect(LTXVModel(), generic=True).blocks == (("double_block", "transformer_blocks"),)
+    with pytest.raises(families.UnsupportedModel, match="LTXAVModel models yet: LTX-2's blocks .* one tuple.*bypass"):
+        families.detect(LTXAVModel(), generic=True)
+
+
 def test_a_model_that_hides_the_options_from_its_blocks_is_sampled_uncached_and_says_so():
     """ComfyUI 0.3.64's Wan S2V calls its block replacements without ``transformer_options``: HyCa
     cannot reach the blocks, so the run is computed as it is, and the report does not claim forecasts."""
