@@ -15,9 +15,7 @@ calling it; that lookup is HyCa's hook. Some call their blocks directly:
 For these HyCa Apply swaps each block for a *routing* twin through ``ModelPatcher.add_object_patch``
 (ComfyUI puts it in place while it loads the model and restores the block when it unloads it). The
 twin calls HyCa's replacement of its (kind, index) as the dit protocol does, with the block's first
-argument as ``img``. Like ``hyca_core.skips``, the twin is the block itself seen through a subclass
-(same parameters, children and hooks; only ``forward`` differs), so LoRA keys, weight streaming and
-state dicts see one unchanged module.
+argument as ``img``. The twin is the block itself seen through a subclass (``hyca_core.twins``).
 """
 
 from __future__ import annotations
@@ -26,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+
+from .twins import twin
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,9 @@ def qwen_image21_prefix_pass(x: torch.Tensor, args: tuple, kwargs: dict) -> bool
     return isinstance(prefix_len, int) and prefix_len > 0 and prefix_len == x.shape[1]
 
 
-_TWINS: dict = {}
-
-
 def routing(block: torch.nn.Module, kind: str, index: int, unrouted: Unrouted) -> torch.nn.Module:
     """``block`` seen through a subclass whose forward runs HyCa's replacement of (kind, index)."""
-    block = getattr(block, "hyca_original", block)  # a twin already in place (the model is loaded)
-    cls = type(block)
-    twin_class = _TWINS.get(cls)
-    if twin_class is None:
-        twin_class = _TWINS[cls] = type(f"HyCaRouting{cls.__name__}", (cls,), {"forward": _forward,
-                                                                              "__module__": __name__})
-    twin = object.__new__(twin_class)
-    twin.__dict__.update(block.__dict__)  # the same parameter, child and hook dicts: one module
-    twin.__dict__.update(hyca_route=(kind, index), hyca_unrouted=unrouted, hyca_forward=cls.forward,
-                         hyca_original=block)
-    return twin
+    return twin(block, _forward, "Routing", hyca_route=(kind, index), hyca_unrouted=unrouted)
 
 
 def _options(args: tuple, kwargs: dict) -> dict:

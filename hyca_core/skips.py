@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .gates import vec_matches, weights_streamed
+from .twins import twin
 
 CURRENT: contextvars.ContextVar = contextvars.ContextVar("hyca_evaluation", default=None)
 FORECASTING = ("module", "block", "stack", "final")
@@ -35,21 +36,9 @@ class Skip:
     ahead: bool = False  # module granularity needs its output: computed ahead on full steps
 
 
-_TWINS: dict = {}
-
-
 def skipping(module: torch.nn.Module, skip: Skip) -> torch.nn.Module:
     """``module`` seen through a subclass whose forward skips it on forecast steps."""
-    module = getattr(module, "hyca_original", module)  # a twin already in place (the model is loaded)
-    cls = type(module)
-    twin_class = _TWINS.get(cls)
-    if twin_class is None:
-        twin_class = _TWINS[cls] = type(f"HyCaSkipping{cls.__name__}", (cls,), {"forward": _forward,
-                                                                               "__module__": __name__})
-    twin = object.__new__(twin_class)
-    twin.__dict__.update(module.__dict__)  # the same parameter, child and hook dicts: one module
-    twin.__dict__.update(hyca_skip=skip, hyca_forward=cls.forward, hyca_original=module)
-    return twin
+    return twin(module, _forward, "Skipping", hyca_skip=skip)
 
 
 def _forward(self, *args, **kwargs):
