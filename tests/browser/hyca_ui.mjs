@@ -217,7 +217,9 @@ async function workflowDetailsReportAndReload() {
 
   await queueWithNewSeed();
   const report = await waitForPanel("hyca_report", "HyCaApply", "FLOPs bound", 180_000);
-  const reportOk = /\d+ full \+ \d+ forecast/.test(report) && report.includes(opts.map) && report.includes("FF··F");
+  // the page's HyCa Apply runs its widget defaults: the spread schedule, 6 full steps of 12
+  const reportOk = /\d+ full \+ \d+ forecast/.test(report) && report.includes(opts.map) &&
+    report.includes("spread, 6 full") && report.includes("F··F··F·F·FF");
   check("report renders on HyCa Apply", reportOk, report);
   await waitForPanel("hyca_report", "HyCaApply", "sampling run 2 of this prompt", 60_000);
   const passes = (await panelBox("hyca_report", "HyCaApply")).text;
