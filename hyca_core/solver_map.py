@@ -273,6 +273,10 @@ MAX_FILE_BYTES = 256 * 2 ** 20
 MAX_HEADER_BYTES = 16 * 2 ** 20
 MAX_JSON_DEPTH = 32  # the map's own JSON nests 5 deep; provenance is free JSON, kept shallow
 MAX_INT_DIGITS = 30
+# the longest text a map's header field may hold (a family name of a megabyte would be echoed in
+# every mismatch message and route answer)
+MAX_TEXT = {"family": 100, "granularity": 32, "mode": 32, "author": 200, "license": 200, "pack_version": 64,
+            "description": 4000}
 TENSOR_DTYPES = {"I32": 4, "I64": 8, "F32": 4}  # what save_solver_map writes (int32, float32) and int64
 
 
@@ -330,8 +334,10 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], Any, dict
         if len(head) < 8:
             unreadable("shorter than a safetensors header")
         length = int.from_bytes(head, "little")
-        if length > MAX_HEADER_BYTES or 8 + length > size:
-            unreadable(f"a header of {length} bytes does not fit the file's {size}")
+        if length > MAX_HEADER_BYTES:  # never echo what the file holds: its first bytes may be anything
+            unreadable(f"its first 8 bytes do not declare a header of at most {MAX_HEADER_BYTES >> 20} MiB")
+        if 8 + length > size:
+            unreadable(f"its declared header runs past the end of the file ({size} bytes)")
         header_bytes = f.read(length)
         metadata, end = _layout(source, header_bytes, unreadable)
         if 8 + length + end != size:
@@ -446,6 +452,10 @@ def parse_json(source: str, field_name: str, text: str):
         raise SolverMapError(source, field_name, f"not valid JSON ({str(exc)[:200]})") from None
     if json_depth(value) > MAX_JSON_DEPTH:
         raise SolverMapError(source, field_name, f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:  # JSON may escape a lone surrogate (\udcff): no text that holds one can be shown or sent
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SolverMapError(source, field_name, "holds a lone surrogate escape (not valid Unicode text)") from None
     return value
 
 
@@ -471,6 +481,8 @@ def _from_parts(source: str, header: dict, tensors: dict[str, torch.Tensor], ver
         value = header[key]
         if not isinstance(value, kind):
             raise SolverMapError(source, key, f"has the wrong type ({type(value).__name__})")
+        if isinstance(value, str) and len(value) > MAX_TEXT.get(key, len(value)):
+            raise SolverMapError(source, key, f"is {len(value)} characters long; at most {MAX_TEXT[key]}")
         return value
 
     scopes_meta = get("scopes", dict)

@@ -141,6 +141,13 @@ class HyCaCalibrate(io.ComfyNode):
         import comfy.utils
         import torch
 
+        try:  # a text the map could not store (a lone surrogate) is refused before any sampling
+            description.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("description holds a lone surrogate (not valid Unicode text): retype it") from None
+        if sigmas is None and denoise <= 0:
+            raise ValueError("denoise is 0: the sampler would run no step, so there is nothing to calibrate on; "
+                             "set denoise above 0 (as in your workflow)")
         path = map_folder.save_path(name)
         replacing = os.path.exists(path)
         if replacing:  # said before the long sampling runs, while the user can still stop them

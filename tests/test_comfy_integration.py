@@ -863,3 +863,18 @@ def test_cost_and_speed_scripts_run_on_comfyuis_classes(tmp_path, capsys):
                      "--granularities", "module", "--out", str(tmp_path / "speed.json")])
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert [r["method"] for r in speed] == ["uncached", "HyCa"] and speed[1]["full"] < 6
+
+
+@pytest.mark.parametrize("change, words", [(dict(denoise=0.0), "denoise is 0"),
+                                           (dict(description="ok \udcff"), "lone surrogate")])
+def test_calibrate_refuses_what_it_cannot_calibrate_or_store_before_sampling(change, words, monkeypatch):
+    """issue 24, item 4: denoise 0 used to end in "nothing was observed" after the run; a lone
+    surrogate in the description was written into a map no tool could then show."""
+    monkeypatch.setattr(comfy.sample, "sample", lambda *a, **k: pytest.fail("sampled"))
+    s = dict(pos=conditioning("flux", 1), neg=conditioning("flux", 2), latent=latent("flux"))
+    args = dict(denoise=1.0, description="")
+    args.update(change)
+    with pytest.raises(ValueError, match=words):
+        calibrate_node.HyCaCalibrate.execute(build("flux"), s["pos"], s["neg"], {"samples": s["latent"]}, 0, 12, 2.0,
+                                             "euler", "simple", args["denoise"], 1, 2, "2-3", 2, 1, False, "block",
+                                             "never-written", args["description"], refine="off")

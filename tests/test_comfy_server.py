@@ -287,3 +287,32 @@ def test_an_unwritable_auto_folder_never_costs_the_image(server):
         auto.unlink()
         if moved.exists():
             moved.rename(auto)
+
+
+# -- maps whose text no page could show (issue 24, item 4) -----------------------------------------
+@pytest.mark.parametrize("kind, words", [("surrogate", "lone surrogate"), ("huge family", "characters long")])
+def test_routes_refuse_a_map_with_unshowable_text_clearly(server, kind, words):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hyca_core.solver_map import _checksum, _text_checksum
+
+    with safe_open(str(server.maps_dir / MAP), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if kind == "surrogate":
+        meta["hyca"] = meta["hyca"].replace('"description": "', '"description": "\\udcff', 1)
+    else:
+        header = json.loads(meta["hyca"])
+        header["family"] = "f" * 2 ** 20
+        meta["hyca"] = json.dumps(header)
+    meta["checksum"], meta["header_checksum"] = _checksum(tensors), _text_checksum(meta["hyca"])
+    name = f"unshowable-{kind.replace(' ', '-')}.safetensors"
+    save_file(tensors, str(server.maps_dir / name), metadata=meta)
+    try:
+        for route in ("/hyca/map", "/hyca/map/chart"):
+            status, body = server.get(route, name=name)
+            assert status == 422 and words in body["error"] and len(json.dumps(body)) < 2000, (route, status, body)
+    finally:
+        (server.maps_dir / name).unlink()

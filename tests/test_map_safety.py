@@ -186,7 +186,10 @@ def test_a_header_that_declares_more_data_than_the_file_holds(path):
     length = struct.unpack("<Q", data[:8])[0]
     data[:8] = struct.pack("<Q", length + 10 ** 12)
     path.write_bytes(bytes(data))
-    refused(path, "file", "does not fit")
+    refused(path, "file", "do not declare a header of at most 16 MiB")  # over the cap: said so, not "too long"
+    data[:8] = struct.pack("<Q", len(data))  # within the cap, past the end
+    path.write_bytes(bytes(data))
+    refused(path, "file", "runs past the end of the file")
 
 
 @pytest.mark.parametrize("field, value", [("blocks", 3), ("blocks", {"double": "2"}), ("features", 7),
@@ -223,3 +226,32 @@ def test_tensors_far_beyond_what_the_header_implies_are_refused_before_decoding(
     meta["hyca"] = json.dumps(header)
     write(path, meta, tensors)
     refused(path, "file", "far more than")
+
+
+# -- unclear errors found by hostile testing (issue 24, item 4) -------------------------------------
+def test_a_lone_surrogate_in_the_header_is_refused_by_name(path):
+    """JSON may escape a lone surrogate; no route, log or ``maps info`` could encode such text."""
+    meta, tensors = parts(path)
+    header = json.loads(meta["hyca"])
+    meta["hyca"] = json.dumps(header).replace('"description": "', '"description": "\\udcff', 1)
+    assert "\\udcff" in meta["hyca"]
+    write(path, meta, tensors)
+    error = refused(path, "hyca", "lone surrogate")
+    str(error).encode("utf-8")  # the message itself is sendable
+
+
+def test_a_huge_text_field_is_refused_without_echoing_it(path):
+    edit_header(path, lambda h: h.update(family="x" * 2 ** 20))
+    error = refused(path, "family", "1048576 characters long; at most 100")
+    assert len(str(error)) < 500
+
+
+def test_a_file_that_is_no_map_is_refused_without_echoing_its_bytes(tmp_path):
+    passwd = tmp_path / "passwd.safetensors"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 4)
+    error = refused(passwd, "file", "first 8 bytes do not declare a header of at most 16 MiB")
+    declared = str(int.from_bytes(b"root:x:0", "little"))
+    assert declared not in str(error) and "root" not in str(error).replace(str(passwd), "")
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    assert "1000" not in str(refused(short, "file", "runs past the end of the file (10 bytes)"))
