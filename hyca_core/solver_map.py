@@ -535,6 +535,10 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
 
     if not m.family:
         fail("family", "empty")
+    for key, most in MAX_TEXT.items():  # what loading refuses is never written
+        text = getattr(m, key)
+        if isinstance(text, str) and len(text) > most:
+            fail(key, f"is {len(text)} characters long; at most {most}")
     if m.granularity not in GRANULARITIES:
         fail("granularity", f"{m.granularity!r} is not one of {GRANULARITIES}")
     if m.mode not in MODES:

@@ -12,7 +12,7 @@ from ..hyca_core import families
 from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs, held_out_seeds
 from ..hyca_core.procedure import Procedure, calibrate, guarantee_runs
 from ..hyca_core.session import CONFIG_KEY, ModuleMismatch, PlainConfig
-from ..hyca_core.solver_map import save_solver_map
+from ..hyca_core.solver_map import MAX_TEXT, save_solver_map
 from . import map_folder
 from .chart import calibration_chart
 from .apply import DEFAULT_GRANULARITY, SolverMapType
@@ -145,6 +145,9 @@ class HyCaCalibrate(io.ComfyNode):
             description.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("description holds a lone surrogate (not valid Unicode text): retype it") from None
+        if len(description) > MAX_TEXT["description"]:
+            raise ValueError(f"description is {len(description)} characters long; a map keeps at most "
+                             f"{MAX_TEXT['description']}")
         if sigmas is None and denoise <= 0:
             raise ValueError("denoise is 0: the sampler would run no step, so there is nothing to calibrate on; "
                              "set denoise above 0 (as in your workflow)")

@@ -866,7 +866,8 @@ def test_cost_and_speed_scripts_run_on_comfyuis_classes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("change, words", [(dict(denoise=0.0), "denoise is 0"),
-                                           (dict(description="ok \udcff"), "lone surrogate")])
+                                           (dict(description="ok \udcff"), "lone surrogate"),
+                                           (dict(description="d" * 4001), "a map keeps at most 4000")])
 def test_calibrate_refuses_what_it_cannot_calibrate_or_store_before_sampling(change, words, monkeypatch):
     """issue 24, item 4: denoise 0 used to end in "nothing was observed" after the run; a lone
     surrogate in the description was written into a map no tool could then show."""

@@ -240,10 +240,15 @@ def test_a_lone_surrogate_in_the_header_is_refused_by_name(path):
     str(error).encode("utf-8")  # the message itself is sendable
 
 
-def test_a_huge_text_field_is_refused_without_echoing_it(path):
+def test_a_huge_text_field_is_refused_without_echoing_it(path, tmp_path):
     edit_header(path, lambda h: h.update(family="x" * 2 ** 20))
     error = refused(path, "family", "1048576 characters long; at most 100")
     assert len(str(error)) < 500
+    m = small_map()
+    m.description = "d" * 4001  # what loading would refuse is never written
+    with pytest.raises(SolverMapError, match="description: is 4001 characters long"):
+        save_solver_map(m, str(tmp_path / "long.safetensors"))
+    assert not (tmp_path / "long.safetensors").exists()
 
 
 def test_a_file_that_is_no_map_is_refused_without_echoing_its_bytes(tmp_path):
