@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -71,6 +72,23 @@ class ApplyConfig:
         return None
 
 
+def rescaled_placement_note(schedule: Schedule, n_steps: int, solver_map=None) -> Optional[str]:
+    """What happens to a calibrated placement in a run of another step count, or None: its full
+    steps are moved in proportion (two may land on one step, so the budget can shrink), and the
+    weights learned for its own step count do not apply."""
+    steps, full_at = schedule.full_at_steps, schedule.full_at
+    if full_at is None or steps is None or n_steps == steps:
+        return None
+    moved = sorted(schedule.full_positions(n_steps))
+    shown = ", ".join(map(str, moved[:24])) + (", ..." if len(moved) > 24 else "")
+    name = os.path.basename(solver_map.source) if solver_map is not None else "the map"
+    lost = len(full_at) - len(moved)
+    return (f"{name}: its placement of {len(full_at)} full steps was calibrated for {steps} steps; this run samples "
+            f"{n_steps}, so the full steps moved to {shown} ({len(moved)} full"
+            f"{f', {lost} fewer: some fell on one step' if lost > 0 else ''}) and what was checked or learned for "
+            f"{steps} steps does not apply. Sample {steps} steps, or calibrate at {n_steps}, for the calibrated quality")
+
+
 @dataclass
 class RunState:
     """Everything one sampling run caches; created by OUTER_SAMPLE, closed in its finally."""
@@ -98,6 +116,7 @@ class RunState:
         # other streams apply them at their next evaluation, never under a running one.
         self._decisions = threading.RLock()
         self._stale: set = set()  # ids of streams a fall-back left with useless anchors
+        self._placement_checked = False
         self.granularity = self.config.granularity
         self.verified = self.granularity != "module"
         device = {"cpu": "cpu"}.get(self.config.cache_device)
@@ -105,8 +124,17 @@ class RunState:
 
     def on_sigmas(self, sigmas: list) -> None:
         """A spread schedule with a map: the map's solvers of the interval nearest the run's mean
-        spacing between full steps (known once the run's step count is)."""
+        spacing between full steps (known once the run's step count is). A calibrated placement
+        sampled at another step count: a note says where its full steps moved."""
         schedule, solver_map = self.config.schedule, self.config.solver_map
+        if schedule.full_at is not None and not self._placement_checked:
+            with self._decisions:
+                if not self._placement_checked:
+                    self._placement_checked = True
+                    note = rescaled_placement_note(schedule, len(sigmas) - 1, solver_map)
+                    if note:
+                        self.notes.append(note)
+                        log.info(note)
         if schedule.spread is None or solver_map is None or self.run.streams:
             return
         interval = interval_for(len(sigmas) - 1, schedule.spread, solver_map.intervals)

@@ -270,7 +270,9 @@ def save_solver_map(m: SolverMap, path: str) -> None:
 # A solver map is a few MB (FLUX, module granularity, C=2: about 1 MB; per-channel with fitted
 # weights at intervals 2-20: tens of MB). Anything far larger is refused before it is read.
 MAX_FILE_BYTES = 256 * 2 ** 20
-MAX_HEADER_BYTES = 16 * 2 ** 20
+MAX_HEADER_BYTES = 4 * 2 ** 20
+MAX_HYCA_BYTES = 2 ** 20  # the ``hyca`` JSON: a map for 150 cached features writes about 20 KiB
+MAX_TENSORS = 16384  # FLUX with one scope per feature and fits at 19 intervals: about 3,500
 MAX_JSON_DEPTH = 32  # the map's own JSON nests 5 deep; provenance is free JSON, kept shallow
 MAX_INT_DIGITS = 30
 # the longest text a map's header field may hold (a family name of a megabyte would be echoed in
@@ -280,14 +282,16 @@ MAX_TEXT = {"family": 100, "granularity": 32, "mode": 32, "author": 200, "licens
 TENSOR_DTYPES = {"I32": 4, "I64": 8, "F32": 4}  # what save_solver_map writes (int32, float32) and int64
 
 
-def load_solver_map(path: str) -> SolverMap:
+def load_solver_map(path: str, trust_header: bool = False) -> SolverMap:
     """Read and fully validate a map; any defect raises ``SolverMapError``. The file is read whole
     into memory and closed: the map owns its data, so replacing or truncating the file while the
-    map is in use cannot change it or crash the process (a memory-mapped read could: SIGBUS)."""
+    map is in use cannot change it or crash the process (a memory-mapped read could: SIGBUS).
+    ``trust_header``: read a map whose header is unsigned or fails its checksum (``maps sign``
+    only, for a file its user vouches for); everything else is still checked."""
     source = str(path)
     if not os.path.isfile(path):
         raise SolverMapError(source, "file", "no such file")
-    metadata, header, tensors = _read_safetensors(path, source)
+    metadata, header, tensors = _read_safetensors(path, source, trust_header)
 
     def need(key: str) -> str:
         if key not in metadata:
@@ -314,7 +318,8 @@ def load_solver_map(path: str) -> SolverMap:
     return m
 
 
-def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], Any, dict[str, torch.Tensor]]:
+def _read_safetensors(path: str, source: str, trust_header: bool = False) -> tuple[dict[str, str], Any,
+                                                                                     dict[str, torch.Tensor]]:
     """(metadata, the parsed ``hyca`` header or None, tensors) of a safetensors file. The header is
     read and checked first (layout, header checksum, and a data size no larger than the map's own
     architecture implies), the data only then, whole into memory; nothing returned shares memory
@@ -342,7 +347,9 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], Any, dict
         metadata, end = _layout(source, header_bytes, unreadable)
         if 8 + length + end != size:
             unreadable(f"it holds {size - 8 - length} bytes of tensor data, its header declares {end}")
-        header = _verified_header(source, metadata)
+        header = _verified_header(source, metadata, trust_header)
+        if isinstance(header, dict):
+            check_sizes(source, header)  # before anything walks the header's lists
         implied = _implied_bytes(header)
         if implied is not None and end > implied:
             raise SolverMapError(source, "file", f"{end} bytes of tensors, far more than the {implied} its "
@@ -354,19 +361,82 @@ def _read_safetensors(path: str, source: str) -> tuple[dict[str, str], Any, dict
         tensors = load(data)
     except Exception as exc:  # safetensors' own checks, should ours have missed a defect
         unreadable(str(exc)[:200])
+    del data  # one copy of the file at a time: the clones below are what the map keeps
     return metadata, header, {name: t.clone() for name, t in tensors.items()}  # owned, writable
 
 
-def _verified_header(source: str, metadata: dict[str, str]):
-    """The ``hyca`` metadata, checked against its checksum and parsed; None when absent."""
+SIGN_COMMAND = "python -m hyca_core.maps sign FILE"
+
+
+def _verified_header(source: str, metadata: dict[str, str], trust_header: bool = False):
+    """The ``hyca`` metadata, checked against its checksum and parsed; None when absent. The
+    checksum is required: a map without it (or with the key renamed) could carry any edit."""
     text = metadata.get("hyca")
     if text is None:
         return None
-    # maps written since the header checksum exists carry it; older ones of the same version are read
-    if "header_checksum" in metadata and _text_checksum(text) != metadata["header_checksum"]:
-        raise SolverMapError(source, "header_checksum", "the metadata does not match its checksum: the file is "
-                                                        "corrupted or was edited")
+    if len(text) > MAX_HYCA_BYTES:  # parsing and checking it takes time in proportion
+        raise SolverMapError(source, "hyca", f"is {len(text) >> 10} KiB of JSON; a map's is at most "
+                                             f"{MAX_HYCA_BYTES >> 10} KiB (calibration writes tens of KiB)")
+    if not trust_header:
+        if "header_checksum" not in metadata:
+            raise SolverMapError(source, "header_checksum", "missing, so an edited or corrupted header could not be "
+                                 "told apart (an older map, or the key was removed); if you trust this file, sign "
+                                 f"it with `{SIGN_COMMAND}` in the pack's folder")
+        if _text_checksum(text) != metadata["header_checksum"]:
+            raise SolverMapError(source, "header_checksum", "the metadata does not match its checksum: the file is "
+                                 f"corrupted or was edited (if you edited it yourself: `{SIGN_COMMAND}`)")
     return parse_json(source, "hyca", text)
+
+
+# What a sampler can use bounds every list a map holds (a valid map of 200,000 intervals once took
+# the routes minutes): HyCa Apply and Calibrate stop at interval 20, 1000 steps and 16 clusters;
+# FLUX at module granularity caches about 150 features.
+MAX_INTERVAL = 100
+MAX_LISTED = {"scopes": 1024, "intervals": 64, "pool": 64, "architecture.features": 4096,
+              "architecture.blocks": 64, "provenance.schedules": 64}
+MAX_NAME = 200  # characters of a scope's, a feature's or a block kind's name
+MAX_PROVENANCE_BYTES = 256 * 2 ** 10  # Calibrate writes a few KiB
+
+
+def check_sizes(source: str, header: dict) -> None:
+    """Refuse a header whose lists or names exceed what any sampler or page can use, naming the
+    field. Only sizes: types and values are checked by ``validate_map``."""
+
+    def fail(field_name: str, reason: str):
+        raise SolverMapError(source, field_name, reason)
+
+    def at(path: str):
+        node = header
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    for path, limit in MAX_LISTED.items():
+        value = at(path)
+        if isinstance(value, (list, dict)) and len(value) > limit:
+            fail(path, f"lists {len(value)} entries; a map holds at most {limit}")
+    names = [("architecture.blocks", k) for k in at("architecture.blocks") or ()] if isinstance(
+        at("architecture.blocks"), dict) else []
+    for path in ("architecture.features",):
+        names += [(path, f) for f in at(path) or () if isinstance(f, str)] if isinstance(at(path), list) else []
+    scopes = at("scopes")
+    for name, meta in scopes.items() if isinstance(scopes, dict) else ():
+        names.append(("scopes", name))
+        features = meta.get("features") if isinstance(meta, dict) else None
+        if isinstance(features, list):
+            if len(features) > MAX_LISTED["architecture.features"]:
+                fail(f"scopes.{name[:MAX_NAME]}.features", f"lists {len(features)} entries; a map holds at most "
+                                                           f"{MAX_LISTED['architecture.features']}")
+            names += [(f"scopes.{name[:MAX_NAME]}.features", f) for f in features if isinstance(f, str)]
+    for path, name in names:
+        if len(name) > MAX_NAME:
+            fail(path, f"holds a name {len(name)} characters long; at most {MAX_NAME}")
+    provenance = header.get("provenance")
+    if provenance is not None:
+        size = len(json.dumps(provenance, ensure_ascii=False))
+        if size > MAX_PROVENANCE_BYTES:
+            fail("provenance", f"is {size >> 10} KiB of JSON; at most {MAX_PROVENANCE_BYTES >> 10} KiB (calibration "
+                               "writes a few KiB)")
 
 
 def _layout(source: str, header_bytes: bytes, unreadable) -> tuple[dict[str, str], int]:
@@ -379,6 +449,8 @@ def _layout(source: str, header_bytes: bytes, unreadable) -> tuple[dict[str, str
     layout = parse_json(source, "file header", header_text)
     if not isinstance(layout, dict):
         raise SolverMapError(source, "file header", "not a JSON object: not a safetensors file")
+    if len(layout) > MAX_TENSORS + 1:
+        raise SolverMapError(source, "file header", f"lists {len(layout)} tensors; a map holds at most {MAX_TENSORS}")
     metadata = layout.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise SolverMapError(source, "file header", "__metadata__ must map names to strings")
@@ -421,6 +493,12 @@ def _offset(entry) -> int:
     return offsets[0] if isinstance(offsets, list) and offsets and _is_int(offsets[0]) else -1
 
 
+def _short(value, most: int = 40) -> str:
+    """``repr`` of a value from a shared file, cut: a message never echoes a megabyte."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most] + "..."
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -453,10 +531,14 @@ def parse_json(source: str, field_name: str, text: str):
     if json_depth(value) > MAX_JSON_DEPTH:
         raise SolverMapError(source, field_name, f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:  # JSON may escape a lone surrogate (\udcff): no text that holds one can be shown or sent
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        if _SURROGATE_ESCAPE.search(text):  # only an escape can make one: checking the value costs more
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise SolverMapError(source, field_name, "holds a lone surrogate escape (not valid Unicode text)") from None
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def json_depth(value) -> int:
@@ -539,6 +621,9 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
         text = getattr(m, key)
         if isinstance(text, str) and len(text) > most:
             fail(key, f"is {len(text)} characters long; at most {most}")
+    if not isinstance(m.architecture, dict):
+        fail("architecture", "must be an object")
+    check_sizes(source, _header(m))
     if m.granularity not in GRANULARITIES:
         fail("granularity", f"{m.granularity!r} is not one of {GRANULARITIES}")
     if m.mode not in MODES:
@@ -547,16 +632,17 @@ def validate_map(m: SolverMap, source: str = "<solver map>") -> None:
         fail("pool", "empty")
     for name in m.pool:
         if not isinstance(name, str) or name not in SOLVERS:
-            fail("pool", f"unknown solver {name!r}; this pack knows {', '.join(SOLVERS)}")
-    if not m.intervals or any(not isinstance(n, int) or isinstance(n, bool) or n < 2 for n in m.intervals):
-        fail("intervals", f"must be integers >= 2, got {list(m.intervals)}")
+            fail("pool", f"unknown solver {str(name)[:40]!r}; this pack knows {', '.join(SOLVERS)}")
+    if not m.intervals or any(not isinstance(n, int) or isinstance(n, bool) or not 2 <= n <= MAX_INTERVAL
+                              for n in m.intervals):
+        fail("intervals", f"must be integers in 2..{MAX_INTERVAL}, got {_short(list(m.intervals), 200)}")
     if list(m.intervals) != sorted(set(m.intervals)):
         fail("intervals", f"must be sorted and distinct, got {list(m.intervals)}")
     if not isinstance(m.warmup, int) or m.warmup < 0:
-        fail("warmup", f"must be an integer >= 0, got {m.warmup!r}")
+        fail("warmup", f"must be an integer >= 0, got {_short(m.warmup)}")
     hidden = m.architecture.get("hidden_size")
     if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
-        fail("architecture.hidden_size", f"must be a positive integer, got {hidden!r}")
+        fail("architecture.hidden_size", f"must be a positive integer, got {_short(hidden)}")
     # what check_model, describe and the loader's details read of the architecture
     blocks = m.architecture.get("blocks", {})
     if not isinstance(blocks, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
@@ -637,13 +723,19 @@ def uniform_predictors(solver: str) -> PredictorBank:
 PER_CHANNEL_LISTING = 16  # beyond this many clusters, solvers are listed as counts, not one by one
 
 
-def describe(m: SolverMap) -> dict:
+# the loader's panel lists this many scopes (FLUX at module granularity pools into 6); the rest are
+# counted, so the route's answer stays a page's worth whatever the map holds
+DESCRIBED_SCOPES = 48
+
+
+def describe(m: SolverMap, scopes_listed: Optional[int] = DESCRIBED_SCOPES) -> dict:
     """Everything a person wants to know about a map, as plain JSON-ready data: what ``maps info``
-    prints and what the loader node shows. Per scope and interval: each cluster's solver, the
-    hybrid's calibration error and the best single solver's, so a reader sees what clustering buys."""
+    prints (every scope: ``scopes_listed=None``) and what the loader node shows. Per scope and
+    interval: each cluster's solver, the hybrid's calibration error and the best single solver's,
+    so a reader sees what clustering buys."""
     arch = m.architecture
     scopes = []
-    for name, s in m.scopes.items():
+    for name, s in list(m.scopes.items())[:scopes_listed]:
         sizes = torch.bincount(s.labels.long(), minlength=s.clusters).tolist()
         listed = s.clusters <= PER_CHANNEL_LISTING
         weights = torch.tensor(sizes if listed else [1] * s.clusters, dtype=torch.float64)
@@ -673,7 +765,8 @@ def describe(m: SolverMap) -> dict:
                          "features": len(arch.get("features", [])), "fingerprint": m.fingerprint},
         "intervals": list(m.intervals), "warmup": m.warmup, "pool": list(m.pool),
         "author": m.author, "description": m.description, "license": m.license,
-        "provenance": dict(m.provenance), "scopes": scopes, "verified": verified(m),
+        "provenance": dict(m.provenance), "scopes": scopes, "scopes_not_listed": len(m.scopes) - len(scopes),
+        "verified": verified(m),
         "schedules": list(placements(m).values()),
     }
 
@@ -751,7 +844,7 @@ def verified_text(m: SolverMap, interval: int) -> Optional[str]:
 
 def summarize(m: SolverMap, source: str = "") -> str:
     """A human-readable description of a map (``python -m hyca_core.maps info``)."""
-    d = describe(m)
+    d = describe(m, scopes_listed=None)
     arch = d["architecture"]
     lines = [f"file         {source}"] if source else []
     lines += [

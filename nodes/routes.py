@@ -9,6 +9,9 @@ the map folders, so no path outside them can be read, whatever the request holds
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+from collections import OrderedDict
 from typing import Callable
 
 from ..hyca_core.solver_map import SolverMapError, describe, load_solver_map
@@ -40,25 +43,75 @@ def check_name(name: str | None, known: Callable[[], list[str]]) -> str:
     return name
 
 
-def _load(name: str | None):
-    name = check_name(name, map_folder.list_maps)
+class Answers:
+    """What the routes answer per map file, parsed once per version of the file (its stat: a
+    replaced or rewritten map is parsed again). Eight requests for one 200 MiB map once took a
+    server from 1 to 4 GB: now one request parses, the others wait for its answer, at most
+    ``PARSERS`` maps are parsed at once, and only the small answers are kept, never the map."""
+
+    PARSERS = 2
+    KEPT = 32  # answers of this many file versions (each a page of JSON and a PNG)
+
+    def __init__(self):
+        self._guard = threading.Lock()
+        self._answers: OrderedDict[tuple, dict] = OrderedDict()
+        self._pending: dict[tuple, threading.Lock] = {}
+        self._parsers = threading.BoundedSemaphore(self.PARSERS)
+
+    def get(self, name: str | None) -> dict:
+        """``{"details": dict, "chart": bytes}`` of a map the loader lists, or ``RouteError``."""
+        name = check_name(name, map_folder.list_maps)
+        try:
+            path = map_folder.map_path(name)
+        except FileNotFoundError:
+            raise RouteError(404, f"solver map {name!r} disappeared: refresh the list") from None
+        key = _version(path, name)
+        with self._guard:
+            pending = self._pending.setdefault(key, threading.Lock())
+        with pending:  # the first request for this version parses; the others find its answer
+            with self._guard:
+                found = self._answers.get(key)
+                if found is not None:
+                    self._answers.move_to_end(key)
+            if found is None:
+                with self._parsers:
+                    found = _parse(name, path)
+                if _version(path, name) == key:  # unchanged while read: the answer is this version's
+                    with self._guard:
+                        self._answers[key] = found
+                        while len(self._answers) > self.KEPT:
+                            self._answers.popitem(last=False)
+        with self._guard:
+            self._pending.pop(key, None)
+        if "error" in found:
+            raise RouteError(422, found["error"])
+        return found
+
+    def clear(self) -> None:
+        with self._guard:
+            self._answers.clear()
+
+
+def _version(path: str, name: str) -> tuple:
     try:
-        return name, load_solver_map(map_folder.map_path(name))
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RouteError(404, f"solver map {name!r} disappeared: refresh the list") from None
+    return path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _parse(name: str, path: str) -> dict:
+    """Both answers of one map (the loader's panel asks for both), or its refusal."""
+    try:
+        solver_map = load_solver_map(path)
     except FileNotFoundError:
         raise RouteError(404, f"solver map {name!r} disappeared: refresh the list") from None
     except SolverMapError as exc:
-        raise RouteError(422, f"solver map {name!r} is unusable: {exc.field}: {exc.reason}") from None
+        return {"error": f"solver map {name!r} is unusable: {exc.field}: {exc.reason}"}
+    return {"details": {"name": name, **describe(solver_map)}, "chart": _chart_png(solver_map)}
 
 
-def details(name: str | None) -> dict:
-    """The map's description, or ``RouteError`` (404 unknown, 422 unusable)."""
-    name, solver_map = _load(name)
-    return {"name": name, **describe(solver_map)}
-
-
-def chart_png(name: str | None) -> bytes:
-    """The map's calibration chart (what HyCa Calibrate outputs) as PNG bytes: shared maps can be
-    judged without calibrating."""
+def _chart_png(solver_map) -> bytes:
     import io
 
     import numpy as np
@@ -66,11 +119,24 @@ def chart_png(name: str | None) -> bytes:
 
     from .chart import calibration_chart
 
-    _, solver_map = _load(name)
     pixels = (calibration_chart(solver_map)[0].numpy() * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+ANSWERS = Answers()
+
+
+def details(name: str | None) -> dict:
+    """The map's description, or ``RouteError`` (404 unknown, 422 unusable)."""
+    return ANSWERS.get(name)["details"]
+
+
+def chart_png(name: str | None) -> bytes:
+    """The map's calibration chart (what HyCa Calibrate outputs) as PNG bytes: shared maps can be
+    judged without calibrating."""
+    return ANSWERS.get(name)["chart"]
 
 
 _registered = False

@@ -217,6 +217,115 @@ def tensor_edit(rng, data):
     return f"tensor {name} {what}", _write(tensors, meta)
 
 
+# -- fields added since the first fuzz: placements, gains, checksums; and sizes no map needs --------
+HUGE_LISTS = {
+    ("intervals",): lambda: list(range(2, 200_002)),
+    ("pool",): lambda: ["reuse"] * 100_000,
+    ("architecture", "features"): lambda: [f"double_blocks.{i}.img_attn" for i in range(100_000)],
+    ("architecture", "blocks"): lambda: {f"kind{i}": 1 for i in range(10_000)},
+    ("scopes",): lambda: {f"s{i}": {"features": []} for i in range(20_000)},
+    ("provenance", "schedules"): lambda: {str(i): {"full_steps": [0], "steps": 4, "interval": 2} for i in range(1, 20_000)},
+    ("provenance", "schedules", "4", "full_steps"): lambda: list(range(200_000)),
+    ("provenance", "closed_loop", "intervals"): lambda: {str(i): {"kept": "map", "gain_db": 1.0} for i in range(100_000)},
+    ("provenance", "notes"): lambda: ["x" * 100] * 20_000,
+}
+TEXT_FIELDS = [("family",), ("granularity",), ("mode",), ("author",), ("description",), ("license",),
+               ("pack_version",), ("pool", 0), ("provenance", "sampler"), ("provenance", "schedules", "4", "solver"),
+               ("provenance", "closed_loop", "intervals", "2", "kept"), ("architecture", "features", 0)]
+
+
+def _with_header(data: bytes, edit, escape: bool = True) -> bytes:
+    """The file with its ``hyca`` JSON edited and both checksums recomputed (``escape``: written
+    with ASCII escapes, which is how a lone surrogate gets into JSON)."""
+    tensors, meta = _tensors_and_meta(data)
+    header = json.loads(meta["hyca"])
+    edit(header)
+    meta["hyca"] = json.dumps(header, ensure_ascii=escape)
+    return _write(tensors, meta)
+
+
+def _reach(header, path):
+    node = header
+    for key in path[:-1]:
+        node = node[key] if isinstance(node, dict) else node[int(key)]
+    return node
+
+
+def huge_list(rng, data):
+    path = rng.choice(sorted(HUGE_LISTS))
+
+    def edit(header):
+        node = _reach(header, path)
+        node[path[-1]] = HUGE_LISTS[path]()
+
+    return f"huge {'.'.join(path)}", _with_header(data, edit)
+
+
+def huge_or_odd_text(rng, data):
+    path = rng.choice(TEXT_FIELDS)
+    value = rng.choice(["x" * 2 ** 20, "\udcff", "a\udcffb", "\ud800", "é" * 5000, "\u0000" * 100, "\u202e" * 10])
+
+    def edit(header):
+        node = _reach(header, path)
+        node[path[-1]] = value
+
+    return f"{'.'.join(map(str, path))} = {value[:12]!r} ({len(value)} chars)", _with_header(data, edit)
+
+
+def huge_name(rng, data):
+    name = rng.choice(["n" * 100_000, "\udcff", "s\ud800"])
+
+    def edit(header):
+        kind = rng.randrange(2)
+        if kind == 0:
+            header["scopes"][name] = {"features": []}
+        else:
+            first = sorted(header["scopes"])[0]
+            header["scopes"][first]["features"].append(name)
+
+    return f"a scope or feature named {name[:12]!r} ({len(name)} chars)", _with_header(data, edit)
+
+
+def checksum_edit(rng, data):
+    tensors, meta = _tensors_and_meta(data)
+    kind = rng.randrange(6)
+    if kind == 0:
+        meta["Header_Checksum"] = meta.pop("header_checksum")
+        what = "header_checksum renamed"
+    elif kind == 1:
+        meta["header_checksum"] = meta["header_checksum"].upper()
+        what = "header_checksum in upper case"
+    elif kind == 2:
+        header = json.loads(meta["hyca"])
+        header["description"] = "edited after signing"
+        meta["hyca"] = json.dumps(header)
+        what = "header edited, checksum kept"
+    elif kind == 3:
+        meta["header_checksum"] = " " + meta["header_checksum"]
+        what = "header_checksum with a leading space"
+    elif kind == 4:
+        meta["sha"] = meta.pop("checksum")
+        what = "checksum renamed"
+    else:
+        meta["header_checksum"] = _text_checksum(meta["hyca"] + " ")
+        what = "header_checksum of other text"
+    return what, save(tensors, metadata=meta)
+
+
+def gains_edit(rng, data):
+    value = rng.choice([float("nan"), 1e308, -1e308, "1.5", True, None, [], {"x": 1}, 10 ** 40, -0.0, 7])
+    path = rng.choice([("provenance", "closed_loop", "intervals", "2", "gain_db"),
+                       ("provenance", "schedules", "4", "fit_db"), ("provenance", "schedules", "4", "fixed_db"),
+                       ("provenance", "schedules", "4", "checked_db"), ("provenance", "schedules", "4", "learned"),
+                       ("provenance", "schedules", "4", "interval"), ("provenance", "schedules", "4", "steps")])
+
+    def edit(header):
+        node = _reach(header, path)
+        node[path[-1]] = value
+
+    return f"{'.'.join(path)} = {value!r}", _with_header(data, edit)  # NaN: json.dumps writes it, readers refuse
+
+
 def foreign(rng, data):
     kind = rng.randrange(5)
     if kind == 0:
@@ -231,7 +340,8 @@ def foreign(rng, data):
 
 
 MUTATIONS = (truncate, flip_bytes, flip_header_byte, splice, header_length, layout_edit, metadata_edit,
-             hyca_edit, hyca_edit, tensor_edit, tensor_edit, foreign)
+             hyca_edit, hyca_edit, tensor_edit, tensor_edit, foreign, huge_list, huge_or_odd_text, huge_name,
+             checksum_edit, gains_edit)
 
 
 def mutants(bases: dict[str, bytes], count: int, seed: int = 0):

@@ -305,7 +305,7 @@ def test_routes_refuse_a_map_with_unshowable_text_clearly(server, kind, words):
         meta["hyca"] = meta["hyca"].replace('"description": "', '"description": "\\udcff', 1)
     else:
         header = json.loads(meta["hyca"])
-        header["family"] = "f" * 2 ** 20
+        header["family"] = "f" * 500_000  # under the header cap: the field itself is refused
         meta["hyca"] = json.dumps(header)
     meta["checksum"], meta["header_checksum"] = _checksum(tensors), _text_checksum(meta["hyca"])
     name = f"unshowable-{kind.replace(' ', '-')}.safetensors"
@@ -316,3 +316,206 @@ def test_routes_refuse_a_map_with_unshowable_text_clearly(server, kind, words):
             assert status == 422 and words in body["error"] and len(json.dumps(body)) < 2000, (route, status, body)
     finally:
         (server.maps_dir / name).unlink()
+
+
+# -- issue 24, items 2-5: what a shared map can do to the server -----------------------------------
+def write_variant(server, name: str, edit_header=None, edit_meta=None, sign: bool = True) -> Path:
+    """A copy of the server's calibrated map, its ``hyca`` JSON and metadata edited; both checksums
+    recomputed unless ``sign`` is False (then the header checksum is left out, as an older map)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hyca_core.solver_map import _checksum, _text_checksum
+
+    with safe_open(str(server.maps_dir / MAP), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    header = json.loads(meta["hyca"])
+    if edit_header:
+        edit_header(header)
+    meta["hyca"] = json.dumps(header)
+    meta["checksum"] = _checksum(tensors)
+    if sign:
+        meta["header_checksum"] = _text_checksum(meta["hyca"])
+    else:
+        meta.pop("header_checksum", None)
+    if edit_meta:
+        edit_meta(meta)
+    path = server.maps_dir / name
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def test_concurrent_requests_for_a_large_map_parse_it_once(server):
+    """Item 2: eight concurrent requests for a 201 MiB map took a server from 1.0 to 4.1 GB. Now the
+    first parses and the others wait for its answer, so the server grows by about one parse."""
+    import threading
+    import urllib.request
+
+    from hyca_core.solver_map import ScopeAssignment, SolverMap
+    from hyca_core.solvers import MAX_ANCHORS
+
+    if not os.path.exists(f"/proc/{server.process.pid}/status"):
+        pytest.skip("reads the server's memory from /proc (Linux)")
+    hidden, intervals = 3072, tuple(range(2, 21))  # per channel, fitted at every interval: FLUX-sized
+    scopes = {}
+    for s in range(4):
+        fitted = {n: torch.zeros(hidden, n, MAX_ANCHORS).index_fill_(2, torch.tensor([0]), 1.0) for n in intervals}
+        scopes[f"scope{s}"] = ScopeAssignment(
+            torch.arange(hidden, dtype=torch.int32), torch.zeros(len(intervals), hidden, dtype=torch.int32),
+            torch.rand(3, hidden, len(intervals)), fitted, [f"double_blocks.{s}.img_attn"])
+    big = SolverMap(family="flux", architecture={"hidden_size": hidden, "blocks": {"double": 4}},
+                    granularity="module", pool=("reuse", "taylor1"), intervals=intervals, warmup=2, scopes=scopes,
+                    mode="fit")
+    path = server.maps_dir / "large.safetensors"
+    save_solver_map(big, str(path))
+    size = path.stat().st_size
+    try:
+        before = peak = rss_bytes(server.process.pid)
+        answers, done = [], threading.Event()
+
+        def watch():
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, rss_bytes(server.process.pid))
+                time.sleep(0.005)
+
+        def ask(route):
+            with urllib.request.urlopen(f"{server.url}{route}?name=large.safetensors", timeout=120) as page:
+                answers.append((page.status, len(page.read())))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        started = time.perf_counter()
+        threads = [threading.Thread(target=ask, args=(route,)) for route in ["/hyca/map", "/hyca/map/chart"] * 4]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        seconds = time.perf_counter() - started
+        done.set()
+        watcher.join()
+        grown = peak - before
+        print(f"8 concurrent requests for a {size / 2 ** 20:.0f} MiB map: {seconds:.1f} s, the server grew "
+              f"{grown / 2 ** 20:.0f} MiB")
+        assert len(answers) == 8 and all(status == 200 for status, _ in answers)
+        assert grown < 4 * size, (grown, size)  # each concurrent parse holds about 3x the file
+        again = time.perf_counter()
+        assert server.get("/hyca/map", name="large.safetensors")[0] == 200
+        assert time.perf_counter() - again < 0.5 * seconds  # the second time: the kept answer
+    finally:
+        path.unlink()
+
+
+@pytest.mark.parametrize("kind", ["200,000 intervals", "20,000 scopes"])
+def test_a_map_of_absurd_lists_is_refused_at_once_with_a_short_answer(server, kind):
+    """Item 3: a valid 33 MB map of 200,000 intervals took the details 28-43 s (60 MB of JSON) and
+    the chart 132 s. Its tensors match its header here, so only the bounds refuse it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from hyca_core.solver_map import _checksum, _text_checksum
+
+    channels, pool = 16, ["reuse", "taylor1"]
+    if kind.endswith("intervals"):
+        intervals, names = list(range(2, 200_002)), ["double_blocks.*.img_attn"]
+    else:
+        intervals, names = [2, 3], [f"s{i}" for i in range(20_000)]
+    header = {"family": "flux", "architecture": {"hidden_size": channels, "blocks": {"double": 2}},
+              "granularity": "module", "pool": pool, "intervals": intervals, "warmup": 2, "mode": "choose",
+              "provenance": {}, "scopes": {n: {"features": []} for n in names}}
+    tensors = {}
+    for n in names:
+        tensors[f"scopes/{n}/labels"] = torch.zeros(channels, dtype=torch.int32)
+        tensors[f"scopes/{n}/choices"] = torch.zeros(len(intervals), 1, dtype=torch.int32)
+        tensors[f"scopes/{n}/errors"] = torch.ones(len(pool), 1, len(intervals))
+    text = json.dumps(header)
+    name = f"absurd-{kind.split()[1]}.safetensors"
+    save_file(tensors, str(server.maps_dir / name), metadata={
+        "format": "hyca-solver-map", "format_version": "1", "hyca": text, "header_checksum": _text_checksum(text),
+        "checksum": _checksum(tensors)})
+    try:
+        for route in ("/hyca/map", "/hyca/map/chart"):
+            started = time.perf_counter()
+            status, body = server.get(route, name=name)
+            assert time.perf_counter() - started < 3.0
+            assert status == 422 and len(json.dumps(body)) < 1000, (route, status, body)
+            assert "at most" in body["error"], body
+    finally:
+        (server.maps_dir / name).unlink()
+
+
+def test_a_placement_sampled_at_another_step_count_is_noted_in_the_report(server):
+    """Item 4: a calibrated placement was rescaled to the run's step count without a word."""
+    name = "placed.safetensors"
+    write_variant(server, name, lambda h: h["provenance"].update(
+        schedules={"4": {"full_steps": [0, 3, 7, 11], "steps": 12, "interval": 3}}))
+    try:
+        prompt = apply_prompt(name, apply_id="8", seed=141)
+        prompt["8"]["inputs"].update(schedule="calibrated", full_steps=4)
+        prompt["9"]["inputs"]["steps"] = 6
+        (report,) = [m["data"] for m in server.run(prompt) if m["type"] == "hyca.report"]
+        note = next(n for n in report["notes"] if "was calibrated for 12 steps" in n)
+        assert "this run samples 6, so the full steps moved to 0, 1, 3, 5 (4 full)" in note, note
+        assert report["schedule"] == "calibrated"
+        prompt["9"]["inputs"].update(steps=12, seed=142)  # the placement's own step count: no note
+        (report,) = [m["data"] for m in server.run(prompt) if m["type"] == "hyca.report"]
+        assert not any("was calibrated for 12 steps" in n for n in report["notes"]), report["notes"]
+    finally:
+        (server.maps_dir / name).unlink()
+
+
+def test_calibrate_refuses_denoise_0_before_sampling(server):
+    """Item 4: denoise 0 sampled the whole run, then said "nothing was observed"."""
+    from comfy_server import calibrate_prompt
+
+    prompt = calibrate_prompt("never-written")
+    prompt["5"]["inputs"]["denoise"] = 0.0
+    with pytest.raises(RuntimeError, match="denoise is 0"):
+        server.run(prompt)
+    assert not (server.maps_dir / "never-written.safetensors").exists()
+
+
+def test_a_linked_file_that_is_no_map_is_refused_without_echoing_it(server, tmp_path):
+    """Item 4: a symlinked /etc/passwd showed as "root:x:0" in the refusal."""
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" * 4)
+    link = server.maps_dir / "linked.safetensors"
+    link.symlink_to(secret)
+    try:
+        for route in ("/hyca/map", "/hyca/map/chart"):
+            status, body = server.get(route, name="linked.safetensors")
+            assert status == 422 and "not a readable safetensors file" in body["error"], body
+            assert "root" not in body["error"] and str(int.from_bytes(b"root:x:0", "little")) not in body["error"]
+    finally:
+        link.unlink()
+
+
+def test_an_unsigned_map_is_refused_until_signed(server):
+    """Item 5: without ``header_checksum`` (or with the key renamed) an edited header loaded silently."""
+    import subprocess
+    import sys
+
+    name = "unsigned.safetensors"
+    path = write_variant(server, name, lambda h: h.update(description="edited by hand"), sign=False)
+    try:
+        status, body = server.get("/hyca/map", name=name)
+        assert status == 422 and "header_checksum" in body["error"] and "hyca_core.maps sign" in body["error"], body
+        with pytest.raises(RuntimeError, match="hyca_core.maps sign"):
+            server.run(apply_prompt(name, apply_id="8", seed=143))  # the loader node says the same
+        signed = subprocess.run([sys.executable, "-m", "hyca_core.maps", "sign", str(path)], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert signed.returncode == 0, signed.stderr
+        status, body = server.get("/hyca/map", name=name)
+        assert status == 200 and body["description"] == "edited by hand"
+        renamed = write_variant(server, name, edit_meta=lambda m: m.update(sha=m.pop("header_checksum")))
+        assert renamed == path and server.get("/hyca/map", name=name)[0] == 422
+    finally:
+        path.unlink()

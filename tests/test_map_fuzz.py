@@ -1,8 +1,11 @@
 """Fuzz: thousands of mutants of valid maps of every kind (choose, fit, per-channel; every
 granularity; with closed-loop and placement records). Each is either refused with
 ``SolverMapError`` naming the file and a field, or it loads and then everything a user or the
-server does with a map works with finite results: ``maps info``, the route's JSON, the chart and a
-prediction at every interval. No other exception, no mutant slower than a second."""
+server does with a map works with finite results: ``maps info``, both routes' answers (a page's
+worth each), the chart, a prediction at every interval and at every calibrated placement. No other
+exception, no mutant slower than a second, 200 MB for them all. The mutants include every field
+added since the fuzz was written (placements and their learned weights, gains, checksums) and sizes
+no map needs (huge lists, megabyte strings, lone surrogates)."""
 
 import importlib
 import json
@@ -15,12 +18,14 @@ import torch
 from map_mutants import mutants
 from support import load_pack, small_map
 
-from hyca_core.solver_map import SolverMapError, describe, load_solver_map, save_solver_map, summarize
+from hyca_core.solver_map import SolverMapError, load_solver_map, placements, save_solver_map, summarize
 
 load_pack()
 chart = importlib.import_module("comfyui_hyca.nodes.chart")
+routes = importlib.import_module("comfyui_hyca.nodes.routes")
 
-MUTANTS = 2400
+MUTANTS = 3400
+ROUTE_BYTES = 2 * 2 ** 20  # what a page can show: a map's details and its chart are far smaller
 SECONDS_PER_MUTANT = 1.0
 
 
@@ -35,16 +40,21 @@ def base_maps() -> dict:
             m.provenance["closed_loop"] = {"intervals": {"2": {"kept": "map", "gain_db": 1.5},
                                                          "3": {"kept": "reuse", "gain_db": 0.5}}}
             m.provenance["schedules"] = {"4": {"full_steps": [0, 3, 7, 11], "steps": 12, "interval": 3,
-                                               "fit_db": 30.1, "fixed_db": 29.0}}
+                                               "fit_db": 30.1, "fixed_db": 29.0, "checked_db": {"map": 30.1},
+                                               "learned": {"kept": True, "with_db": 30.5, "without_db": 30.1}}}
+            for scope in m.scopes.values():  # step weights learned for that placement
+                weights = torch.rand(scope.clusters, 12, 4, generator=torch.Generator().manual_seed(3))
+                scope.placed[4] = weights / weights.sum(-1, keepdim=True)
             out[f"{kind}-{granularity}"] = m
     return out
 
 
 def use(m, path):
-    """Everything done with a loaded map; every figure must be finite."""
+    """Everything done with a loaded map; every figure must be finite, every answer a page's worth."""
     assert summarize(m, str(path))
-    body = json.dumps({"name": path.name, **describe(m)}, allow_nan=False)  # the route's answer
-    assert body
+    answers = routes._parse(path.name, str(path))  # what both routes answer, as the server builds them
+    body = json.dumps(answers["details"], allow_nan=False)
+    assert len(body) < ROUTE_BYTES and len(answers["chart"]) < ROUTE_BYTES, (len(body), len(answers["chart"]))
     image = chart.calibration_chart(m)
     assert image.dim() == 4 and bool(torch.isfinite(image).all())
     hidden = m.architecture["hidden_size"]
@@ -56,6 +66,14 @@ def use(m, path):
                 for k in range(1, interval):
                     out = bank(scope).predict(anchors, [2.0 * interval, float(interval), 0.0], 2.0 * interval + k)
                     assert bool(torch.isfinite(out).all()), (scope, interval, mode, k)
+    for budget, entry in placements(m).items():  # a calibrated placement, as HyCa Apply samples it
+        bank = m.predictors(entry["interval"], placement=budget)
+        full = entry["full_steps"]
+        for t in [t for t in range(1, entry["steps"]) if t not in full][:8]:
+            held = [float(f) for f in sorted(full, reverse=True) if f < t][:3]
+            for scope in m.scopes:
+                out = bank(scope).predict(anchors[: len(held)], held, float(t), steps=entry["steps"])
+                assert bool(torch.isfinite(out).all()), (scope, budget, t)
 
 
 def test_every_mutant_is_refused_by_name_or_works(tmp_path):

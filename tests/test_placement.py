@@ -28,6 +28,28 @@ def test_a_calibrated_schedule_computes_exactly_its_full_steps():
     assert stream.stats.full_reasons["calibrated"] == 2 * len(full) - 1  # the first call: "no anchor"
 
 
+def test_a_placement_sampled_at_another_step_count_says_where_its_full_steps_moved():
+    """Issue 24, item 4: the rescaling was silent, and at few steps two full steps fall on one."""
+    from support import small_map
+
+    from hyca_core.session import ApplyConfig
+
+    m = small_map()
+    m.source = "/maps/placed.safetensors"
+    schedule = Schedule(interval=3, full_at=(0, 1, 2, 6, 11, 15, 18, 23), full_at_steps=24)
+    sigmas = lambda n: [1.0 - i / n for i in range(n + 1)]  # noqa: E731
+    state = ApplyConfig("flux", "block", schedule, m).start(None)
+    for _ in range(3):  # once per run, though asked at every model call
+        state.on_sigmas(sigmas(8))
+    (note,) = state.notes
+    assert note.startswith("placed.safetensors: its placement of 8 full steps was calibrated for 24 steps; "
+                           "this run samples 8, so the full steps moved to 0, 1, 2, 3, 5, 7 (6 full, 2 fewer: some fell on one step)")
+    assert "Sample 24 steps, or calibrate at 8" in note
+    same = ApplyConfig("flux", "block", schedule, m).start(None)
+    same.on_sigmas(sigmas(24))
+    assert same.notes == []
+
+
 @pytest.mark.parametrize("bad", [(), (1, 2), (0, 24), (0, -1)])
 def test_a_placement_must_start_at_step_0_and_fit_the_steps(bad):
     with pytest.raises(ValueError, match="full_at"):

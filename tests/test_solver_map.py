@@ -1,5 +1,6 @@
 """Solver map files: bit-exact round trip, every kind of bad input named, the CLI."""
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -219,9 +220,12 @@ def test_broken_metadata_json(solver_map, tmp_path):
     meta["hyca"] = "{not json"
     save_file(tensors, str(path), metadata=meta)
     expect(path, "header_checksum", "does not match")  # the header checksum notices first
-    del meta["header_checksum"]  # as in maps written before it existed
+    meta["header_checksum"] = _text_checksum(meta["hyca"])  # signed, and still no JSON
     save_file(tensors, str(path), metadata=meta)
     expect(path, "hyca", "not valid JSON")
+    del meta["header_checksum"]  # as in maps written before it existed, or with the key removed
+    save_file(tensors, str(path), metadata=meta)
+    expect(path, "header_checksum", "missing")
 
 
 def test_missing_required_field(solver_map, tmp_path):
@@ -273,6 +277,52 @@ def test_cli_validate_ok_and_failures(solver_map, tmp_path):
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and "file" in lines[0]
+
+
+def test_an_unsigned_map_is_refused_until_its_user_signs_it(solver_map, tmp_path):
+    """Issue 24, item 5: the header checksum is required (a renamed key let 42 of 300 header flips
+    through); ``maps sign`` signs a file its user trusts, checking everything else."""
+    path = saved(solver_map, tmp_path)
+
+    def unsign(meta, header):
+        header["description"] = "edited by hand"
+        meta["header_checksum_renamed"] = meta.pop("header_checksum")
+
+    rewrite(path, unsign, keep_checksum=True)
+    expect(path, "header_checksum", "python -m hyca_core.maps sign")
+    assert cli("validate", str(path)).returncode == 1
+    signed = cli("sign", str(path))
+    assert signed.returncode == 0 and signed.stdout.startswith("signed:"), signed.stderr
+    loaded = load_solver_map(str(path))
+    assert loaded.description == "edited by hand" and loaded.equals(
+        dataclasses.replace(solver_map, description="edited by hand"))
+    # what signing does not vouch for: the tensors' checksum, and every field
+    rewrite(path, keep_checksum=True, edit_tensors=lambda t: t["scopes/double_blocks.*.img_attn/errors"].mul_(2))
+    refused = cli("sign", str(path))
+    assert refused.returncode == 1 and "checksum" in refused.stderr
+    rewrite(path, lambda meta, header: header.update(pool=["reuse", "nonsense"]))
+    refused = cli("sign", str(path))
+    assert refused.returncode == 1 and "unknown solver" in refused.stderr
+
+
+@pytest.mark.parametrize("field, edit", [
+    ("intervals", lambda h: h.update(intervals=list(range(2, 100_002)))),
+    ("hyca", lambda h: h.update(intervals=list(range(2, 200_002)))),  # over a MiB of JSON: not even parsed
+    ("intervals", lambda h: h.update(intervals=[2, 3, 400])),
+    ("scopes", lambda h: h["scopes"].update({f"s{i}": {"features": []} for i in range(2000)})),
+    ("architecture.features", lambda h: h["architecture"].update(features=["f"] * 5000)),
+    ("provenance.schedules", lambda h: h["provenance"].update(schedules={str(i): {} for i in range(100)})),
+    ("provenance", lambda h: h["provenance"].update(notes="n" * 300_000)),
+    ("scopes", lambda h: h["scopes"].update({"s" * 1000: {"features": []}})),
+])
+def test_lists_beyond_what_a_sampler_uses_are_refused_by_name_at_once(solver_map, tmp_path, field, edit):
+    """Issue 24, item 3: a valid map of 200,000 intervals took the routes minutes."""
+    import time
+
+    path = rewrite(saved(solver_map, tmp_path), lambda meta, header: edit(header))
+    started = time.perf_counter()
+    expect(path, field, "")
+    assert time.perf_counter() - started < 1.0
 
 
 def test_closed_loop_record_is_described_and_malformed_entries_are_left_out(tmp_path):

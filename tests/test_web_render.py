@@ -36,6 +36,7 @@ def test_frontend_renders_the_servers_json(tmp_path, solver_map):
         "details-hostile.json": describe(hostile),
         "details-checked.json": describe(checked),
         "details-per-channel.json": describe(small_map(fit=False, channels=24, per_channel=True)),
+        "details-few-listed.json": describe(solver_map, scopes_listed=1),  # as a map of 49+ scopes is described
         "report.json": report.build("12", state, [row("positive", 8, 22), row("negative", 10, 20, recomputed=2)],
                                     "done", "p1"),
     }

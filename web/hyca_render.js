@@ -119,6 +119,9 @@ export function detailsHtml(d, chartUrl = null) {
         `<table><tr><th></th><th>solver per cluster</th><th>mse vs best single</th></tr>${rows.join("")}</table>`,
     );
   }
+  if (d.scopes_not_listed > 0) {
+    lines.push(`<div class="hyca-dim">+${d.scopes_not_listed} more scopes (python -m hyca_core.maps info lists all)</div>`);
+  }
   const checked = (d.verified || []).map((e) =>
     `N=${e.interval} ${e.kept === "map" ? "map" : `uniform ${esc(e.kept)}`} ${e.gain_db >= 0 ? "+" : ""}${Number(e.gain_db).toFixed(2)} dB`);
   if (checked.length) {

@@ -89,3 +89,11 @@ test("per-channel maps list solver counts", () => {
   const counts = Object.entries(d.scopes[0].intervals[0].solver_counts).map(([k, v]) => `${k}×${v}`).join(" ");
   assert.ok(shown.includes(counts), shown);
 });
+
+test("a map of more scopes than a page shows counts the rest", () => {
+  const d = fixture("details-few-listed.json");
+  assert.equal(d.scopes.length, 1);
+  const shown = text(detailsHtml(d));
+  assert.ok(shown.includes(`+${d.scopes_not_listed} more scopes`), shown);
+  assert.ok(d.scopes_not_listed > 0 && !text(detailsHtml(fixture("details.json"))).includes("more scopes"));
+});
