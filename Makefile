@@ -8,7 +8,7 @@ deps:
 	@$(PYTHON) -m pip install -q -e ".[test]"
 
 demo: deps
-	$(PYTHON) -m hyca_core.demo
+	$(PYTHON) -m hyca_core.reference.demo
 
 test: deps
 	$(PYTHON) -m pytest
@@ -20,7 +20,7 @@ bench: deps
 
 # Hybrid vs uniform weighted-sum cost on full-size FLUX features
 bench-engine: deps
-	$(PYTHON) -m hyca_core.bench
+	$(PYTHON) -m hyca_core.reference.bench
 
 # Integration tests against a real ComfyUI: COMFYUI_PATH=/path/to/ComfyUI COMFY_PYTHON=/path/to/its/python
 # (tools/comfyui_venv.sh builds a version's tree and venv; README, "Integration tests")

@@ -6,11 +6,11 @@ import logging
 
 from comfy_api.latest import io
 
-from ..hyca_core import families
-from ..hyca_core.auto import AutoCalibrateConfig
-from ..hyca_core.placement import calibrated_schedule
-from ..hyca_core.schedule import Schedule
-from ..hyca_core.solver_map import SolverMapMismatch, placements
+from ..hyca_core.model import families
+from ..hyca_core.calibrate.auto import AutoCalibrateConfig
+from ..hyca_core.calibrate.placement import calibrated_schedule
+from ..hyca_core.forecast.schedule import Schedule
+from ..hyca_core.maps import SolverMapMismatch, placements
 from . import map_folder
 from .fingerprint import model_fingerprint
 from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install

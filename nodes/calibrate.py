@@ -8,11 +8,12 @@ from datetime import datetime, timezone
 
 from comfy_api.latest import io
 
-from ..hyca_core import families
-from ..hyca_core.closed_loop import REFINE_LEVELS, expected_runs, held_out_seeds
-from ..hyca_core.procedure import Procedure, calibrate, guarantee_runs
-from ..hyca_core.session import CONFIG_KEY, ModuleMismatch, PlainConfig
-from ..hyca_core.solver_map import MAX_TEXT, save_solver_map
+from ..hyca_core.model import families
+from ..hyca_core.calibrate.closed_loop import REFINE_LEVELS, expected_runs, held_out_seeds
+from ..hyca_core.calibrate.procedure import Procedure, calibrate, guarantee_runs
+from ..hyca_core.model.session import CONFIG_KEY, ModuleMismatch, PlainConfig
+from ..hyca_core.maps.validation import MAX_TEXT
+from ..hyca_core.maps import save_solver_map
 from . import map_folder
 from .chart import calibration_chart
 from .apply import DEFAULT_GRANULARITY, SolverMapType

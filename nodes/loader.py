@@ -6,7 +6,7 @@ import os
 
 from comfy_api.latest import io
 
-from ..hyca_core.solver_map import SolverMapError, load_solver_map
+from ..hyca_core.maps import SolverMapError, load_solver_map
 
 from . import map_folder
 from .apply import SolverMapType

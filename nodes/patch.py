@@ -3,10 +3,10 @@
 - ``OUTER_SAMPLE`` wrapper: builds a fresh per-run state (``RunState``) from the node's config and
   clears it in ``finally`` (interrupted runs leave nothing behind); logs the run report and sends
   it to the browser for the HyCa Apply node that patched the model (``report``).
-- ``DIFFUSION_MODEL`` wrapper: hands each model call to ``hyca_core.session.evaluate`` (time from
+- ``DIFFUSION_MODEL`` wrapper: hands each model call to ``hyca_core.model.session.evaluate`` (time from
   sigmas, stream per cond uuids, full or predicted, NaN -> full recompute).
 - ``patches_replace["dit"]``: one ``BlockPatch`` per block.
-- object patches: the modules before the first block that forecasts skip (``hyca_core.skips``).
+- object patches: the modules before the first block that forecasts skip (``hyca_core.model.skips``).
 
 ComfyUI modules are imported inside functions only, never when the pack is imported.
 """
@@ -17,8 +17,8 @@ import logging
 
 import torch
 
-from ..hyca_core import routes, skips
-from ..hyca_core.session import (  # noqa: F401  (re-exported for the nodes and tests)
+from ..hyca_core.model import routes, skips
+from ..hyca_core.model.session import (  # noqa: F401  (re-exported for the nodes and tests)
     CONFIG_KEY, DEFAULT_SOLVER, FREE_MEMORY_SHARE, RUN_KEY, ApplyConfig, RunState, Schedule, anchors_still_needed,
     block_patches, evaluate, transformer_options,
 )
@@ -68,8 +68,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     # (model_management.get_free_memory's comment says to ask the ModelPatcher instead)
     state.free_memory = getattr(guider.model_patcher, "get_free_memory", None) or _comfy_free_memory
     state.allocating = _outside_malloc_graphs()
-    if hasattr(state, "timestep_of"):  # gates computed ahead need each future step's timestep
-        state.timestep_of = _timestep_of(guider.model_patcher)
+    state.timestep_of = _timestep_of(guider.model_patcher)  # gates computed ahead: each future step's timestep
     options[RUN_KEY] = state
     status = "failed"
     try:
@@ -86,7 +85,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         except Exception as exc:  # noqa: BLE001
             log.exception("HyCa: closing the run failed")
             rows = []
-            getattr(state, "notes", []).append(f"HyCa: closing the run failed ({type(exc).__name__}: {exc})")
+            state.notes.append(f"HyCa: closing the run failed ({type(exc).__name__}: {exc})")
         if options.get(report.NODE_KEY) is not None:
             try:
                 report.publish(options[report.NODE_KEY], state, rows, status, options.get(report.NOTES_KEY, ()))
@@ -130,7 +129,7 @@ def install(model_patcher, config, report_to=None, notes=()) -> None:
         model_patcher.add_object_patch(name, twin)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY, outer_sample_wrapper)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, diffusion_model_wrapper)
-    if config.family.unrouted is not None:  # read by the routing twins, not the model (hyca_core.routes)
+    if config.family.unrouted is not None:  # read by the routing twins, not the model (hyca_core.model.routes)
         options[routes.ROUTES_KEY] = dict(patches)
         return
     for (kind, i), patch in patches.items():

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Optional
 
-from ..hyca_core.solver_map import verified_text
+from ..hyca_core.maps import verified_text
 
 EVENT = "hyca.report"
 NODE_KEY = "hyca_report_node"  # transformer_options: id of the HyCa Apply node that gets the report

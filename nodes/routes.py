@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
-from ..hyca_core.solver_map import SolverMapError, describe, load_solver_map
+from ..hyca_core.maps import SolverMapError, describe, load_solver_map
 from . import map_folder, report, templates
 
 ROUTE = "/hyca/map"

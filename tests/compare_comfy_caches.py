@@ -74,9 +74,9 @@ def load_modules():
         "sample": "comfy.sample", "samplers": "comfy.samplers", "patcher": "comfy.model_patcher",
         "easycache": "comfy_extras.nodes_easycache",
         "apply": "comfyui_hyca.nodes.apply", "patch": "comfyui_hyca.nodes.patch",
-        "families": "comfyui_hyca.hyca_core.families", "procedure": "comfyui_hyca.hyca_core.procedure",
-        "session": "comfyui_hyca.hyca_core.session",
-        "metrics": "comfyui_hyca.hyca_core.metrics", "data": "comfyui_hyca.hyca_core.reference.data",
+        "families": "comfyui_hyca.hyca_core.model.families", "procedure": "comfyui_hyca.hyca_core.calibrate.procedure",
+        "session": "comfyui_hyca.hyca_core.model.session",
+        "metrics": "comfyui_hyca.hyca_core.reference.metrics", "data": "comfyui_hyca.hyca_core.reference.data",
         "pipeline": "comfyui_hyca.hyca_core.reference.pipeline", "wan": "comfyui_hyca.hyca_core.reference.wan",
         "frontier": "comfyui_hyca.hyca_core.reference.frontier", "sd": "comfy.sd",
     }
@@ -146,7 +146,7 @@ def sample(m, model, batch: Prompts, steps: int) -> torch.Tensor:
 
 
 def calibration_runner(m, kind, model, steps: int):
-    """``run(seed, config)`` for ``hyca_core.procedure`` through ComfyUI's sampler: seed ``s`` samples
+    """``run(seed, config)`` for ``hyca_core.calibrate.procedure`` through ComfyUI's sampler: seed ``s`` samples
     its own 8 prompts (the kind's prompts of seed 4242 + s) from its own noise, as the reference
     benchmark's runner does; the held-out prompts (seed 777) are never among them."""
 

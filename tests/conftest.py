@@ -2,7 +2,7 @@ import pytest
 import torch
 from support import small_map
 
-from hyca_core.solver_map import SolverMap
+from hyca_core.maps import SolverMap
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import struct
 import torch
 from safetensors.torch import save
 
-from hyca_core.solver_map import _checksum, _text_checksum
+from hyca_core.maps.format import _checksum, _text_checksum
 
 JSON_VALUES = [None, True, False, 0, -1, 1, 2, 3, 2 ** 31, 2 ** 63, -(2 ** 63), 1e308, -1e308, 1e-308, 0.5,
                "", "x", "flux", "module", "fit", "choose", "reuse", "\u0000", "é" * 3, "<script>alert(1)</script>",

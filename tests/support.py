@@ -1,8 +1,8 @@
 """Helpers shared by the tests (importable: tests/ is on pytest's pythonpath)."""
 
-from hyca_core.calibration import CalibrationConfig, Calibrator
-from hyca_core.solver_map import SolverMap
-from hyca_core.synthetic import mixture_trajectory
+from hyca_core.calibrate.open_loop import CalibrationConfig, Calibrator
+from hyca_core.maps import SolverMap
+from hyca_core.reference.synthetic import mixture_trajectory
 
 FEATURES = ("double_blocks.0.img_attn", "double_blocks.1.img_attn", "single_blocks.0.total")
 
@@ -42,8 +42,8 @@ def load_pack():
 def patched_options(model, granularity: str, family=None, existing=None, interval: int = 3, warmup: int = 2):
     """``transformer_options`` of a model under HyCa (block patches and a fresh run state), as
     ``nodes.patch.install`` and the OUTER_SAMPLE wrapper make them; and that run state."""
-    from hyca_core import families, session
-    from hyca_core.schedule import Schedule
+    from hyca_core.model import families, session
+    from hyca_core.forecast.schedule import Schedule
 
     family = family or families.detect(model)
     options = {"patches_replace": {"dit": session.block_patches(model, family, existing)}}

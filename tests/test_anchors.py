@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hyca_core.anchors import AnchorStore
-from hyca_core.solvers import MAX_ANCHORS
+from hyca_core.forecast.anchors import AnchorStore
+from hyca_core.forecast.solvers import MAX_ANCHORS
 
 
 def test_stores_copies_not_views():

@@ -2,11 +2,13 @@
 
 import torch
 
-from hyca_core import families
-from hyca_core.auto import AutoCalibrateConfig, sigmas_key
+from hyca_core.model import families
+from hyca_core.calibrate.auto import AutoCalibrateConfig, sigmas_key
 from hyca_core.reference.benchmark import cached_evaluator
 from hyca_core.reference.pipeline import flux_sigmas, load_reference, sample
-from hyca_core.schedule import Schedule
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.model.session import ApplyConfig, RunState
+from hyca_core.maps import load_solver_map
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -67,7 +69,7 @@ def test_a_map_that_cannot_be_written_never_costs_the_image_and_stops_calibratin
     again until the folder takes a map's size of file."""
     import errno
 
-    from hyca_core import auto
+    from hyca_core.calibrate import auto
 
     model = load_reference()
     family = families.detect(model)
@@ -110,3 +112,31 @@ def test_a_plain_file_where_the_folder_should_be_calibrates_nothing_and_says_so(
     out, rows, notes = run(model, config, 12)
     assert torch.equal(out, sample(model, PROMPTS, seed=3, steps=12)) and not config.writes
     assert any("auto is not a writable folder" in n for n in notes), notes
+
+
+def test_a_found_map_at_module_granularity_caches_exactly_as_a_plain_run(tmp_path):
+    """Issue 25: ``AutoState`` declared no ``prepare`` and took no ``timestep_of``, so a run cached
+    with a found map at ``module`` granularity never computed its gates ahead."""
+    model = load_reference()
+    family = families.detect(model)
+    schedule = Schedule(interval=3, warmup=2, cooldown=1)
+    config = AutoCalibrateConfig(family, "module", schedule, "f" * 64, families.architecture(model, family, "module"),
+                                 str(tmp_path))
+    run(model, config, 12)  # calibrates
+    cached, rows, _ = run(model, config, 12)
+    plain, plain_rows, _ = run(model, ApplyConfig(family, "module", schedule, load_solver_map(config.writes[0])), 12)
+    assert rows[0]["predicted"] > 0 and rows[0]["gates_ahead"] == rows[0]["predicted"]
+    assert torch.equal(cached, plain) and rows[0]["gates_ahead"] == plain_rows[0]["gates_ahead"]
+
+    timestep_of = lambda sigma: sigma  # noqa: E731
+    state = config.start(model)
+    state.free_memory = lambda device: 0
+    state.on_sigmas(flux_sigmas(12).tolist())  # decides: cached with the map
+    state.timestep_of = timestep_of  # set after deciding: handed on as well
+    inner = state.inner
+    assert isinstance(inner, RunState) and state.lock is inner.lock is None and not state.passthrough
+    assert inner.timestep_of is timestep_of and inner.free_memory is state.free_memory
+    calibrating = AutoCalibrateConfig(family, "module", schedule, "e" * 64, config.architecture,
+                                      str(tmp_path)).start(model)
+    calibrating.on_sigmas(flux_sigmas(12).tolist())
+    assert calibrating.lock is calibrating.inner.lock is not None  # one calibration evaluation at a time

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from hyca_core import blocks, families
-from hyca_core import session as patch
-from hyca_core.schedule import Schedule
+from hyca_core.model import blocks, families
+from hyca_core.model import session as patch
+from hyca_core.forecast.schedule import Schedule
 
 D = 16
 

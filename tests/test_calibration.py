@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from hyca_core.calibration import CalibrationConfig, CalibrationError, Calibrator
-from hyca_core.predictor import HybridPredictor
-from hyca_core.schedule import Schedule
-from hyca_core.solver_map import SolverMap, load_solver_map, save_solver_map
-from hyca_core.solvers import DEFAULT_POOL, solver_weights
-from hyca_core.synthetic import mixture_trajectory, replay
+from hyca_core.calibrate.open_loop import CalibrationConfig, CalibrationError, Calibrator
+from hyca_core.forecast.predictor import HybridPredictor
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.maps import SolverMap, load_solver_map, save_solver_map
+from hyca_core.forecast.solvers import DEFAULT_POOL, solver_weights
+from hyca_core.reference.synthetic import mixture_trajectory, replay
 
 FEATURE = "blocks.0.attn"
 SCOPE = "blocks.*.attn"
@@ -321,11 +321,11 @@ def test_fit_is_not_kept_without_held_out_evidence():
 def test_missing_scikit_learn_fails_before_any_sampling_run_with_the_install_command(monkeypatch):
     import sys
 
-    from hyca_core import families
-    from hyca_core.auto import AutoCalibrateConfig
-    from hyca_core.calibration import CalibrationError
-    from hyca_core.procedure import Procedure, calibrate
-    from hyca_core.schedule import Schedule
+    from hyca_core.model import families
+    from hyca_core.calibrate.auto import AutoCalibrateConfig
+    from hyca_core.calibrate.open_loop import CalibrationError
+    from hyca_core.calibrate.procedure import Procedure, calibrate
+    from hyca_core.forecast.schedule import Schedule
 
     monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn -> ImportError
     monkeypatch.setitem(sys.modules, "sklearn.cluster", None)

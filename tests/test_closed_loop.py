@@ -9,15 +9,12 @@ import math
 import pytest
 import torch
 
-from hyca_core import families
-from hyca_core.closed_loop import (
-    REFINE_LEVELS, Judge, candidates, clear_gain, closed_loop, expected_runs, item_snr_db, paired_gain, refine,
-    snr_db, uniform_candidates, verify, with_solver, with_uniform,
-)
-from hyca_core.predictor import FittedRule
-from hyca_core.session import DEFAULT_SOLVER
-from hyca_core.solver_map import validate_map
-from hyca_core.solvers import get_solver
+from hyca_core.model import families
+from hyca_core.calibrate.closed_loop import REFINE_LEVELS, Judge, candidates, clear_gain, closed_loop, expected_runs, item_snr_db, paired_gain, refine, snr_db, uniform_candidates, verify, with_solver, with_uniform
+from hyca_core.forecast.predictor import FittedRule
+from hyca_core.model.session import DEFAULT_SOLVER
+from hyca_core.maps import validate_map
+from hyca_core.forecast.solvers import get_solver
 from support import small_map
 
 FLUX = families.FAMILIES["Flux"]
@@ -299,7 +296,7 @@ def test_verify_keeps_a_uniform_solver_when_no_seed_tells_it_from_the_map():
 
 
 def test_procedure_seeds_never_overlap():
-    from hyca_core.procedure import Procedure
+    from hyca_core.calibrate.procedure import Procedure
 
     for level in ("fast", "thorough"):
         p = Procedure(steps=12, runs=2, seed=10, refine=level)

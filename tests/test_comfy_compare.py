@@ -9,7 +9,7 @@ from comfy_env import require_comfyui
 require_comfyui()
 
 import compare_comfy_caches  # noqa: E402
-from hyca_core.schedule import Schedule  # noqa: E402
+from hyca_core.forecast.schedule import Schedule  # noqa: E402
 
 STEPS = 8
 

@@ -21,10 +21,10 @@ pack = load_pack()
 apply_node = importlib.import_module("comfyui_hyca.nodes.apply")
 loader_node = importlib.import_module("comfyui_hyca.nodes.loader")
 calibrate_node = importlib.import_module("comfyui_hyca.nodes.calibrate")
-families = importlib.import_module("comfyui_hyca.hyca_core.families")
+families = importlib.import_module("comfyui_hyca.hyca_core.model.families")
 patch = importlib.import_module("comfyui_hyca.nodes.patch")
 map_folder = importlib.import_module("comfyui_hyca.nodes.map_folder")
-solver_map_mod = importlib.import_module("comfyui_hyca.hyca_core.solver_map")
+solver_map_mod = importlib.import_module("comfyui_hyca.hyca_core.maps.format")
 
 FAMILIES = ["flux", "qwen_image", "hunyuan_video", "wan", "chroma"]
 STEPS = 16
@@ -145,8 +145,8 @@ def test_forecasts_use_gates_computed_ahead_and_read_no_modulation(setup, browse
     sigma_i+1: both are steps, so the plan serves both. With weights ComfyUI streams (simulated: the
     CPU has nowhere to stream from) the plan rides along with each block's own modulation call."""
     modules = modulation_modules(setup["model"].model.diffusion_model)
-    session = importlib.import_module("comfyui_hyca.hyca_core.session")
-    blocks = importlib.import_module("comfyui_hyca.hyca_core.blocks")
+    session = importlib.import_module("comfyui_hyca.hyca_core.model.session")
+    blocks = importlib.import_module("comfyui_hyca.hyca_core.model.blocks")
     monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: streamed)
     prepare, evaluations, calls = session.RunState.prepare, [], []
 
@@ -195,9 +195,9 @@ def test_forecasts_skip_the_modules_before_the_first_block_they_do_not_need(setu
     comfy.model_management.unload_all_models()  # an earlier test's HyCa model may still be loaded
     originals = {s.attr: getattr(diffusion_model, s.attr) for s in family.skips}
     inner = {attr: next(m for m in module.modules() if isinstance(m, torch.nn.Linear)) for attr, module in originals.items()}
-    session = importlib.import_module("comfyui_hyca.hyca_core.session")
-    blocks = importlib.import_module("comfyui_hyca.hyca_core.blocks")
-    skips = importlib.import_module("comfyui_hyca.hyca_core.skips")
+    session = importlib.import_module("comfyui_hyca.hyca_core.model.session")
+    blocks = importlib.import_module("comfyui_hyca.hyca_core.model.blocks")
+    skips = importlib.import_module("comfyui_hyca.hyca_core.model.skips")
     monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: streamed)
     monkeypatch.setattr(skips, "weights_streamed", lambda module, device: streamed)
     prepare, evaluations, calls = session.RunState.prepare, [], []
@@ -366,7 +366,7 @@ def test_no_report_without_a_node_id(setup, browser):
 def test_nan_prediction_is_recomputed_fully(setup, monkeypatch, caplog):
     model = hyca(setup["model"], interval=4, warmup=3)
     clean = sample(model, setup)
-    predictor = importlib.import_module("comfyui_hyca.hyca_core.predictor")
+    predictor = importlib.import_module("comfyui_hyca.hyca_core.forecast.predictor")
     original = predictor.HybridPredictor.predict
     monkeypatch.setattr(predictor.HybridPredictor, "predict",
                         lambda self, *a, **k: original(self, *a, **k) * float("nan"))
@@ -563,7 +563,7 @@ def test_map_for_another_family_is_refused(setup):
     from support import small_map
 
     other = "qwen_image" if setup["family"] != "qwen_image" else "flux"
-    m = importlib.import_module("comfyui_hyca.hyca_core.solver_map").SolverMap
+    m = importlib.import_module("comfyui_hyca.hyca_core.maps.format").SolverMap
     foreign = small_map()
     foreign = m(**{**foreign.__dict__, "family": other})
     with pytest.raises(solver_map_mod.SolverMapMismatch, match=f"family '{other}', the model is '{setup['family']}'"):
@@ -794,7 +794,7 @@ def test_calibrating_a_block_hyca_cannot_split_falls_back_to_block(maps_dir, mon
 def test_free_memory_is_asked_of_the_model_patcher_where_it_can_tell(monkeypatch):
     """Newer ComfyUI's ModelPatcher.get_free_memory counts VRAM that Dynamic VRAM would free
     (comfy/model_patcher.py at 08d0e510; 0.26 has it); 0.3.64's has none and model_management answers."""
-    session = importlib.import_module("comfyui_hyca.hyca_core.session")
+    session = importlib.import_module("comfyui_hyca.hyca_core.model.session")
     seen = []
     monkeypatch.setattr(session.RunState, "close", lambda self, status="done": seen.append(self.free_memory) or [])
     s = dict(pos=conditioning("flux", 1), neg=conditioning("flux", 2), latent=latent("flux"))

@@ -3,7 +3,7 @@ Qwen-Image-Edit-2511, HunyuanVideo 1.5, Wan 2.2 5B, Z-Image, Kandinsky 5), tiny 
 its own detection and sampled with ``comfy.sample.sample`` on the CPU, at every granularity the
 README claims for them. A family this ComfyUI cannot load is skipped, naming it.
 
-Z-Image (NextDiT) and Kandinsky 5 are reached through HyCa's routing twins (``hyca_core.routes``):
+Z-Image (NextDiT) and Kandinsky 5 are reached through HyCa's routing twins (``hyca_core.model.routes``):
 NextDiT has no ``patches_replace["dit"]`` lookup, and Kandinsky 5's own "dit" route is broken in 0.26.
 """
 
@@ -110,7 +110,7 @@ def test_forecasts_skip_every_block_and_stay_close(setup, granularity, caplog):
 
 
 def test_blocks_reached_without_the_dit_route_are_named_at_apply(setup, caplog):
-    family = importlib.import_module("comfyui_hyca.hyca_core.families").detect(
+    family = importlib.import_module("comfyui_hyca.hyca_core.model.families").detect(
         setup["model"].model.diffusion_model, generic=True)
     with caplog.at_level(logging.INFO, logger="hyca"):
         model = hyca(setup["model"], "block")

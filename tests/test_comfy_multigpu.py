@@ -59,7 +59,7 @@ ENDS = {"flux": ("img_in", "final_layer"), "wan": ("patch_embedding", "head"), "
 def timed(patchers, family, state_type=None):
     """(thread, start, end) of every evaluation of these patchers' models (with ``state_type``: only
     those made under that kind of HyCa run state)."""
-    session = importlib.import_module("comfyui_hyca.hyca_core.session")
+    session = importlib.import_module("comfyui_hyca.hyca_core.model.session")
     spans, handles, started = [], [], {}
     first, last = ENDS[family]
     for patcher in patchers:
@@ -147,8 +147,8 @@ def test_calibrating_under_cfg_split_is_one_calibration_of_both_devices(two_devi
     sum of statistics (kept on one device), and give the map one device gives."""
     alone = calibrate(tiny("flux"), "one-device")
     model = multigpu.create_multigpu_deepclones(tiny("flux"), 2)
-    session = importlib.import_module("comfyui_hyca.hyca_core.session")
-    spans, handles = timed([model, *model.get_additional_models_with_key("multigpu")], "flux", session.CalibrationState)
+    taps = importlib.import_module("comfyui_hyca.hyca_core.calibrate.taps")
+    spans, handles = timed([model, *model.get_additional_models_with_key("multigpu")], "flux", taps.CalibrationState)
     try:
         split = calibrate(model, "two-devices")
     finally:

@@ -15,8 +15,8 @@ from comfy_env import require_comfyui
 require_comfyui()
 
 from comfy_server import apply_prompt  # noqa: E402
-from hyca_core.session import DEFAULT_SOLVER  # noqa: E402
-from hyca_core.solver_map import load_solver_map, save_solver_map  # noqa: E402
+from hyca_core.model.session import DEFAULT_SOLVER  # noqa: E402
+from hyca_core.maps import load_solver_map, save_solver_map  # noqa: E402
 
 MAP = "tiny-flux.safetensors"
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def test_routes_refuse_a_map_with_unshowable_text_clearly(server, kind, words):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from hyca_core.solver_map import _checksum, _text_checksum
+    from hyca_core.maps.format import _checksum, _text_checksum
 
     with safe_open(str(server.maps_dir / MAP), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
@@ -327,7 +327,7 @@ def write_variant(server, name: str, edit_header=None, edit_meta=None, sign: boo
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from hyca_core.solver_map import _checksum, _text_checksum
+    from hyca_core.maps.format import _checksum, _text_checksum
 
     with safe_open(str(server.maps_dir / MAP), "pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
@@ -358,8 +358,8 @@ def test_concurrent_requests_for_a_large_map_parse_it_once(server):
     import threading
     import urllib.request
 
-    from hyca_core.solver_map import ScopeAssignment, SolverMap
-    from hyca_core.solvers import MAX_ANCHORS
+    from hyca_core.maps import ScopeAssignment, SolverMap
+    from hyca_core.forecast.solvers import MAX_ANCHORS
 
     if not os.path.exists(f"/proc/{server.process.pid}/status"):
         pytest.skip("reads the server's memory from /proc (Linux)")
@@ -421,7 +421,7 @@ def test_a_map_of_absurd_lists_is_refused_at_once_with_a_short_answer(server, ki
 
     from safetensors.torch import save_file
 
-    from hyca_core.solver_map import _checksum, _text_checksum
+    from hyca_core.maps.format import _checksum, _text_checksum
 
     channels, pool = 16, ["reuse", "taylor1"]
     if kind.endswith("intervals"):

@@ -15,11 +15,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from hyca_core import blocks, families, session
+from hyca_core.model import blocks, families, session
 from hyca_core.reference.model import Flux, FluxConfig
 from hyca_core.reference.pipeline import flux_sigmas
-from hyca_core.schedule import Schedule
-from hyca_core.session import ApplyConfig
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.model.session import ApplyConfig
 
 STEPS = 10
 
@@ -127,8 +127,8 @@ def tensors_in(obj, seen=None):
 
 
 def test_calibration_statistics_are_allocated_outside_the_malloc_graph(model):
-    from hyca_core.calibration import CalibrationConfig, Calibrator
-    from hyca_core.session import CalibrateConfig
+    from hyca_core.calibrate.open_loop import CalibrationConfig, Calibrator
+    from hyca_core.calibrate.taps import CalibrateConfig
 
     family = families.detect(model)
     patches = session.block_patches(model, family)

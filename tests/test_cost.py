@@ -8,14 +8,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hyca_core import families
+from hyca_core.model import families
 from hyca_core.reference import cost
 from hyca_core.reference.benchmark import cached_evaluator
 from hyca_core.reference.model import Flux
 from hyca_core.reference.pipeline import flux_sigmas
 from hyca_core.reference.speed import TINY
-from hyca_core.schedule import Schedule
-from hyca_core.session import ApplyConfig
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.model.session import ApplyConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from comfy_env import comfyui_path
-from hyca_core.session import DEFAULT_SOLVER
+from hyca_core.model.session import DEFAULT_SOLVER
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))

@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 import torch
 
-from hyca_core import families
+from hyca_core.model import families
 from torch import nn
-from hyca_core import session as patch
+from hyca_core.model import session as patch
 from support import patched_options, step_options
 from test_blocks import SIGMAS, Flux, inputs, reference
 
@@ -101,7 +101,7 @@ def test_per_frame_gates_broadcast_per_sample():
     x = torch.randn(2, 6, 4)
     gate = torch.randn(2, 3, 4)  # (batch, frames, channels)
     dims = [(0, 2, 0), (2, 4, 1), (4, 6, 2)]
-    out = families._gate(x.clone(), gate, dims)
+    out = families.base.apply_gate(x.clone(), gate, dims)
     for start, end, frame in dims:
         for b in range(2):
             assert torch.allclose(out[b, start:end], x[b, start:end] * gate[b, frame])

@@ -18,7 +18,7 @@ from comfy_env import require_comfyui
 require_comfyui()
 
 from comfy_server import ComfyServer  # noqa: E402
-from hyca_core.session import DEFAULT_SOLVER  # noqa: E402
+from hyca_core.model.session import DEFAULT_SOLVER  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))

@@ -9,8 +9,8 @@ import pytest
 import torch
 from support import load_pack, small_map
 
-from hyca_core.schedule import Schedule
-from hyca_core.solver_map import describe, summarize
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.maps import describe, summarize
 
 pack = load_pack()
 from comfyui_hyca.nodes import chart, report, routes  # noqa: E402

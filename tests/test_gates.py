@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hyca_core import families, gates, session
+from hyca_core.model import families, gates, session
 from hyca_core.reference.model import Flux, FluxConfig
 from hyca_core.reference.pipeline import flux_sigmas
-from hyca_core.schedule import Schedule
-from hyca_core.session import ApplyConfig
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.model.session import ApplyConfig
 
 STEPS = 12
 
@@ -91,7 +91,7 @@ def test_a_vec_other_than_the_planned_one_computes_its_gates_on_the_step(model):
 
 def test_a_wrong_vec_path_is_never_used(model):
     family = families.detect(model)
-    wrong = lambda m, call, sigmas: (lambda t, step: family.vec_path(m, call, sigmas)(t * 1.01, step))  # noqa: E731
+    wrong = lambda m, call: (lambda t, step: family.vec_path(m, call)(t * 1.01, step))  # noqa: E731
     ahead, stats, _ = run(model, replace(family, vec_path=wrong))
     on_step, _, _ = run(model, on_the_step(model))
     assert stats.gates_ahead == 0 and sum(stats.gates_on_step.values()) == stats.predicted
@@ -156,7 +156,7 @@ def test_streamed_weights_plan_along_with_the_blocks_own_call(model, monkeypatch
     """Weights ComfyUI streams are read once per full step: the planned rows ride along with the
     block's own modulation call. Resident ones are read again in a separate call, and the full
     step stays bit for bit the block's."""
-    from hyca_core import blocks
+    from hyca_core.model import blocks
 
     monkeypatch.setattr(blocks, "weights_streamed", lambda module, device: streamed)
     on_step, _, _ = run(model, on_the_step(model))
@@ -195,7 +195,7 @@ def test_a_modulation_that_refuses_the_extra_rows_runs_as_it_is(monkeypatch):
     """Streamed weights, and a modulation module that takes only the batch it was built for: the
     block runs again without the extra rows, the run goes on, and its forecasts compute their own
     gates (the same images)."""
-    from hyca_core import blocks
+    from hyca_core.model import blocks
 
     torch.manual_seed(0)
     model = Flux(FluxConfig(guidance_embed=True, depth=1, depth_single_blocks=1)).eval().requires_grad_(False)
@@ -215,7 +215,7 @@ def test_a_modulation_that_refuses_the_extra_rows_runs_as_it_is(monkeypatch):
 def test_model_calls_are_read_by_name_through_the_models_signature():
     """ComfyUI's models hand their DIFFUSION_MODEL wrapper their ``_forward``'s arguments by
     position, in an order that changes between versions (HunyuanVideo gained ``clip_fea``)."""
-    from hyca_core.vec_paths import ModelCall
+    from hyca_core.model.vec_paths import ModelCall
 
     def _forward(x, timestep, context, y=None, txt_byt5=None, clip_fea=None, guidance=None, transformer_options={},
                  **kwargs):

@@ -18,7 +18,7 @@ import torch
 from map_mutants import mutants
 from support import load_pack, small_map
 
-from hyca_core.solver_map import SolverMapError, load_solver_map, placements, save_solver_map, summarize
+from hyca_core.maps import SolverMapError, load_solver_map, placements, save_solver_map, summarize
 
 load_pack()
 chart = importlib.import_module("comfyui_hyca.nodes.chart")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from support import load_pack, small_map
 
-from hyca_core.solver_map import save_solver_map
+from hyca_core.maps import save_solver_map
 
 load_pack()
 from comfyui_hyca.nodes import routes  # noqa: E402

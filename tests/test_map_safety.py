@@ -12,9 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from support import small_map
 
-from hyca_core.solver_map import (
-    MAX_FILE_BYTES, MAX_JSON_DEPTH, SolverMapError, _checksum, _text_checksum, load_solver_map, save_solver_map,
-)
+from hyca_core.maps.files import MAX_FILE_BYTES
+from hyca_core.maps.validation import MAX_JSON_DEPTH
+from hyca_core.maps import SolverMapError, load_solver_map, save_solver_map
+from hyca_core.maps.format import _checksum, _text_checksum
 
 
 @pytest.fixture

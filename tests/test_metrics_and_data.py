@@ -7,7 +7,7 @@ import zlib
 import pytest
 import torch
 
-from hyca_core.metrics import psnr, ssim
+from hyca_core.reference.metrics import psnr, ssim
 from hyca_core.reference.data import POSITIONS, Scene, TextEncoder, decode, encode, render, scenes
 from hyca_core.reference.pipeline import flux_sigmas
 from hyca_core.reference.png import grid, write_png

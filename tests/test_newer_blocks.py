@@ -23,8 +23,8 @@ import pytest
 import torch
 from torch import nn
 
-from hyca_core import families
-from hyca_core import session as patch
+from hyca_core.model import families
+from hyca_core.model import session as patch
 from support import patched_options, step_options
 
 D = 16

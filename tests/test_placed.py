@@ -5,9 +5,9 @@ where the run is that placement."""
 import pytest
 import torch
 
-from hyca_core.placed import PlacedCalibrator
-from hyca_core.predictor import HybridPredictor, PlacedRule, Where
-from hyca_core.solvers import MAX_ANCHORS, weights_for
+from hyca_core.calibrate.placed import PlacedCalibrator
+from hyca_core.forecast.predictor import HybridPredictor, PlacedRule, Where
+from hyca_core.forecast.solvers import MAX_ANCHORS, weights_for
 
 FULL = (0, 3, 6, 9)
 STEPS = 12
@@ -80,7 +80,7 @@ def test_a_placed_rule_applies_only_on_its_placement():
     table = [[1.0, 0.0, 0.0, 0.0] for _ in range(STEPS)]
     table[7] = [1.5, -0.2, -0.3, 0.0]  # three anchors held at step 7: 6, 3, 0
     rule = PlacedRule(STEPS, FULL, tuple(tuple(r) for r in table), "taylor1")
-    from hyca_core.predictor import Where
+    from hyca_core.forecast.predictor import Where
 
     assert rule.weights(1.0, (3.0, 3.0), Where(7.0, STEPS)) == (1.5, -0.2, -0.3)
     # another step count, an in-between evaluation, other anchors: the fallback

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from hyca_core.placement import calibrated_schedule, fixed_placements, interval_for, neighbours, search
-from hyca_core.runtime import CacheStream, PredictorBank
-from hyca_core.schedule import Schedule
-from hyca_core.predictor import HybridPredictor
+from hyca_core.calibrate.placement import calibrated_schedule, fixed_placements, interval_for, neighbours, search
+from hyca_core.forecast.stream import CacheStream, PredictorBank
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.forecast.predictor import HybridPredictor
 
 
 def test_a_calibrated_schedule_computes_exactly_its_full_steps():
@@ -32,7 +32,7 @@ def test_a_placement_sampled_at_another_step_count_says_where_its_full_steps_mov
     """Issue 24, item 4: the rescaling was silent, and at few steps two full steps fall on one."""
     from support import small_map
 
-    from hyca_core.session import ApplyConfig
+    from hyca_core.model.session import ApplyConfig
 
     m = small_map()
     m.source = "/maps/placed.safetensors"
@@ -133,9 +133,9 @@ class PlacementRunner:
 
 
 def guarantee(errors, searched=(0, 3, 9, 11)):
-    from hyca_core import families
-    from hyca_core.closed_loop import Judge
-    from hyca_core.procedure import Procedure, placement_guarantee
+    from hyca_core.model import families
+    from hyca_core.calibrate.closed_loop import Judge
+    from hyca_core.calibrate.procedure import Procedure, placement_guarantee
     from support import small_map
 
     m = small_map(fit=False)
@@ -149,16 +149,16 @@ def test_a_calibrated_placement_keeps_the_map_where_it_leads_on_held_out_seeds()
     m, entry, runner = guarantee({("map", (0, 3, 9, 11)): 0.001})
     assert entry["full_steps"] == [0, 3, 9, 11] and "solver" not in entry and entry["kept"] == "map"
     # only held-out seeds were sampled, never the calibration seed
-    from hyca_core.procedure import Procedure
+    from hyca_core.calibrate.procedure import Procedure
 
     assert {seed for seed, _, _ in runner.calls} == set(Procedure(steps=12, runs=1, refine="fast").verify_seeds)
 
 
 def test_a_calibrated_placement_takes_a_uniform_solver_at_the_spread_placement_that_beats_the_map():
-    from hyca_core.schedule import spread_positions
-    from hyca_core.session import ApplyConfig
-    from hyca_core import families
-    from hyca_core.solver_map import placements
+    from hyca_core.forecast.schedule import spread_positions
+    from hyca_core.model.session import ApplyConfig
+    from hyca_core.model import families
+    from hyca_core.maps import placements
 
     spread = spread_positions(12, 4)
     assert spread != (0, 3, 9, 11)
@@ -186,7 +186,7 @@ def test_a_uniform_solver_only_level_with_the_map_is_kept_over_it():
 
 
 def test_a_placement_naming_an_unknown_solver_is_left_out():
-    from hyca_core.solver_map import placements
+    from hyca_core.maps import placements
     from support import small_map
 
     m = small_map(fit=False)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hyca_core.predictor import FittedRule, HybridPredictor, weighted_sum
-from hyca_core.solvers import solver_weights
+from hyca_core.forecast.predictor import FittedRule, HybridPredictor, weighted_sum
+from hyca_core.forecast.solvers import solver_weights
 
 
 def anchors(shape, dtype=torch.float32, seed=0):

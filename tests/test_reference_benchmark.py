@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from hyca_core import families
+from hyca_core.model import families
 from hyca_core.reference import Flux, FluxConfig
 from hyca_core.reference.benchmark import Bench, Setting, cached_evaluator, calibrate, markdown
 from hyca_core.reference.pipeline import sample
-from hyca_core.schedule import Schedule
-from hyca_core.session import ApplyConfig
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.model.session import ApplyConfig
 
 PROMPTS = ["a small red circle at the center on a dark background", "a large blue square at the top left on a gray background"]
 
@@ -89,8 +89,8 @@ def test_quality_vs_speedup_plot(tmp_path):
 
 
 def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
-    from hyca_core import demo
-    from hyca_core.solver_map import load_solver_map
+    from hyca_core.reference import demo
+    from hyca_core.maps import load_solver_map
 
     assert demo.main(["--out", str(tmp_path), "--steps", "10", "--pairs", "4", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
@@ -104,7 +104,7 @@ def test_demo_runs_on_the_bundled_weights(tmp_path, capsys):
 
 
 def test_demo_says_where_hyca_does_not_win():
-    from hyca_core.demo import timing_note, verdicts
+    from hyca_core.reference.demo import timing_note, verdicts
 
     rows = [{"method": "HyCa", "N": 4, "psnr": 40.0, "full": 15, "wall_speedup": 2.0},
             {"method": "TaylorSeer", "N": 4, "psnr": 41.0, "full": 15, "wall_speedup": 2.1},

@@ -3,7 +3,7 @@
 import json
 
 from hyca_core.reference import defaults, frontier
-from hyca_core.schedule import spread_positions
+from hyca_core.forecast.schedule import spread_positions
 
 
 def test_every_candidate_is_scored_at_every_budget_on_its_spread_placement(tmp_path):

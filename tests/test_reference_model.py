@@ -92,9 +92,9 @@ def test_same_weights_same_outputs_in_comfyui_flux(model):
 
 @pytest.mark.parametrize("granularity", ["module", "block", "stack"])
 def test_every_hyca_granularity_runs_on_it_without_comfyui(model, granularity):
-    from hyca_core import families
-    from hyca_core import session as patch
-    from hyca_core.schedule import Schedule
+    from hyca_core.model import families
+    from hyca_core.model import session as patch
+    from hyca_core.forecast.schedule import Schedule
 
     schedule = Schedule(interval=3, warmup=2)
     family = families.detect(model)

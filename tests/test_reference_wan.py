@@ -5,12 +5,12 @@ ComfyUI) identical outputs from the same weights loaded through ComfyUI's own ch
 import pytest
 import torch
 
-from hyca_core import families
-from hyca_core import session as patch
+from hyca_core.model import families
+from hyca_core.model import session as patch
 from hyca_core.reference import textures
 from hyca_core.reference.pipeline import discrete_flow_sigmas, kind_of, sample
 from hyca_core.reference.wan import WanConfig, WanModel, comfy_state_dict, pad_context
-from hyca_core.schedule import Schedule
+from hyca_core.forecast.schedule import Schedule
 
 CONFIG = WanConfig(dim=128, ffn_dim=256, num_layers=2, text_dim=32)
 

@@ -1,4 +1,4 @@
-"""Blocks HyCa routes itself (``hyca_core.routes``), on a small module that follows Qwen-Image 2.1
+"""Blocks HyCa routes itself (``hyca_core.model.routes``), on a small module that follows Qwen-Image 2.1
 (comfy/ldm/qwen_image21/model.py at 08f68f09 of Comfy-Org/ComfyUI, newer than 0.26; read, not
 copied): one list of single-stream blocks called as ``block(x, mod, pe, attn_fn, prefix_len,
 transformer_options)`` with the residual added in place, and a cache of the text rows' K/V that is
@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from hyca_core import families, routes
-from hyca_core import session
-from hyca_core.schedule import Schedule
+from hyca_core.model import families, routes
+from hyca_core.model import session
+from hyca_core.forecast.schedule import Schedule
 from support import step_options
 
 D, TEXT, IMAGE, BLOCKS, STEPS = 16, 5, 12, 4, 12

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from hyca_core.predictor import HybridPredictor
-from hyca_core.runtime import CacheRun, PredictorBank, pooled_scope
-from hyca_core.schedule import Schedule, step_coordinate
-from hyca_core.solvers import solver_weights
+from hyca_core.forecast.predictor import HybridPredictor
+from hyca_core.forecast.stream import CacheRun, PredictorBank, pooled_scope
+from hyca_core.forecast.schedule import Schedule, step_coordinate
+from hyca_core.forecast.solvers import solver_weights
 
 
 def bank(solver="taylor1"):

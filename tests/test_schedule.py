@@ -2,7 +2,7 @@
 
 import pytest
 
-from hyca_core.schedule import Schedule, spread_positions, step_coordinate
+from hyca_core.forecast.schedule import Schedule, spread_positions, step_coordinate
 
 
 def test_taylorseer_pattern_and_paper_flops():

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from hyca_core import families
+from hyca_core.model import families
 from hyca_core.reference.benchmark import Setting, reference_runner
 from hyca_core.reference.pipeline import load_reference
-from hyca_core.sensitivity import ProbeConfig, measure, probe_steps, step_weights
+from hyca_core.experimental.sensitivity import ProbeConfig, measure, probe_steps, step_weights
 
 STEPS = 8
 

@@ -1,4 +1,4 @@
-"""The skipping twins of modules before the first block (``hyca_core.skips``): one module seen two
+"""The skipping twins of modules before the first block (``hyca_core.model.skips``): one module seen two
 ways, so that parameter names, weights and hooks are the original's; the original's forward
 whenever no HyCa forecast is running; a forecast gets zeros of the full step's output shape (what
 it feeds is skipped) or, for a module whose output it needs, the output computed ahead."""
@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from hyca_core import skips
-from hyca_core.gates import GatePlan, Planning
+from hyca_core.forecast.stream import StreamBase
+from hyca_core.model import skips
+from hyca_core.model.gates import GatePlan, Planning
 
 
 class Model(nn.Module):
@@ -110,7 +111,7 @@ def test_calibration_and_other_callers_get_the_module_as_it_is():
     model = Model()
     x = torch.randn(2, 3, 4)
     with skips.installed(model, SKIPS):
-        for ctx in (SimpleNamespace(stream=SimpleNamespace(), full=False, failed=False, granularity="module"),  # a calibration tap
+        for ctx in (SimpleNamespace(stream=StreamBase(), full=False, failed=False, granularity="module"),  # a calibration tap
                     context(False, granularity="off")):
             with evaluating(ctx):
                 assert torch.equal(model.text_embedding(x), model.text_embedding.hyca_original(x))

@@ -12,11 +12,9 @@ from support import small_map
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hyca_core.predictor import FittedRule
-from hyca_core.solver_map import (
-    FORMAT_NAME, SolverMapError, SolverMapMismatch, _checksum, _text_checksum, load_solver_map, save_solver_map, summarize,
-    uniform_predictors,
-)
+from hyca_core.forecast.predictor import FittedRule
+from hyca_core.maps import FORMAT_NAME, SolverMapError, SolverMapMismatch, load_solver_map, save_solver_map, summarize, uniform_predictors
+from hyca_core.maps.format import _checksum, _text_checksum
 
 
 def test_save_load_round_trip_is_bit_exact(solver_map, tmp_path):
@@ -326,7 +324,7 @@ def test_lists_beyond_what_a_sampler_uses_are_refused_by_name_at_once(solver_map
 
 
 def test_closed_loop_record_is_described_and_malformed_entries_are_left_out(tmp_path):
-    from hyca_core.solver_map import describe, summarize, verified, verified_text
+    from hyca_core.maps import describe, summarize, verified, verified_text
 
     m = small_map()
     m.provenance["closed_loop"] = {"intervals": {

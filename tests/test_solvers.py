@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from hyca_core.solvers import DEFAULT_POOL, SOLVERS, UnknownSolverError, get_solver, resolve, solver_weights, weights_for
+from hyca_core.forecast.solvers import DEFAULT_POOL, SOLVERS, UnknownSolverError, get_solver, resolve, solver_weights, weights_for
 
 SPACINGS = [(1.0, 1.0), (6.0, 6.0), (7.0, 1.0), (3.0, 5.0), (2.5, 0.5)]
 OFFSETS = [0.5, 1.0, 2.0, 3.0, 5.5]

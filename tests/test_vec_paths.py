@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from hyca_core import families, session
+from hyca_core.model import families, session
 from hyca_core.reference.model import Flux, FluxConfig, MLPEmbedder
 from hyca_core.reference.pipeline import flux_sigmas
-from hyca_core.schedule import Schedule
-from hyca_core.vec_paths import timestep_embedding
+from hyca_core.forecast.schedule import Schedule
+from hyca_core.model.vec_paths import timestep_embedding
 import test_newer_blocks as newer_blocks
 from test_newer_blocks import D
 

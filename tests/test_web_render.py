@@ -11,7 +11,7 @@ import pytest
 from support import load_pack, small_map
 from test_frontend_data import fake_state, row
 
-from hyca_core.solver_map import describe
+from hyca_core.maps import describe
 
 pack = load_pack()
 from comfyui_hyca.nodes import report  # noqa: E402

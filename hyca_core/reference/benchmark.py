@@ -25,20 +25,21 @@ from typing import Optional
 
 import torch
 
-from .. import families
-from ..metrics import psnr, ssim
-from ..schedule import Schedule
-from ..procedure import Procedure, calibrate as calibrate_procedure
-from ..session import RUN_KEY, ApplyConfig, block_patches, evaluate
-from ..solver_map import SolverMap
+from ..calibrate.procedure import Procedure, calibrate as calibrate_procedure
+from ..forecast.schedule import Schedule
+from ..maps import SolverMap
+from ..model import families
+from ..model.driver import install
+from ..model.session import ApplyConfig
 from .data import decode
+from .metrics import psnr, ssim
 from .pipeline import WEIGHTS, kind_of, load_reference, sample
 from .plot import plot_quality_vs_speedup
 from .png import grid, write_png
 
 UNIFORM = ("reuse", "taylor1", "taylor2", "foca", "hermite")
 HYCA = ("HyCa C=2", "HyCa C=4", "HyCa fit")
-GRANULARITIES = ("module", "block", "stack")
+MEASURED_GRANULARITIES = ("module", "block", "stack")
 
 
 @dataclass
@@ -53,25 +54,22 @@ class Setting:
 
 
 def cached_evaluator(model, config: ApplyConfig):
-    """An ``evaluate`` hook for ``pipeline.sample`` running every call through a fresh run state."""
-    family = families.detect(model)
-    patches = block_patches(model, family)
-    state = config.start(model)
+    """An ``evaluate`` hook for ``pipeline.sample`` running every call through a fresh run state
+    (the model's modules are left as they are: the quality runs measure the forecasts)."""
+    installed = install(model, config, skip_modules=False)
 
     def call(batch, t, context, pooled, run):
-        options = {"patches_replace": {"dit": patches}, RUN_KEY: state, "sigmas": t[:1],
-                   "sample_sigmas": run["sigmas"], "uuids": ["batch"], "cond_or_uncond": [0, 1]}
         # the sampler says how its state becomes the model's call (Wan: a timestep of 1000 sigma);
         # a hand-made run without it calls the model as FLUX takes its arguments
-        state.timestep_of = run.get("timestep_of")
+        installed.state.timestep_of = run.get("timestep_of")
         args, kwargs = run["call"](batch, t, context, pooled) if "call" in run else ((batch, t, context, pooled), {})
-        return evaluate(model, args, {**kwargs, "transformer_options": options}, options)
+        return installed(args, kwargs, t[:1], run["sigmas"])
 
-    return call, state
+    return call, installed.state
 
 
 def reference_runner(model, setting: Setting, prompts_per_seed: int = 8):
-    """``run(seed, config)`` for ``hyca_core.procedure``: calibration seed ``s`` samples its own
+    """``run(seed, config)`` for ``hyca_core.calibrate.procedure``: calibration seed ``s`` samples its own
     prompts (the model kind's ``prompts(4242 + s)``) from its own noise, under any HyCa config
     (None: uncached)."""
     kind = kind_of(model)
@@ -201,7 +199,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=24, help="sampling steps (default 24)")
     parser.add_argument("--intervals", type=int, nargs="+", help="intervals N (default 2..8; --quick: 4 6)")
     parser.add_argument("--cooldown", type=int, default=0, help="last steps computed fully (default 0)")
-    parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES,
+    parser.add_argument("--granularities", nargs="+", choices=MEASURED_GRANULARITIES,
                         help="granularities (default all; --quick: module)")
     parser.add_argument("--out", default="bench_out", help="folder for results.json, results.md and the pictures")
     args = parser.parse_args(argv)
@@ -209,7 +207,7 @@ def main(argv=None) -> int:
     setting = Setting(pairs=8, repeats=1, calibration_runs=2) if args.quick else Setting()
     setting.steps, setting.cooldown = args.steps, args.cooldown
     intervals = tuple(args.intervals or ((4, 6) if args.quick else range(2, 9)))
-    granularities = tuple(args.granularities or (("module",) if args.quick else GRANULARITIES))
+    granularities = tuple(args.granularities or (("module",) if args.quick else MEASURED_GRANULARITIES))
     model = load_reference(args.weights)
     started = time.perf_counter()
     bench = Bench(model, setting, kind_of(model).prompts(777, setting.pairs))  # never seen in calibration

@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from ..schedule import Schedule
-from ..session import DEFAULT_SOLVER
-from ..solvers import DEFAULT_POOL
-from .benchmark import GRANULARITIES, Bench, Setting, calibrate_outcome
+from ..forecast.schedule import Schedule
+from ..forecast.solvers import DEFAULT_POOL
+from ..model.session import DEFAULT_SOLVER
+from .benchmark import MEASURED_GRANULARITIES, Bench, Setting, calibrate_outcome
 from .data import scenes
 from .pipeline import WEIGHTS, load_reference
 
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--pairs", type=int, default=32, help="held-out prompts (default 32)")
     parser.add_argument("--intervals", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
-    parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
+    parser.add_argument("--granularities", nargs="+", choices=MEASURED_GRANULARITIES, default=list(MEASURED_GRANULARITIES))
     parser.add_argument("--levels", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_LEVELS))
     parser.add_argument("--cooldown", type=int, default=1, help="HyCa Apply's default (1)")
     parser.add_argument("--runs", type=int, default=2, help="calibration runs (seeds) per map (default 2)")

@@ -35,10 +35,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .. import blocks, families, skips
-from ..schedule import Schedule
-from ..session import ApplyConfig
-from ..solvers import get_solver
+from ..forecast.schedule import Schedule
+from ..forecast.solvers import get_solver
+from ..model import blocks, families, skips
+from ..model.session import ApplyConfig
 from .pipeline import flux_sigmas
 from .speed import FLUX_DEV, TINY
 from .subject import CachedCalls, Subject, flux_subject, plain_call

@@ -21,13 +21,13 @@ import time
 
 import torch
 
-from .. import families
-from ..metrics import psnr
-from ..schedule import Schedule, spread_positions
-from ..session import ApplyConfig
+from ..forecast.schedule import Schedule, spread_positions
+from ..model import families
+from ..model.session import ApplyConfig
 from .benchmark import Setting, reference_runner
 from .data import decode
 from .frontier import budgets
+from .metrics import psnr
 from .pipeline import load_reference
 
 

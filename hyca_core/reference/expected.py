@@ -25,7 +25,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from ..schedule import Schedule
+from ..forecast.schedule import Schedule
 
 PEAK_FLOPS = 989e12  # H100 SXM, bf16 dense
 MFU = 0.45  # sustained on DiT blocks in eager PyTorch (FLUX.1-dev 1024x1024: about 0.28 s a step)

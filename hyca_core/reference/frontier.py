@@ -31,14 +31,14 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .. import families
-from ..metrics import psnr
-from ..placement import calibrated_schedule
-from ..schedule import Schedule
-from ..session import ApplyConfig
-from ..solver_map import placements
+from ..calibrate.placement import calibrated_schedule
+from ..forecast.schedule import Schedule
+from ..maps import placements
+from ..model import families
+from ..model.session import ApplyConfig
 from .benchmark import Setting, cached_evaluator, calibrate_outcome
 from .data import decode
+from .metrics import psnr
 from .peers import freqca, l2p, spectrum
 from .peers.driver import AllFull, FinalStateRun
 from .pipeline import KINDS, kind_of, load_reference, sample

@@ -2,7 +2,7 @@
 
     python -m hyca_core.reference.learned_on_cached --model wan --steps 20 --full-at 0,5,10,15,19
 
-An experiment of the lab, not part of HyCa Calibrate. ``hyca_core.placed`` fits a placement's step
+An experiment of the lab, not part of HyCa Calibrate. ``hyca_core.calibrate.placed`` fits a placement's step
 weights on uncached calibration runs; deployed, the forecasts then see the states of the *cached*
 run, whose features differ, and on the Wan-layout model the learned weights lost closed loop
 (BENCHMARKS.md, issue 22). Here every calibration run samples with HyCa (``--solver`` at the given
@@ -21,12 +21,13 @@ from typing import Optional
 
 import torch
 
-from .. import families
-from ..placed import PlacedCalibrator
-from ..predictor import HybridPredictor, PlacedRule
-from ..runtime import PredictorBank
-from ..schedule import Schedule
-from ..session import ApplyConfig, CalibrateConfig
+from ..calibrate.placed import PlacedCalibrator
+from ..calibrate.taps import CalibrateConfig
+from ..forecast.predictor import HybridPredictor, PlacedRule
+from ..forecast.schedule import Schedule
+from ..forecast.stream import PredictorBank
+from ..model import families
+from ..model.session import ApplyConfig
 from .benchmark import cached_evaluator
 from .frontier import Frontier
 from .pipeline import kind_of, load_reference, sample

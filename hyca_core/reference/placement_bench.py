@@ -3,7 +3,7 @@
     python -m hyca_core.reference.placement_bench --steps 50 --budgets 8 9 10 11 12 --out placement_out
 
 Calibrates one map (module granularity, C=2, open-loop), then per budget B of full evaluations:
-searches a placement closed-loop on the calibration seeds (``hyca_core.placement``), and samples the
+searches a placement closed-loop on the calibration seeds (``hyca_core.calibrate.placement``), and samples the
 held-out prompts with it and with *every* interval schedule that computes exactly B full steps (any
 warm-up 1-4, cooldown 0-2, N). PSNR of decoded images against the uncached sampler. The best fixed
 schedule is picked on the held-out prompts themselves, so it is an upper bound of what choosing
@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from .. import placement
-from ..solver_map import placements
+from ..calibrate import placement
+from ..maps import placements
 from .benchmark import Bench, Setting, calibrate_outcome
 from .data import scenes
 from .pipeline import WEIGHTS, load_reference

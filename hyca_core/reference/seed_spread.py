@@ -18,12 +18,12 @@ from statistics import fmean
 
 import torch
 
-from .. import families
-from ..metrics import psnr
-from ..schedule import Schedule
-from ..session import ApplyConfig
+from ..forecast.schedule import Schedule
+from ..model import families
+from ..model.session import ApplyConfig
 from .benchmark import Setting, calibrate_outcome, reference_runner
 from .data import decode
+from .metrics import psnr
 from .pipeline import WEIGHTS, load_reference
 
 

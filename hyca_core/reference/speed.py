@@ -30,10 +30,10 @@ from datetime import date
 
 import torch
 
-from .. import families
-from ..schedule import Schedule
-from ..session import ApplyConfig
-from .benchmark import GRANULARITIES
+from ..forecast.schedule import Schedule
+from ..model import families
+from ..model.session import ApplyConfig
+from .benchmark import MEASURED_GRANULARITIES
 from .model import Flux, FluxConfig
 from .pipeline import flux_sigmas
 from .subject import CachedCalls, Subject, flux_subject, plain_call
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--intervals", type=int, nargs="+", default=[5, 6, 7, 8])
-    parser.add_argument("--granularities", nargs="+", choices=GRANULARITIES, default=list(GRANULARITIES))
+    parser.add_argument("--granularities", nargs="+", choices=MEASURED_GRANULARITIES, default=list(MEASURED_GRANULARITIES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="1: no CFG, 2: CFG batched")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--depth", type=int, help="double blocks (default: FLUX.1-dev's 19); fewer at full "

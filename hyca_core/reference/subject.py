@@ -7,14 +7,13 @@ package never imports.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import torch
 
-from .. import skips
-from ..session import RUN_KEY, ApplyConfig, block_patches, evaluate
+from ..model.driver import install
+from ..model.session import ApplyConfig
 from .model import Flux, FluxConfig
 
 
@@ -41,29 +40,23 @@ class Subject:
 
 
 class CachedCalls:
-    """Calls of one model under one HyCa run state (a fresh one per run)."""
+    """Calls of one model under one HyCa run state (a fresh one per run), installed as HyCa Apply does."""
 
     def __init__(self, model: torch.nn.Module, subject: Subject, config: ApplyConfig):
         self.model, self.subject = model, subject
-        self.patches = block_patches(model, config.family)
-        self.state = config.start(model)
-        self.state.timestep_of = subject.timestep_of
-        self.skipping = contextlib.ExitStack()  # as HyCa Apply's object patches would, until close
-        self.skipping.enter_context(skips.installed(model, config.family.skips))
+        self.installed = install(model, config, subject.timestep_of)
+        self.state = self.installed.state
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, sigmas: torch.Tensor, uuids=("c",)):
-        options = {"patches_replace": {"dit": self.patches}, RUN_KEY: self.state, "sigmas": sigma.reshape(1),
-                   "sample_sigmas": sigmas, "uuids": list(uuids), "cond_or_uncond": [0]}
         args, kwargs = self.subject.call(self.model, x, self.subject.timestep_of(sigma.reshape(1)).expand(x.shape[0]))
-        return evaluate(self.model, args, {**kwargs, "transformer_options": options}, options)
+        return self.installed(args, kwargs, sigma, sigmas, uuids, cond_or_uncond=(0,))
 
     @property
     def stream(self):
         return next(iter(self.state.run.streams.values()))
 
     def close(self) -> list[dict]:
-        self.skipping.close()
-        return self.state.close()
+        return self.installed.close()
 
 
 def plain_call(model: torch.nn.Module, subject: Subject, x: torch.Tensor, sigma: torch.Tensor):

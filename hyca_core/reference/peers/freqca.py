@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...solvers import weights_for
+from ...forecast.solvers import weights_for
 
 
 @functools.lru_cache(maxsize=16)
