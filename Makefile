@@ -26,9 +26,8 @@ bench-engine: deps
 # (tools/comfyui_venv.sh builds a version's tree and venv; README, "Integration tests")
 test-comfyui:
 	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
-	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_comfy_integration.py tests/test_comfy_server.py \
-		tests/test_comfy_models.py tests/test_comfy_multigpu.py tests/test_example_workflows.py tests/test_template_thumbnails.py \
-		tests/test_fresh_install.py tests/test_comfy_compare.py tests/test_reference_model.py tests/test_reference_wan.py
+	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/comfyui --ignore=tests/comfyui/test_browser.py \
+		tests/reference/test_reference_model.py tests/reference/test_reference_wan.py
 
 # The newest ComfyUI frontend from PyPI, unpacked into .frontends/: the browser test runs on it too
 frontend:
@@ -39,4 +38,4 @@ frontend:
 test-browser:
 	@test -n "$(COMFYUI_PATH)" || { echo "set COMFYUI_PATH=/path/to/ComfyUI and COMFY_PYTHON=the python that runs it"; exit 2; }
 	cd tests/browser && npm ci --no-audit --no-fund
-	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/test_browser.py
+	COMFYUI_PATH=$(COMFYUI_PATH) $(or $(COMFY_PYTHON),$(PYTHON)) -m pytest tests/comfyui/test_browser.py

@@ -5,6 +5,14 @@ from support import small_map
 from hyca_core.maps import SolverMap
 
 
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/comfyui/ runs against a real ComfyUI: ``-m comfyui`` selects it,
+    ``-m "not comfyui"`` leaves it out."""
+    for item in items:
+        if "comfyui" in item.path.parts[-2:-1]:
+            item.add_marker(pytest.mark.comfyui)
+
+
 @pytest.fixture
 def solver_map() -> SolverMap:
     return small_map()

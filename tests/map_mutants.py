@@ -1,4 +1,4 @@
-"""Mutants of valid solver map files, for the fuzz test (tests/test_map_fuzz.py): what a damaged
+"""Mutants of valid solver map files, for the fuzz test (tests/maps/test_map_fuzz.py): what a damaged
 download, a hand edit or a hostile share can make of a map. Deterministic for a seed.
 
 Each mutant is (description, bytes). Mutations that edit the ``hyca`` JSON or the tensors

@@ -16,7 +16,7 @@ from hyca_core.maps import describe
 pack = load_pack()
 from comfyui_hyca.nodes import report  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 
 
 def test_frontend_renders_the_servers_json(tmp_path, solver_map):

@@ -1,7 +1,7 @@
 """Write example_workflows/*.json: FLUX.1-dev text-to-image, Qwen-Image-Edit and HunyuanVideo
 text-to-video, each as a calibrate and an apply variant, in ComfyUI's workflow format.
 
-    python tests/build_workflows.py
+    python tools/build_workflows.py
 
 Only core ComfyUI nodes plus ours. Widget values follow each node's input order (a seed widget
 with control_after_generate carries one extra value, as ComfyUI saves it).

@@ -10,7 +10,7 @@ import pytest
 from comfy_env import comfyui_path
 from hyca_core.model.session import DEFAULT_SOLVER
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # the frontend's own note nodes
@@ -35,7 +35,7 @@ def test_template_names_read_as_titles_in_calibrate_then_apply_order():
 
 
 def test_generator_and_files_agree(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tests" / "build_workflows.py")
+    spec = importlib.util.spec_from_file_location("build_workflows", ROOT / "tools" / "build_workflows.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "OUT", tmp_path)
@@ -48,7 +48,7 @@ def test_generator_and_files_agree(tmp_path, monkeypatch):
 def test_each_workflow_has_a_thumbnail_for_the_template_browser(path):
     """ComfyUI's template browser asks for ``<workflow>.jpg`` beside each custom node workflow."""
     card = path.with_suffix(".jpg")
-    assert card.is_file(), f"{card.name} missing: run python tests/build_workflows.py"
+    assert card.is_file(), f"{card.name} missing: run python tools/build_workflows.py"
     data = card.read_bytes()
     assert data[:3] == b"\xff\xd8\xff" and 4_000 < len(data) < 200_000
 

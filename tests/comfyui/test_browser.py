@@ -26,7 +26,7 @@ require_comfyui()
 
 from comfy_server import ComfyServer, all_nodes_prompt, core_prompt, start_pack_server  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/
 ROOT = HERE.parent
 CHROMIUM = os.environ.get("HYCA_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test_artifacts" / "browser"

@@ -1,7 +1,7 @@
 """The thumbnail route (nodes/templates.py) on a server laid out like newer ComfyUI: custom nodes'
 routes first, then the core's ``/workflow_templates/{module_name}/{filename}``, which serves
 ``.json`` only (app/custom_node_manager.py, Comfy-Org/ComfyUI fcd026bf). The snapshot (0.3.64)
-serves the folder statically, so tests/test_comfy_server.py cannot show this route working."""
+serves the folder statically, so tests/comfyui/test_comfy_server.py cannot show this route working."""
 
 import asyncio
 import importlib.util
@@ -12,7 +12,7 @@ import pytest
 web = pytest.importorskip("aiohttp.web", reason="aiohttp (ComfyUI's web server) is not installed")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CARDS = sorted((ROOT / "example_workflows").glob("*.jpg"))
 
 

@@ -20,7 +20,7 @@ require_comfyui()
 from comfy_server import ComfyServer  # noqa: E402
 from hyca_core.model.session import DEFAULT_SOLVER  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / "example_workflows").glob("*.json"))
 FAMILIES = {"FLUX.1-dev": "flux", "FLUX.2-dev": "flux", "Qwen-Image-Edit": "qwen_image",
             "HunyuanVideo": "hunyuan_video", "Wan 2.2 14B": "wan"}

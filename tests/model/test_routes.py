@@ -4,7 +4,7 @@ copied): one list of single-stream blocks called as ``block(x, mod, pe, attn_fn,
 transformer_options)`` with the residual added in place, and a cache of the text rows' K/V that is
 filled by running the text rows alone through every block on the first step, and turned off when
 anything hooks the blocks (any ``patches_replace["dit"]`` entry). Lumina 2 / Z-Image and Kandinsky 5
-run the same routing in a real ComfyUI 0.26 (``tests/test_comfy_models.py``).
+run the same routing in a real ComfyUI 0.26 (``tests/comfyui/test_comfy_models.py``).
 """
 
 from contextlib import contextmanager

@@ -688,7 +688,7 @@ def test_comfyui_loader_registers_the_three_nodes():
 
     import nodes
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert asyncio.run(nodes.load_custom_node(str(root), module_parent="custom_nodes"))
     for node_id, display in (("HyCaCalibrate", "HyCa Calibrate"), ("HyCaSolverMapLoader", "HyCa Solver Map Loader"),
                              ("HyCaApply", "HyCa Apply")):

@@ -19,7 +19,7 @@ from hyca_core.model.session import DEFAULT_SOLVER  # noqa: E402
 from hyca_core.maps import load_solver_map, save_solver_map  # noqa: E402
 
 MAP = "tiny-flux.safetensors"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
