@@ -125,7 +125,7 @@ export function detailsHtml(d, chartUrl = null) {
   const checked = (d.verified || []).map((e) =>
     `N=${e.interval} ${e.kept === "map" ? "map" : `uniform ${esc(e.kept)}`} ${e.gain_db >= 0 ? "+" : ""}${Number(e.gain_db).toFixed(2)} dB`);
   if (checked.length) {
-    lines.push(`<div>closed-loop check: ${checked.join(" · ")} <span class="hyca-dim">over uniform taylor1, ` +
+    lines.push(`<div>closed-loop check: ${checked.join(" · ")} <span class="hyca-dim">over uniform ${esc(d.verified_over || "taylor1")}, ` +
       `held-out seeds</span></div>`);
   }
   for (const key of ["author", "description", "license"]) {

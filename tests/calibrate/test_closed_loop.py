@@ -293,14 +293,3 @@ def test_verify_keeps_a_uniform_solver_when_no_seed_tells_it_from_the_map():
     assert entry["deciding_seeds"] == [1, 2, 3] and set(entry["deciding_db"]) == {"map", "hermite"}
     assert entry["deciding_db"]["map"] > entry["deciding_db"]["hermite"]  # the map leads, unclearly
     assert entry["kept"] == "hermite"
-
-
-def test_procedure_seeds_never_overlap():
-    from hyca_core.calibrate.procedure import Procedure
-
-    for level in ("fast", "thorough"):
-        p = Procedure(steps=12, runs=2, seed=10, refine=level)
-        seeds = p.fit_seeds + p.verify_seeds + p.extra_seeds
-        assert len(set(seeds)) == len(seeds) and p.fit_seeds == [10, 11] and p.verify_seeds == [12, 13]
-        assert len(p.extra_seeds) == REFINE_LEVELS[level].extra_seeds and min(p.extra_seeds) == 14
-    assert Procedure(steps=12, refine="off").extra_seeds == []

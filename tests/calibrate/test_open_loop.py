@@ -316,27 +316,3 @@ def test_fit_is_not_kept_without_held_out_evidence():
     assert res.shrinkage[SCOPE][4] == [0.0]
     assert fitted_calibration(windowed_run(lambda w: 1.0, steps=12),
                               windowed_run(lambda w: 1.0, steps=12)).shrinkage[SCOPE][4] == [pytest.approx(1.0)]
-
-
-def test_missing_scikit_learn_fails_before_any_sampling_run_with_the_install_command(monkeypatch):
-    import sys
-
-    from hyca_core.model import families
-    from hyca_core.calibrate.auto import AutoCalibrateConfig
-    from hyca_core.calibrate.open_loop import CalibrationError
-    from hyca_core.calibrate.procedure import Procedure, calibrate
-    from hyca_core.forecast.schedule import Schedule
-
-    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn -> ImportError
-    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)
-    runs = []
-    with pytest.raises(CalibrationError, match="requirements.txt"):
-        calibrate(lambda seed, config: runs.append(seed), None, families.FAMILIES["Flux"], "block",
-                  Procedure(steps=12, refine="off"))
-    assert runs == []  # nothing was sampled
-    with pytest.raises(CalibrationError, match="scikit-learn"):
-        Calibrator(CalibrationConfig(clusters=2))
-    with pytest.raises(CalibrationError, match="scikit-learn"):
-        AutoCalibrateConfig(families.FAMILIES["Flux"], "block", Schedule(interval=3), "f", {}, "/tmp")
-    Calibrator(CalibrationConfig(clusters=1))  # no clustering needed: fine without it
-    Calibrator(CalibrationConfig(per_channel=True))

@@ -24,7 +24,7 @@ calibrate_node = importlib.import_module("comfyui_hyca.nodes.calibrate")
 families = importlib.import_module("comfyui_hyca.hyca_core.model.families")
 patch = importlib.import_module("comfyui_hyca.nodes.patch")
 map_folder = importlib.import_module("comfyui_hyca.nodes.map_folder")
-solver_map_mod = importlib.import_module("comfyui_hyca.hyca_core.maps.format")
+solver_map_mod = importlib.import_module("comfyui_hyca.hyca_core.maps")
 
 FAMILIES = ["flux", "qwen_image", "hunyuan_video", "wan", "chroma"]
 STEPS = 16
@@ -563,7 +563,7 @@ def test_map_for_another_family_is_refused(setup):
     from support import small_map
 
     other = "qwen_image" if setup["family"] != "qwen_image" else "flux"
-    m = importlib.import_module("comfyui_hyca.hyca_core.maps.format").SolverMap
+    m = importlib.import_module("comfyui_hyca.hyca_core.maps").SolverMap
     foreign = small_map()
     foreign = m(**{**foreign.__dict__, "family": other})
     with pytest.raises(solver_map_mod.SolverMapMismatch, match=f"family '{other}', the model is '{setup['family']}'"):

@@ -346,6 +346,19 @@ def test_closed_loop_record_is_described_and_malformed_entries_are_left_out(tmp_
         assert verified(m) == []
 
 
+def test_closed_loop_gains_name_the_solver_they_were_measured_over():
+    """The check measures over the uncalibrated default (hermite1 since issue 22, taylor1 before);
+    the text said taylor1 whatever the record held."""
+    from hyca_core.maps import describe, summarize, verified_text
+
+    m = small_map()
+    m.provenance["closed_loop"] = {"default": "hermite1", "intervals": {"2": {"kept": "map", "gain_db": 1.0}}}
+    assert "+1.00 dB over uniform hermite1 at N=2" in verified_text(m, 2)
+    assert describe(m)["verified_over"] == "hermite1" and "(over uniform hermite1, held-out seeds)" in summarize(m)
+    m.provenance["closed_loop"]["default"] = "<script>"  # free JSON: an unknown name is not shown
+    assert describe(m)["verified_over"] == "taylor1"
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_maps_are_written_with_the_users_umask(solver_map, tmp_path, umask, mode):
     import os

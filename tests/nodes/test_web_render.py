@@ -28,7 +28,7 @@ def test_frontend_renders_the_servers_json(tmp_path, solver_map):
     hostile = small_map()
     hostile.description = "<img src=x onerror=alert(1)>"
     checked = small_map()
-    checked.provenance["closed_loop"] = {"intervals": {"2": {"kept": "map", "gain_db": 1.5},
+    checked.provenance["closed_loop"] = {"default": "hermite1", "intervals": {"2": {"kept": "map", "gain_db": 1.5},
                                                        "3": {"kept": "hermite", "gain_db": 0.25}}}
     state = fake_state(solver_map, used="block")
     fixtures = {

@@ -21,7 +21,8 @@ test("escapes what a shared map or a report could smuggle in", () => {
 
 test("the closed-loop check shows per interval what the map keeps and gains", () => {
   const shown = text(detailsHtml(fixture("details-checked.json")));
-  assert.ok(shown.includes("closed-loop check: N=2 map +1.50 dB · N=3 uniform hermite +0.25 dB"), shown);
+  assert.ok(shown.includes("closed-loop check: N=2 map +1.50 dB · N=3 uniform hermite +0.25 dB over uniform hermite1"),
+    shown);
   assert.ok(!text(detailsHtml(fixture("details-hostile.json"))).includes("closed-loop check"));
 });
 

@@ -21,15 +21,27 @@ from .base import (FEATURE_PREFIX, TARGET_TOKENS, TXT_TOKENS, Branch, Family, Mo
                    OwnModulation, UnsupportedModel, target_tokens)
 
 
-FAMILIES: dict[str, Family] = {}  # ComfyUI's diffusion model class name -> family
-UNROUTED: dict = {}
-NOT_YET: dict[str, str] = {}
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        _module = importlib.import_module(f"{__name__}.{_info.name}")
-        FAMILIES.update({f.class_name: f for f in getattr(_module, "FAMILIES", ())})
-        UNROUTED.update(getattr(_module, "UNROUTED", {}))
-        NOT_YET.update(getattr(_module, "NOT_YET", {}))
+def collect(modules) -> tuple[dict, dict, dict]:
+    """(families by ComfyUI class name, unrouted block lists, refused models) of family modules; a
+    class claimed twice is a mistake worth an error at import, not a silent override."""
+    families, unrouted, not_yet = {}, {}, {}
+    for module in modules:
+        for found, entries in ((families, {f.class_name: f for f in getattr(module, "FAMILIES", ())}),
+                               (unrouted, getattr(module, "UNROUTED", {})), (not_yet, getattr(module, "NOT_YET", {}))):
+            twice = sorted(set(found) & set(entries))
+            if twice:
+                raise ValueError(f"{module.__name__}: {', '.join(twice)} already claimed by another family module")
+            found.update(entries)
+    return families, unrouted, not_yet
+
+
+def _family_modules():
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            yield importlib.import_module(f"{__name__}.{info.name}")
+
+
+FAMILIES, UNROUTED, NOT_YET = collect(_family_modules())  # ComfyUI's class name -> family / lists / why not
 
 
 # Other DiTs whose blocks ComfyUI also routes through patches_replace["dit"] (LTXV, Hunyuan3D, ...):
