@@ -6,11 +6,12 @@ import logging
 
 from comfy_api.latest import io
 
-from ..hyca_core.model import families
 from ..hyca_core.calibrate.auto import AutoCalibrateConfig
 from ..hyca_core.calibrate.placement import calibrated_schedule
+from ..hyca_core.forecast.quantized import PRECISIONS
 from ..hyca_core.forecast.schedule import Schedule
 from ..hyca_core.maps import SolverMapMismatch, placements
+from ..hyca_core.model import families
 from . import map_folder
 from .fingerprint import model_fingerprint
 from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
@@ -90,6 +91,12 @@ class HyCaApply(io.ComfyNode):
                              tooltip="With schedule = spread or calibrated: how many steps are computed fully "
                                      "(the speedup is steps / full_steps: 6 of 24 steps is 4x). HyCa Calibrate's "
                                      "`full_step_budgets` lists the budgets a map holds."),
+                io.Combo.Input("anchor_precision", options=list(PRECISIONS), default="model", optional=True,
+                               tooltip="How the stored full steps (anchors) are kept. model: the model's own dtype "
+                                       "(bf16 / fp16). bf16: bfloat16 for models computing in fp32. int8: 8 bits "
+                                       "with a scale per channel, half of bf16's memory, for module granularity "
+                                       "on cards it does not fit (BENCHMARKS.md, 'Anchor precision', measures "
+                                       "what each costs)."),
             ],
             outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
             hidden=[io.Hidden.unique_id],  # the run report goes back to this node
@@ -101,7 +108,7 @@ class HyCaApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity,
                 cache_device, enabled, solver_map=None, auto_calibrate=False, schedule="interval",
-                full_steps=DEFAULT_FULL_STEPS) -> io.NodeOutput:
+                full_steps=DEFAULT_FULL_STEPS, anchor_precision="model") -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(model)
         if start_percent > end_percent:
@@ -146,11 +153,15 @@ class HyCaApply(io.ComfyNode):
                               else cooldown_steps)
             for note in notes:
                 log.warning("HyCa Apply: %s", note)
-        config = ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device)
+        if anchor_precision not in PRECISIONS:
+            raise ValueError(f"anchor_precision must be one of {', '.join(PRECISIONS)}, got {anchor_precision!r}")
+        config = ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device,
+                             anchor_precision=anchor_precision)
         if auto_calibrate and solver_map is None:
             architecture = families.architecture(diffusion_model, family, granularity)
             config = AutoCalibrateConfig(family, granularity, schedule, model_fingerprint(model, architecture),
-                                         architecture, map_folder.auto_folder(), cache_device=cache_device)
+                                         architecture, map_folder.auto_folder(), cache_device=cache_device,
+                                         anchor_precision=anchor_precision)
         elif auto_calibrate:
             notes.append("auto_calibrate is ignored: a solver map is connected")
         patched = model.clone()

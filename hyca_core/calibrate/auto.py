@@ -50,6 +50,7 @@ class AutoCalibrateConfig:
     folder: str  # where automatic maps are kept
     cache_device: str = "auto"
     intervals: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    anchor_precision: str = "model"  # of the runs cached with the map (``ApplyConfig.anchor_precision``)
     clusters: int = 2
 
     def __post_init__(self):
@@ -128,7 +129,8 @@ class AutoState(RunStateBase):
         if isinstance(getattr(inner, "config", None), ApplyConfig):
             return inner.config
         c = self.config
-        return ApplyConfig(c.family, c.granularity, c.schedule, cache_device=c.cache_device)
+        return ApplyConfig(c.family, c.granularity, c.schedule, cache_device=c.cache_device,
+                           anchor_precision=c.anchor_precision)
 
     def on_sigmas(self, sigmas: Sequence[float]) -> None:
         if self.inner is None:
@@ -157,8 +159,8 @@ class AutoState(RunStateBase):
         if found is not None:
             self.notes.append(f"HyCa auto-calibration: cached with {os.path.basename(self.target)}, "
                               "calibrated on an earlier run of this model and these settings")
-            return ApplyConfig(c.family, c.granularity, c.schedule, found, cache_device=c.cache_device).start(
-                self.diffusion_model)
+            return ApplyConfig(c.family, c.granularity, c.schedule, found, cache_device=c.cache_device,
+                               anchor_precision=c.anchor_precision).start(self.diffusion_model)
         steps = len(sigmas) - 1
         intervals = tuple(n for n in c.intervals if n < steps) or (2,)
         self.calibrator = Calibrator(CalibrationConfig(clusters=c.clusters, intervals=intervals, fit=False,

@@ -15,6 +15,7 @@ from typing import Callable, Hashable, Optional
 
 import torch
 
+from .quantized import PRECISIONS, Int8Anchor
 from .solvers import MAX_ANCHORS
 
 TIME_EPSILON = 1e-6
@@ -22,23 +23,38 @@ TIME_EPSILON = 1e-6
 
 @dataclass
 class _Ring:
+    capacity: int
+    dtype: Optional[torch.dtype] = None  # the feature's own: what a forecast reads the anchors back as
     buffers: list[torch.Tensor] = field(default_factory=list)  # newest first
     times: list[float] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers)
+        return sum(_nbytes(b) for b in self.buffers)
+
+
+def _nbytes(buffer) -> int:
+    return buffer.nbytes if isinstance(buffer, Int8Anchor) else buffer.numel() * buffer.element_size()
 
 
 class AnchorStore:
-    """Per-feature rings of anchors. ``device=None`` / ``dtype=None`` keep the feature's own."""
+    """Per-feature rings of anchors. ``device=None`` / ``dtype=None`` keep the feature's own.
+    ``capacity_of(key)``: how many anchors that feature's forecast reads, when fewer than
+    ``capacity`` (a map whose solvers there read one or two keeps only those). ``precision``:
+    ``model`` keeps the feature's own dtype, ``bf16`` bfloat16, ``int8`` 8 bits with a scale per channel
+    (``quantized``); a forecast reads them back in the feature's dtype."""
 
     def __init__(self, capacity: int = 3, dtype: Optional[torch.dtype] = None,
-                 device: Optional[torch.device | str] = None, allocating: Callable = contextlib.nullcontext):
+                 device: Optional[torch.device | str] = None, allocating: Callable = contextlib.nullcontext,
+                 capacity_of: Optional[Callable[[Hashable], int]] = None, precision: str = "model"):
         if not 1 <= capacity <= MAX_ANCHORS:
             raise ValueError(f"anchor capacity must be 1..{MAX_ANCHORS}, got {capacity}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"anchor precision must be one of {PRECISIONS}, got {precision!r}")
         self.capacity = capacity
-        self.dtype = dtype
+        self.precision = precision
+        self.capacity_of = capacity_of
+        self.dtype = dtype if dtype is not None or precision != "bf16" else torch.bfloat16
         self.device = None if device is None else torch.device(device)
         self._rings: dict[Hashable, _Ring] = {}
         self.nbytes = 0
@@ -74,7 +90,10 @@ class AnchorStore:
         a value earlier than the newest anchor, or of another shape or dtype, restarts the history.
         """
         value = value.detach()
-        ring = self._rings.setdefault(key, _Ring())
+        ring = self._rings.get(key)
+        if ring is None:
+            ring = self._rings[key] = _Ring(self._capacity(key))
+        ring.dtype = value.dtype
         dtype = self.dtype or value.dtype
         device = self.device or value.device
         if ring.buffers:
@@ -86,10 +105,10 @@ class AnchorStore:
             elif abs(t - ring.times[0]) <= TIME_EPSILON:
                 head.copy_(value, non_blocking=True)
                 return
-        if len(ring.buffers) < self.capacity:
+        if len(ring.buffers) < ring.capacity:
             with self.allocating():
                 buffer = self._allocate(value, dtype, device)
-            self.nbytes += buffer.numel() * buffer.element_size()
+            self.nbytes += _nbytes(buffer)
             self.peak_nbytes = max(self.peak_nbytes, self.nbytes)
         else:
             buffer = ring.buffers.pop()  # reuse the oldest
@@ -104,7 +123,11 @@ class AnchorStore:
         if not ring or not ring.buffers:
             raise KeyError(f"no anchors stored for {key!r}")
         buffers = ring.buffers
-        if device is not None and buffers[0].device != torch.device(device):
+        if self.precision == "int8":
+            return [b.read(device) for b in buffers], list(ring.times)
+        if buffers[0].dtype != ring.dtype:  # bf16 anchors of a model computing in another dtype
+            buffers = [b.to(device or b.device, ring.dtype, non_blocking=True) for b in buffers]
+        elif device is not None and buffers[0].device != torch.device(device):
             buffers = [b.to(device, non_blocking=True) for b in buffers]
         return list(buffers), list(ring.times)
 
@@ -115,10 +138,18 @@ class AnchorStore:
             moved = []
             for buffer in ring.buffers:
                 with self.allocating():
+                    if isinstance(buffer, Int8Anchor):
+                        moved.append(buffer.moved(self.device, _pinned(buffer.device, self.device)))
+                        continue
                     target = self._allocate(buffer, buffer.dtype, self.device)
                 target.copy_(buffer, non_blocking=True)
                 moved.append(target)
             ring.buffers[:] = moved
+
+    def _capacity(self, key: Hashable) -> int:
+        if self.capacity_of is None:
+            return self.capacity
+        return max(1, min(self.capacity, int(self.capacity_of(key))))
 
     def clear(self) -> None:
         self._rings.clear()
@@ -130,7 +161,13 @@ class AnchorStore:
         ring.times.clear()
         self.restarts += 1
 
-    @staticmethod
-    def _allocate(value: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        pin = device.type == "cpu" and value.device.type == "cuda"
+    def _allocate(self, value: torch.Tensor, dtype: torch.dtype, device: torch.device):
+        pin = _pinned(value.device, device)
+        if self.precision == "int8":
+            return Int8Anchor(value.shape, dtype, device, pin)
         return torch.empty(value.shape, dtype=dtype, device=device, pin_memory=pin)
+
+
+def _pinned(source: torch.device, target: torch.device) -> bool:
+    """Anchors offloaded from a GPU live in pinned memory (non-blocking copies both ways)."""
+    return target.type == "cpu" and source.type == "cuda"

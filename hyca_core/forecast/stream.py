@@ -118,10 +118,12 @@ class CacheStream(StreamBase):
     def __init__(self, schedule: Schedule, predictors: Callable[[str], HybridPredictor],
                  capacity: int = 3, cache_dtype: Optional[torch.dtype] = None,
                  cache_device: Optional[torch.device | str] = None, name: str = "stream",
-                 allocating: Callable = contextlib.nullcontext, gate_plan=None):
+                 allocating: Callable = contextlib.nullcontext, gate_plan=None, precision: str = "model"):
         self.schedule = schedule
         self.predictors = predictors
-        self.store = AnchorStore(capacity, cache_dtype, cache_device, allocating)
+        # each feature keeps as many anchors as its own predictor reads (the map may use fewer there)
+        self.store = AnchorStore(capacity, cache_dtype, cache_device, allocating, capacity_of=self._reads,
+                                 precision=precision)
         self.gate_plan = gate_plan  # the model's gates planned ahead (``gates.GatePlan``), where the run plans them
         self.name = name
         self.stats = StreamStats()
@@ -137,6 +139,13 @@ class CacheStream(StreamBase):
     @property
     def full(self) -> bool:
         return self._full
+
+    def _reads(self, feature: str) -> int:
+        """Anchors the forecast of ``feature`` reads (all of them where no predictor claims it)."""
+        try:
+            return self.predictors(feature).anchors_needed
+        except KeyError:
+            return self.store.capacity
 
     def begin(self, t: float, n_steps: int, signature: Hashable = None, force_full: bool = False) -> bool:
         """Start an evaluation at step coordinate ``t``; True if it must be computed fully.
@@ -198,8 +207,9 @@ class CacheRun:
 
     def __init__(self, schedule: Schedule, predictors: PredictorBank,
                  cache_dtype: Optional[torch.dtype] = None, cache_device: Optional[torch.device | str] = None,
-                 gate_plan: Optional[Callable] = None):
+                 gate_plan: Optional[Callable] = None, precision: str = "model"):
         self.schedule = schedule
+        self.precision = precision  # of the anchors: the feature's own dtype, or int8
         self.gate_plan = gate_plan  # makes each stream's plan of gates computed ahead; None: none planned
         self.predictors = predictors
         self.cache_dtype = cache_dtype
@@ -212,7 +222,8 @@ class CacheRun:
         if stream is None:
             stream = CacheStream(self.schedule, self.predictors, self.predictors.anchors_needed,
                                  self.cache_dtype, self.cache_device, name=str(key), allocating=self.allocating,
-                                 gate_plan=self.gate_plan() if self.gate_plan is not None else None)
+                                 gate_plan=self.gate_plan() if self.gate_plan is not None else None,
+                                 precision=self.precision)
             self.streams[key] = stream
         return stream
 

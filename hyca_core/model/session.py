@@ -46,6 +46,7 @@ class ApplyConfig:
     mode: Optional[str] = None  # "choose" / "fit"; None: the map's own
     cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
     solver: str = DEFAULT_SOLVER  # every channel's solver when there is no map
+    anchor_precision: str = "model"  # "model": the feature's own dtype; "int8": 8 bits, a scale per channel
 
     def start(self, diffusion_model) -> "RunState":
         return RunState(self, diffusion_model)
@@ -117,7 +118,8 @@ class RunState(RunStateBase):
         self.granularity = self.config.granularity
         self.verified = self.granularity != "module"
         device = {"cpu": "cpu"}.get(self.config.cache_device)
-        self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device, gate_plan=GatePlan)
+        self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device, gate_plan=GatePlan,
+                            precision=self.config.anchor_precision)
 
     def on_sigmas(self, sigmas: list) -> None:
         """A spread schedule with a map: the map's solvers of the interval nearest the run's mean

@@ -559,6 +559,25 @@ def test_calibrated_schedule_is_searched_stored_and_honoured_exactly(setup, maps
         apply_as_node(setup["model"], "33", schedule="calibrated")
 
 
+def test_smaller_anchors_hold_fewer_bytes_and_forecast_nearly_the_same(setup, reference, browser):
+    """Issue 26: ``anchor_precision`` through ComfyUI's own sampler: bf16 halves what fp32 anchors
+    hold, int8 with a scale per channel holds about a quarter; both stay close to the model-dtype run
+    (BENCHMARKS.md, "Anchor precision", measures the cost on held-out prompts)."""
+    held, outs = {}, {}
+    for i, precision in enumerate(("model", "bf16", "int8")):
+        model = apply_as_node(setup["model"], f"4{i}", granularity="module", schedule="interval",
+                              anchor_precision=precision)
+        outs[precision] = sample(model, setup)
+        held[precision] = browser[-1][1]["peak_cache_bytes"]
+    assert held["bf16"] * 2 == held["model"] and held["int8"] < 0.3 * held["model"]
+    for precision in ("bf16", "int8"):
+        assert torch.isfinite(outs[precision]).all()
+        error = (outs[precision] - outs["model"]).pow(2).mean() / (outs["model"] - reference).pow(2).mean()
+        assert float(error) < 0.05, (precision, float(error))  # far smaller than what caching itself changes
+    with pytest.raises(ValueError, match="anchor_precision must be one of model, bf16, int8"):
+        apply_as_node(setup["model"], "43", anchor_precision="int4")
+
+
 def test_map_for_another_family_is_refused(setup):
     from support import small_map
 

@@ -60,11 +60,41 @@ def test_time_going_back_restarts_history():
     assert store.times("f") == [1.0] and store.restarts == 1
 
 
-def test_chosen_dtype_is_used_for_storage():
-    store = AnchorStore(dtype=torch.bfloat16)
-    store.push("f", 0.0, torch.randn(8))
+def test_chosen_dtype_is_used_for_storage_and_read_back_as_the_feature():
+    """A forecast is in the feature's own dtype, whatever the anchors are stored in."""
+    for store in (AnchorStore(dtype=torch.bfloat16), AnchorStore(precision="bf16")):
+        x = torch.randn(8)
+        store.push("f", 0.0, x)
+        (a,), _ = store.anchors("f")
+        assert store.nbytes == 8 * 2 and a.dtype == torch.float32
+        assert torch.equal(a, x.to(torch.bfloat16).float())
+
+
+def test_int8_anchors_keep_each_channel_within_half_a_level_in_a_quarter_of_the_bytes():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 16, generator=g) * torch.logspace(-3, 2, 16)  # channels of very different size
+    store = AnchorStore(precision="int8")
+    store.push("f", 0.0, x)
     (a,), _ = store.anchors("f")
-    assert a.dtype == torch.bfloat16
+    level = x.abs().amax(dim=1, keepdim=True) / 127  # one scale per channel (over its tokens)
+    assert a.dtype == x.dtype and a.shape == x.shape
+    assert bool(((a - x).abs() <= level / 2 * (1 + 1e-5) + 1e-12).all())
+    assert store.nbytes == x.numel() + 4 * 2 * 16  # int8 values and one float32 scale per (item, channel)
+    bf16 = torch.randn(4, 8, dtype=torch.bfloat16, generator=g)
+    store.push("g", 0.0, bf16)
+    (b,), _ = store.anchors("g")
+    assert b.dtype == torch.bfloat16
+    store.push("f", 1.0, torch.zeros_like(x))  # an all-zero channel: no division by zero
+    assert bool(torch.isfinite(store.anchors("f")[0][0]).all())
+
+
+def test_each_feature_keeps_only_the_anchors_its_forecast_reads():
+    store = AnchorStore(capacity=3, capacity_of={"reused": 1, "line": 2}.get)
+    for t in range(4):
+        for key in ("reused", "line"):
+            store.push(key, float(t), torch.full((4,), float(t)))
+    assert store.times("reused") == [3.0] and store.times("line") == [3.0, 2.0]
+    assert store.nbytes == (1 + 2) * 4 * 4
 
 
 def test_anchors_move_to_the_requested_device():

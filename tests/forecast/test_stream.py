@@ -151,3 +151,27 @@ def test_predicting_a_feature_never_computed_is_a_clear_error():
     stream.begin(1.0, 10)
     with pytest.raises(KeyError, match="no anchors stored for 'g'"):
         stream.predict("g")
+
+
+def test_a_feature_whose_solver_reads_fewer_anchors_keeps_fewer_and_forecasts_the_same():
+    """Issue 26: the map sets the memory; a reuse feature holds one anchor, a taylor2 one three."""
+    mixed = PredictorBank({"reused": HybridPredictor.uniform("reuse"), "curved": HybridPredictor.uniform("taylor2")})
+    runs = []
+    for per_feature in (True, False):
+        run = CacheRun(Schedule(interval=3, warmup=2), mixed)
+        stream = run.stream("c")
+        if not per_feature:
+            stream.store.capacity_of = None  # every feature keeps the run's most
+        out = []
+        for step in range(12):
+            value = torch.full((2, 4), float(step) ** 2)
+            if stream.begin(float(step), 12):
+                stream.remember("reused", value)
+                stream.remember("curved", value)
+            else:
+                out += [stream.predict("reused"), stream.predict("curved")]
+            stream.accept()
+        runs.append((out, stream.store.peak_nbytes))
+    (fewer, small), (full, large) = runs
+    assert all(torch.equal(a, b) for a, b in zip(fewer, full)) and len(fewer) > 4
+    assert small == (1 + 3) * 8 * 4 and large == (3 + 3) * 8 * 4

@@ -23,3 +23,19 @@ def test_a_malformed_spread_rule_is_refused_with_its_form(capsys):
     with pytest.raises(SystemExit):
         defaults.main(["--spreads", "2-0.8"])
     assert "tail:warp, e.g. 2:0.8, got '2-0.8'" in capsys.readouterr().err
+
+
+def test_the_anchor_precision_lab_measures_every_precision(tmp_path):
+    """``python -m hyca_core.reference.anchor_precision`` at a tiny size: a row per precision, each
+    scored and holding fewer bytes than the last."""
+    import json
+
+    from hyca_core.reference import anchor_precision
+
+    out = tmp_path / "rows.json"
+    anchor_precision.main(["--model", "flux", "--steps", "6", "--intervals", "3", "--granularities", "block",
+                           "--seeds", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["precision"] for r in rows] == ["model", "bf16", "int8"] and rows[0]["vs_model_db"] == 0
+    assert rows[0]["anchor_bytes"] > rows[1]["anchor_bytes"] > rows[2]["anchor_bytes"] > 0
+    assert all(r["psnr"] > 20 for r in rows)
