@@ -93,8 +93,8 @@ def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, full_steps, 
 
 def apply_widgets(interval, warmup, full_steps):
     # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled,
-    # auto_calibrate, schedule, full_steps: HyCa Apply's defaults, the spread schedule of full_steps
-    return [interval, warmup, 1, 0.0, 1.0, GRANULARITY, "auto", True, False, "spread", full_steps]
+    # auto_calibrate, schedule, full_steps, anchor_precision: HyCa Apply's defaults, the spread schedule of full_steps
+    return [interval, warmup, 1, 0.0, 1.0, GRANULARITY, "auto", True, False, "spread", full_steps, "model"]
 
 
 def flux(variant):
