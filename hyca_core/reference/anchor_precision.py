@@ -10,7 +10,6 @@ Held-out: the prompts and noise of seeds 100 and up, never those of the calibrat
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -22,6 +21,7 @@ from ..model import families
 from ..model.session import ApplyConfig
 from .benchmark import Setting, cached_evaluator
 from .data import decode
+from .frontier import lab_cfg, lab_parser
 from .metrics import psnr
 from .pipeline import kind_of, load_reference, sample
 
@@ -29,18 +29,14 @@ HELD_OUT = 100  # first seed of the held-out prompts
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hyca_core.reference.anchor_precision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("flux", "wan"), default="flux")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, help="default: 1 for flux, 3 for wan (as the frontier)")
+    parser = lab_parser("anchor_precision", __doc__)
     parser.add_argument("--intervals", nargs="+", type=int, default=[3, 4, 5, 6, 7])
     parser.add_argument("--granularities", nargs="+", default=["module", "block", "final"],
                         choices=families.GRANULARITIES)
     parser.add_argument("--seeds", type=int, default=2, help="held-out seeds of 8 prompts each (default 2)")
     parser.add_argument("--out", help="write the rows here (JSON)")
     args = parser.parse_args(argv)
-    cfg = args.cfg if args.cfg is not None else (1.0 if args.model == "flux" else 3.0)
+    cfg = lab_cfg(args)
     model = load_reference(args.model)
     family, kind, setting = families.detect(model), kind_of(model), Setting(steps=args.steps, cfg=cfg)
     seeds = range(HELD_OUT, HELD_OUT + args.seeds)

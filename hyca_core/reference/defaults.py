@@ -26,7 +26,7 @@ from ..model import families
 from ..model.session import ApplyConfig
 from .benchmark import Setting, reference_runner
 from .data import decode
-from .frontier import budgets
+from .frontier import budgets, lab_cfg, lab_parser
 from .metrics import psnr
 from .pipeline import load_reference
 
@@ -41,11 +41,7 @@ def spread_rule(text: str) -> tuple[int, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hyca_core.reference.defaults", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("flux", "wan"), default="flux")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, help="default: 1 for flux, 3 for wan (as the frontier)")
+    parser = lab_parser("defaults", __doc__)
     parser.add_argument("--granularities", nargs="+", default=["module", "final"], choices=families.GRANULARITIES)
     parser.add_argument("--solvers", nargs="+", default=["reuse", "taylor1", "foca", "ridge1x4", "lsq1x4"])
     parser.add_argument("--spreads", nargs="+", type=spread_rule,
@@ -54,7 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="calibration runs of 8 prompts (default 2)")
     parser.add_argument("--out", help="write the rows here (JSON)")
     args = parser.parse_args(argv)
-    cfg = args.cfg if args.cfg is not None else (1.0 if args.model == "flux" else 3.0)
+    cfg = lab_cfg(args)
     model = load_reference(args.model)
     family = families.detect(model)
     run = reference_runner(model, Setting(steps=args.steps, cfg=cfg))  # HyCa Calibrate's runs in the lab

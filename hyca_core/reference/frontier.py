@@ -227,12 +227,25 @@ def markdown(table: dict, steps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hyca_core.reference.frontier", description=__doc__,
+def lab_parser(module: str, doc: str, model: str = "flux") -> argparse.ArgumentParser:
+    """The reference lab's command line: ``--model``, ``--steps`` and ``--cfg`` as the frontier
+    takes them; each script adds its own options."""
+    parser = argparse.ArgumentParser(prog=f"python -m hyca_core.reference.{module}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=tuple(KINDS), default="flux", help="reference model (default flux)")
+    parser.add_argument("--model", choices=tuple(KINDS), default=model, help=f"reference model (default {model})")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, help="guidance (default: 1 for flux, as FLUX.1-dev is run; 3 for wan, which runs with CFG)")
+    parser.add_argument("--cfg", type=float, help="guidance (default: 1 for flux, as FLUX.1-dev is run; 3 for wan, "
+                                                  "which runs with CFG)")
+    return parser
+
+
+def lab_cfg(args) -> float:
+    """``--cfg``, or the model's own guidance: 1 for flux, 3 for wan."""
+    return args.cfg if args.cfg is not None else (1.0 if args.model == "flux" else 3.0)
+
+
+def main(argv=None) -> int:
+    parser = lab_parser("frontier", __doc__)
     parser.add_argument("--pairs", type=int, default=16, help="held-out prompt/seed pairs (default 16)")
     parser.add_argument("--granularities", nargs="+", default=["module", "final", "stack"],
                         choices=families.GRANULARITIES, help="HyCa granularities to measure")
@@ -245,7 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="frontier_out")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    cfg = args.cfg if args.cfg is not None else (1.0 if args.model == "flux" else 3.0)
+    cfg = lab_cfg(args)
     model = load_reference(args.model)
     started = time.perf_counter()
     f = Frontier(model, args.steps, cfg, 4 if args.quick else args.pairs)

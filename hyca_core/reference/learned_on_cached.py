@@ -15,7 +15,6 @@ frontier's held-out prompts with the uniform solver and with weights learned on 
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Optional
 
@@ -29,7 +28,7 @@ from ..forecast.stream import PredictorBank
 from ..model import families
 from ..model.session import ApplyConfig
 from .benchmark import cached_evaluator
-from .frontier import Frontier
+from .frontier import Frontier, lab_cfg, lab_parser
 from .pipeline import kind_of, load_reference, sample
 
 
@@ -82,11 +81,7 @@ def learn(model, base: ApplyConfig, full_at: tuple[int, ...], steps: int, cfg: f
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hyca_core.reference.learned_on_cached", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("flux", "wan"), default="wan")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, help="default: 1 for flux, 3 for wan (as the frontier)")
+    parser = lab_parser("learned_on_cached", __doc__, model="wan")
     parser.add_argument("--full-at", default="0,5,10,15,19", help="the placement (comma-separated steps)")
     parser.add_argument("--granularity", default="module", choices=families.GRANULARITIES)
     parser.add_argument("--solver", default="foca", help="the uniform solver and the shrinkage target")
@@ -94,7 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=16)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    cfg = args.cfg if args.cfg is not None else (1.0 if args.model == "flux" else 3.0)
+    cfg = lab_cfg(args)
     full_at = tuple(int(s) for s in args.full_at.split(","))
     model = load_reference(args.model)
     base = ApplyConfig(families.detect(model), args.granularity,
