@@ -14,14 +14,14 @@ from ..hyca_core.maps import SolverMapMismatch, placements
 from ..hyca_core.model import families
 from . import map_folder
 from .fingerprint import model_fingerprint
-from .patch import DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
+from .patch import DEFAULT_GRANULARITY, DEFAULT_SOLVER, ApplyConfig, diffusion_model_of, install
 from .report import map_notes
 
 SolverMapType = io.Custom("HYCA_SOLVER_MAP")
 log = logging.getLogger("hyca")
 SCHEDULES = ("spread", "interval", "calibrated")
 DEFAULT_FULL_STEPS = 6  # a quarter of a 24-step run: the speedups users install a cache for
-DEFAULT_GRANULARITY = "final"  # the no-map default measured best on both reference models (BENCHMARKS.md)
+GRANULARITY_OPTIONS = ("auto", *families.GRANULARITIES)
 
 
 def calibrated(solver_map, full_steps: int) -> Schedule:
@@ -65,14 +65,18 @@ class HyCaApply(io.ComfyNode):
                                tooltip="With schedule = interval: forecast only from this fraction of the steps on."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="With schedule = interval: forecast only before this fraction of the steps."),
-                io.Combo.Input("granularity", options=list(families.GRANULARITIES), default=DEFAULT_GRANULARITY,
-                               tooltip="What a forecast step forecasts. module: each attention/MLP branch (the "
-                                       "paper's). block: each block's residual (survives ComfyUI changes). stack: "
-                                       "the whole stack's residual. final: the stack's output itself, as Spectrum "
-                                       "and L2P forecast it (one tensor, the least memory; best on low-guidance "
-                                       "and distilled models). BENCHMARKS.md compares them."),
+                io.Combo.Input("granularity", options=list(GRANULARITY_OPTIONS), default="auto",
+                               tooltip="What a forecast step forecasts. auto: the solver map's granularity (no "
+                                       "map: final), or the next coarser one (module -> block -> stack) when its "
+                                       "stored steps would not fit max_cache_gb; the run report says which and "
+                                       "why. module: each attention/MLP branch (the paper's; the most memory). "
+                                       "block: each block's residual. stack: the whole stack's residual. final: "
+                                       "the stack's output itself, as Spectrum and L2P forecast it (one tensor, "
+                                       "the least memory). BENCHMARKS.md compares them."),
                 io.Combo.Input("cache_device", options=["auto", "gpu", "cpu"], default="auto",
-                               tooltip="Where anchors are kept. cpu offloads them to RAM (slower, saves VRAM)."),
+                               tooltip="Where the stored full steps (anchors) are kept. auto: on the GPU when "
+                                       "they fit max_cache_gb, else in RAM. cpu: in pinned RAM, each forecast "
+                                       "step's anchors brought back ahead of use on a side stream (saves VRAM)."),
                 io.Boolean.Input("enabled", default=True, tooltip="Off returns the model unchanged."),
                 io.Boolean.Input("auto_calibrate", default=False, optional=True,
                                  tooltip="Without a solver map: the first run of this model with these sampling "
@@ -97,6 +101,13 @@ class HyCaApply(io.ComfyNode):
                                        "with a scale per channel, half of bf16's memory, for module granularity "
                                        "on cards it does not fit (BENCHMARKS.md, 'Anchor precision', measures "
                                        "what each costs)."),
+                io.Float.Input("max_cache_gb", default=0.0, min=0.0, max=4096.0, step=0.5, optional=True,
+                               tooltip="Memory the stored full steps may take, in GiB. 0: half of the memory "
+                                       "free when sampling starts, as ComfyUI reports it. Before the first step "
+                                       "HyCa estimates what they will hold from the latent, the prompts and the "
+                                       "granularity; over the budget, granularity auto steps coarser and "
+                                       "cache_device auto keeps them in RAM. The run report shows the estimate "
+                                       "and what was held."),
             ],
             outputs=[io.Model.Output(tooltip="The model with HyCa caching.")],
             hidden=[io.Hidden.unique_id],  # the run report goes back to this node
@@ -108,7 +119,7 @@ class HyCaApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity,
                 cache_device, enabled, solver_map=None, auto_calibrate=False, schedule="interval",
-                full_steps=DEFAULT_FULL_STEPS, anchor_precision="model") -> io.NodeOutput:
+                full_steps=DEFAULT_FULL_STEPS, anchor_precision="model", max_cache_gb=0.0) -> io.NodeOutput:
         if not enabled:
             return io.NodeOutput(model)
         if start_percent > end_percent:
@@ -127,11 +138,11 @@ class HyCaApply(io.ComfyNode):
                          "replacement: HyCa routes each block through an object patch")
             log.info("HyCa Apply: %s", notes[-1])
         if solver_map is not None:
-            if solver_map.granularity != granularity:
+            if granularity != "auto" and solver_map.granularity != granularity:
                 raise SolverMapMismatch(
                     f"{solver_map.source}: granularity: the map was calibrated at {solver_map.granularity!r} "
                     f"granularity; set granularity to {solver_map.granularity!r} or calibrate a {granularity!r} map")
-            solver_map.check_model(family.name, families.architecture(diffusion_model, family, granularity))
+            solver_map.check_model(family.name, families.architecture(diffusion_model, family, solver_map.granularity))
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if interval <= 1:
@@ -155,9 +166,12 @@ class HyCaApply(io.ComfyNode):
                 log.warning("HyCa Apply: %s", note)
         if anchor_precision not in PRECISIONS:
             raise ValueError(f"anchor_precision must be one of {', '.join(PRECISIONS)}, got {anchor_precision!r}")
+        if not max_cache_gb >= 0:
+            raise ValueError(f"max_cache_gb must be 0 (half of the free memory) or more, got {max_cache_gb!r}")
         config = ApplyConfig(family, granularity, schedule, solver_map, cache_device=cache_device,
-                             anchor_precision=anchor_precision)
+                             anchor_precision=anchor_precision, max_cache_gb=float(max_cache_gb))
         if auto_calibrate and solver_map is None:
+            granularity = DEFAULT_GRANULARITY if granularity == "auto" else granularity  # a map has one
             architecture = families.architecture(diffusion_model, family, granularity)
             config = AutoCalibrateConfig(family, granularity, schedule, model_fingerprint(model, architecture),
                                          architecture, map_folder.auto_folder(), cache_device=cache_device,

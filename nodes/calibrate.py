@@ -93,7 +93,7 @@ class HyCaCalibrate(io.ComfyNode):
                                  tooltip="Beyond the paper: also fit least-squares weights per cluster and use them "
                                          "where anchors are exactly N apart. Calibrate on several runs when on."),
                 io.Combo.Input("granularity", options=list(families.GRANULARITIES), default=DEFAULT_GRANULARITY,
-                               tooltip="Must match the granularity HyCa Apply will use."),
+                               tooltip="What the map is calibrated for; HyCa Apply at granularity auto uses it (or a coarser one where its stored steps do not fit)."),
                 io.Combo.Input("refine", options=list(REFINE_LEVELS), default="fast", tooltip=REFINE_TOOLTIP),
                 io.String.Input("name", default="my-model", tooltip="Saved as models/hyca/<name>.safetensors."),
                 io.String.Input("description", default="", optional=True, tooltip="Free text stored in the map, for sharing."),

@@ -14,12 +14,14 @@ ComfyUI modules are imported inside functions only, never when the pack is impor
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
 from ..hyca_core.model import routes, skips
+from ..hyca_core.model.memory import SampleShape
 from ..hyca_core.model.session import (  # noqa: F401  (re-exported for the nodes and tests)
-    CONFIG_KEY, DEFAULT_SOLVER, FREE_MEMORY_SHARE, RUN_KEY, ApplyConfig, RunState, Schedule, anchors_still_needed,
+    CONFIG_KEY, DEFAULT_GRANULARITY, DEFAULT_SOLVER, FREE_MEMORY_SHARE, RUN_KEY, ApplyConfig, RunState, Schedule, anchors_still_needed,
     block_patches, evaluate, transformer_options,
 )
 
@@ -69,6 +71,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     state.free_memory = getattr(guider.model_patcher, "get_free_memory", None) or _comfy_free_memory
     state.allocating = _outside_malloc_graphs()
     state.timestep_of = _timestep_of(guider.model_patcher)  # gates computed ahead: each future step's timestep
+    state.sample_shape = sample_shape(guider, args[0] if args else kwargs.get("noise"))
     options[RUN_KEY] = state
     status = "failed"
     try:
@@ -91,6 +94,33 @@ def outer_sample_wrapper(executor, *args, **kwargs):
                 report.publish(options[report.NODE_KEY], state, rows, status, options.get(report.NOTES_KEY, ()))
             except Exception:  # noqa: BLE001
                 log.exception("HyCa: sending the run report failed")
+
+
+def sample_shape(guider, noise):
+    """What this run feeds the model, for the anchors' estimate before its first step: the latent's
+    shape, the text tokens of every cond evaluated each step (the negative ones only where CFG
+    runs them: ComfyUI skips them at cfg 1) and the dtype the model computes in. None where
+    something is not as expected (the estimate is then made after the first full step)."""
+    try:
+        model = guider.model_patcher.model
+        dtype = model.get_dtype_inference() if hasattr(model, "get_dtype_inference") else (
+            getattr(model, "manual_cast_dtype", None) or model.get_dtype())
+        cfg = getattr(guider, "cfg", None)
+        cfg1 = (isinstance(cfg, (int, float)) and math.isclose(cfg, 1.0)
+                and not guider.model_options.get("disable_cfg1_optimization", False))
+        tokens = []
+        for key, conds in (getattr(guider, "conds", None) or {}).items():
+            if cfg1 and key == "negative":
+                continue
+            for cond in conds or ():
+                text = cond.get("cross_attn") if isinstance(cond, dict) else None
+                tokens.append(int(text.shape[1]) if isinstance(text, torch.Tensor) and text.ndim >= 2 else 0)
+        if not isinstance(noise, torch.Tensor) or not tokens:
+            return None
+        return SampleShape(tuple(noise.shape), tuple(tokens), dtype)
+    except Exception:  # noqa: BLE001  an estimate is never worth a run
+        log.debug("HyCa: no sample shape for the memory estimate", exc_info=True)
+        return None
 
 
 def diffusion_model_wrapper(executor, *args, **kwargs):

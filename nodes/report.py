@@ -48,11 +48,20 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
         "schedule": "spread" if schedule.spread is not None else "calibrated" if schedule.full_at is not None
         else "interval", "full_steps": schedule.spread or (len(schedule.full_at) if schedule.full_at else None),
         "granularity": config.granularity, "used_granularity": state.granularity,
+        # the anchors' estimate made before the first step and the budget it was checked against
+        "memory": _memory(getattr(state, "memory", None)),
         "map": os.path.basename(solver_map.source) if solver_map is not None else None,
         "solver": None if solver_map is not None else config.solver,
         "conds": conds,
         "notes": list(apply_notes) + list(state.notes) + _diagnoses(conds, schedule),
     }
+
+
+def _memory(memory) -> Optional[dict]:
+    if not memory:
+        return None
+    keys = ("estimated_bytes", "budget_bytes", "budget", "granularity", "device", "exact")
+    return {key: memory.get(key) for key in keys}
 
 
 def map_notes(solver_map, interval: int, warmup: int, cooldown: int) -> list[str]:

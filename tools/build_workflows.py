@@ -93,8 +93,9 @@ def calibrate_widgets(steps, cfg, sampler, scheduler, name, warmup, full_steps, 
 
 def apply_widgets(interval, warmup, full_steps):
     # interval, warmup_steps, cooldown_steps, start_percent, end_percent, granularity, cache_device, enabled,
-    # auto_calibrate, schedule, full_steps, anchor_precision: HyCa Apply's defaults, the spread schedule of full_steps
-    return [interval, warmup, 1, 0.0, 1.0, GRANULARITY, "auto", True, False, "spread", full_steps, "model"]
+    # auto_calibrate, schedule, full_steps, anchor_precision, max_cache_gb: HyCa Apply's defaults (granularity
+    # auto: the map's), the spread schedule of full_steps
+    return [interval, warmup, 1, 0.0, 1.0, "auto", "auto", True, False, "spread", full_steps, "model", 0.0]
 
 
 def flux(variant):

@@ -45,9 +45,22 @@ export function reportHtml(r) {
     : r.schedule === "calibrated" ? `calibrated placement, ${r.full_steps} full`
     : `N=${r.interval} · warm-up ${r.warmup} · cooldown ${r.cooldown}`;
   lines.push(`<div class="hyca-dim">${source} · ${schedule} · ${esc(r.granularity)}${fellBack}</div>`);
+  if (r.memory) lines.push(memoryHtml(r));
   for (const note of r.notes || []) lines.push(`<div class="hyca-warn">⚠ ${esc(note)}</div>`);
   lines.push(`<div class="hyca-dim">last run ${esc(when)}</div>`);
   return lines.join("");
+}
+
+// The anchors' estimate made before the first step, beside what the run held, and the budget.
+export function memoryHtml(r) {
+  const m = r.memory;
+  const held = r.conds.reduce((sum, c) => sum + (c.peak_cache_bytes || 0), 0);
+  const over = m.budget_bytes != null && m.estimated_bytes > m.budget_bytes;
+  const budget = m.budget_bytes != null ? ` of ${mib(m.budget_bytes)} (${esc(m.budget)})` : "";
+  const approx = m.exact ? "" : " (approximate)";
+  return `<div class="${over ? "hyca-warn" : "hyca-dim"}" title="estimated before the first step from the latent, ` +
+    `the prompts and the granularity; held: what the anchors took">anchors: estimated ${mib(m.estimated_bytes)}` +
+    `${approx}${budget} · held ${mib(held)} · ${esc(m.device)}</div>`;
 }
 
 // "FFF··F···" as coloured runs; very long runs (video, many steps) are cut with a count.

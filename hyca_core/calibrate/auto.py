@@ -108,6 +108,7 @@ class AutoState(RunStateBase):
     timestep_of = _handed("timestep_of")
     free_memory = _handed("free_memory")
     allocating = _handed("allocating")
+    sample_shape = _handed("sample_shape")
 
     def __init__(self, config: AutoCalibrateConfig, diffusion_model):
         self._settings: dict = {}
@@ -190,6 +191,13 @@ class AutoState(RunStateBase):
     @property
     def lock(self):
         return self.inner.lock if self.inner is not None else None
+
+    def on_input(self, x) -> None:
+        self.inner.on_input(x)
+
+    @property
+    def memory(self):
+        return getattr(self.inner, "memory", None)
 
     def stream(self, key, name):
         return self.inner.stream(key, name)

@@ -5,6 +5,8 @@ in the feature's own dtype. The quality this costs is measured in BENCHMARKS.md 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # model: the feature's own dtype (bf16 / fp16 on a GPU); bf16: bfloat16 whatever the model computes in
@@ -49,6 +51,11 @@ class Int8Anchor:
         out.values.copy_(self.values, non_blocking=True)
         out.scales.copy_(self.scales, non_blocking=True)
         return out
+
+
+def scale_bytes(shape) -> int:
+    """Bytes of the float32 scales an int8 anchor of ``shape`` keeps beside its values."""
+    return 4 * math.prod(_scale_shape(torch.Size(shape)))
 
 
 def _token_dim(v: torch.Tensor) -> int:

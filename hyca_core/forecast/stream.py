@@ -227,6 +227,14 @@ class CacheRun:
             self.streams[key] = stream
         return stream
 
+    def reads(self, feature: str) -> int:
+        """Anchors a stream keeps of ``feature``: its own solver's count (``CacheStream._reads``)."""
+        try:
+            own = self.predictors(feature).anchors_needed
+        except KeyError:
+            own = self.predictors.anchors_needed
+        return max(1, min(self.predictors.anchors_needed, own))
+
     @property
     def peak_cache_bytes(self) -> int:
         return sum(s.store.peak_nbytes for s in self.streams.values())

@@ -75,6 +75,7 @@ def _evaluate(executor: Callable, args: tuple, kwargs: dict, options: dict):
     # multi-GPU sampling: one stream per (cond, worker device); on the CPU the device's index is
     # only in ComfyUI's options, never on the tensors
     device = options.get("multigpu_thread_device")
+    state.on_input(x)  # before any stream: the anchors' memory is planned once per run
     if device is None:
         stream = state.stream(uuids, _cond_name(options))
     else:

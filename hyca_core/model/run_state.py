@@ -28,12 +28,18 @@ class RunStateBase:
     timestep_of: Optional[Callable] = None
     free_memory: Optional[Callable] = None
     allocating: Optional[Callable] = None
+    # what the sampler will feed the model (``memory.SampleShape``): the anchors' estimate before the first step
+    sample_shape = None
+    memory: Optional[dict] = None  # that estimate and its budget, for the run report (None: not made)
 
     def __init__(self):
         self.notes: list[str] = []  # what changed the caching, for the log and the run report
 
     def on_sigmas(self, sigmas: list) -> None:
         """The run's sigmas, given before every evaluation (decide once)."""
+
+    def on_input(self, x) -> None:
+        """The first model call's input, before any stream is made (decide once: memory)."""
 
     def stream(self, key, name: str) -> "StreamBase":
         raise NotImplementedError

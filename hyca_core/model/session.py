@@ -20,7 +20,7 @@ import torch
 from ..forecast.schedule import Schedule, interval_for
 from ..forecast.stream import CacheRun, PredictorBank
 from ..maps import SolverMap, placements, uniform_predictors
-from . import families
+from . import families, memory
 from .blocks import EvalContext, ModuleMismatch  # noqa: F401  (ModuleMismatch: re-exported)
 # the driver's names, where the nodes, the lab and the tests have always found them
 from .driver import CONFIG_KEY, RUN_KEY, block_patches, evaluate, transformer_options  # noqa: F401
@@ -35,6 +35,9 @@ log = logging.getLogger("hyca")
 FALLBACK = {"module": "block", "stack": "block", "final": "block", "block": "off"}
 
 DEFAULT_SOLVER = "hermite1"  # without a map: half the TaylorSeer-1 slope (HiCache, m = 1); BENCHMARKS.md, issue 22
+# granularity "auto" without a map: the no-map default measured best on both reference models (issue
+# 22), and the least memory; with a map, the map's own
+DEFAULT_GRANULARITY = "final"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,15 @@ class ApplyConfig:
     cache_device: str = "auto"  # "auto" / "gpu" / "cpu"
     solver: str = DEFAULT_SOLVER  # every channel's solver when there is no map
     anchor_precision: str = "model"  # "model": the feature's own dtype; "int8": 8 bits, a scale per channel
+    max_cache_gb: float = 0.0  # anchors' memory budget under granularity / cache_device auto; 0: a share of free memory
+
+    @property
+    def preferred_granularity(self) -> str:
+        """The granularity a run starts from: the chosen one, or under ``auto`` the map's (no map:
+        ``DEFAULT_GRANULARITY``); ``auto`` steps coarser from it when its anchors do not fit."""
+        if self.granularity != "auto":
+            return self.granularity
+        return self.solver_map.granularity if self.solver_map is not None else DEFAULT_GRANULARITY
 
     def start(self, diffusion_model) -> "RunState":
         return RunState(self, diffusion_model)
@@ -106,6 +118,7 @@ class RunState(RunStateBase):
     # newer ComfyUI (the Comfy Compiler): a context pausing the calling thread's malloc graph, for
     # what HyCa keeps past a forward (anchors, planned gates); None where there is none
     allocating: Optional[Callable] = None
+    memory: Optional[dict] = None  # the anchors' estimate before the first step and the budget (``plan_memory``)
 
     def __post_init__(self):
         # Newer ComfyUI's multi-GPU sampling calls the model from one worker thread per device, at
@@ -115,7 +128,8 @@ class RunState(RunStateBase):
         self._decisions = threading.RLock()
         self._stale: set = set()  # ids of streams a fall-back left with useless anchors
         self._placement_checked = False
-        self.granularity = self.config.granularity
+        self._memory_planned = False
+        self.granularity = self.config.preferred_granularity
         self.verified = self.granularity != "module"
         device = {"cpu": "cpu"}.get(self.config.cache_device)
         self.run = CacheRun(self.config.schedule, self.config.predictors(), cache_device=device, gate_plan=GatePlan,
@@ -140,6 +154,35 @@ class RunState(RunStateBase):
         if interval != schedule.interval:
             self.run.predictors = dataclasses.replace(self.config, schedule=dataclasses.replace(
                 schedule, interval=interval)).predictors()
+
+    def on_input(self, x: torch.Tensor) -> None:
+        if not self._memory_planned:
+            with self._decisions:
+                if not self._memory_planned:
+                    self._memory_planned = True
+                    self.plan_memory(x.device)
+
+    def plan_memory(self, device: torch.device) -> None:
+        """Before the first step (``memory.plan``): the anchors' estimate from the run's shape, the
+        granularity ``auto`` picks under the budget, and under cache_device ``auto`` whether they
+        go to the CPU. Without a shape (the lab) ``place`` decides after the first full step."""
+        if self.sample_shape is None or self.granularity == "off":
+            return
+        free_memory = self.free_memory or _torch_free_memory
+        plan = memory.plan(self.config, self.diffusion_model, self.granularity, self.sample_shape, self.run.reads,
+                           device, free_memory, FREE_MEMORY_SHARE)
+        for note in plan.notes:
+            self._note(note)
+        if plan.granularity != self.granularity:
+            self.granularity = plan.granularity
+            self.verified = self.granularity != "module"
+        self.memory, self.placed = plan.report, plan.estimate.exact
+        if plan.offload:
+            self.run.cache_device = "cpu"
+
+    def _note(self, message: str) -> None:
+        log.info(message)
+        self.notes.append(message)
 
     def stream(self, key, name):
         with self._decisions:

@@ -51,6 +51,13 @@ test("a report shows totals, every cond, the schedule and the diagnoses", () => 
   assert.ok(text(reportHtml({ ...report, status: "interrupted" })).includes("(interrupted)"));
 });
 
+test("a report shows the anchors' estimate beside what was held, flagged over the budget", () => {
+  const shown = text(reportHtml(fixture("report-memory.json")));
+  assert.ok(shown.includes("anchors: estimated 3.00 GiB of 2.00 GiB (max_cache_gb 2) · held 3.00 GiB · cpu"), shown);
+  assert.ok(reportHtml(fixture("report-memory.json")).includes('<div class="hyca-warn" title="estimated'));
+  assert.ok(!text(reportHtml(fixture("report.json"))).includes("anchors:"));
+});
+
 test("runs of one prompt accumulate, a new prompt starts over", () => {
   const run = (prompt_id, n) => ({ ...fixture("report.json"), prompt_id, full: n });
   let saved = withRun(undefined, run("p1", 1));
