@@ -3,8 +3,9 @@
 Each feature keeps a ring of at most ``capacity`` copies with their times, newest first. Values
 are always copied into buffers the store owns (ComfyUI blocks update tensors in place, so a view
 would silently change under us). Buffers are allocated once per feature and reused, in a chosen
-dtype and on a chosen device: the compute device, or the CPU (pinned memory, non-blocking copies)
-to offload long videos.
+dtype and on a chosen device: the compute device, or the CPU (pinned memory) to offload long
+videos, where the copies run on a side stream and a forecast's anchors are fetched ahead
+(``offload``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable, Hashable, Optional
 
 import torch
 
+from .offload import Transfers
 from .quantized import PRECISIONS, Int8Anchor
 from .solvers import MAX_ANCHORS
 
@@ -57,6 +59,9 @@ class AnchorStore:
         self.dtype = dtype if dtype is not None or precision != "bf16" else torch.bfloat16
         self.device = None if device is None else torch.device(device)
         self._rings: dict[Hashable, _Ring] = {}
+        self._order: dict[Hashable, int] = {}  # key -> its place in the order features are first stored
+        self._sequence: list = []  # the keys in that order
+        self.transfers = Transfers()  # anchors kept on the host: copies off the model's stream, fetched ahead
         self.nbytes = 0
         self.peak_nbytes = 0
         self.restarts = 0  # histories dropped because shape, dtype or time order changed
@@ -93,6 +98,9 @@ class AnchorStore:
         ring = self._rings.get(key)
         if ring is None:
             ring = self._rings[key] = _Ring(self._capacity(key))
+            self._order[key] = len(self._sequence)
+            self._sequence.append(key)
+        self.transfers.forget(key)
         ring.dtype = value.dtype
         dtype = self.dtype or value.dtype
         device = self.device or value.device
@@ -103,7 +111,7 @@ class AnchorStore:
             elif t < ring.times[0] - TIME_EPSILON:
                 self._drop(ring)
             elif abs(t - ring.times[0]) <= TIME_EPSILON:
-                head.copy_(value, non_blocking=True)
+                self._write(head, value)
                 return
         if len(ring.buffers) < ring.capacity:
             with self.allocating():
@@ -113,27 +121,53 @@ class AnchorStore:
         else:
             buffer = ring.buffers.pop()  # reuse the oldest
             ring.times.pop()
-        buffer.copy_(value, non_blocking=True)
+        self._write(buffer, value)
         ring.buffers.insert(0, buffer)
         ring.times.insert(0, float(t))
 
     def anchors(self, key: Hashable, device: Optional[torch.device | str] = None) -> tuple[list[torch.Tensor], list[float]]:
-        """Anchors of ``key`` newest first, moved to ``device`` if they live elsewhere."""
+        """Anchors of ``key`` newest first, moved to ``device`` if they live elsewhere. Kept on the
+        host, the next features' anchors start coming back to ``device`` now (``offload``)."""
         ring = self._rings.get(key)
         if not ring or not ring.buffers:
             raise KeyError(f"no anchors stored for {key!r}")
+        if device is None or not self.offloaded:
+            return self._read(ring, device), list(ring.times)
+        device = torch.device(device)
+        anchors = self.transfers.fetch(key, lambda: self._read(ring, device), device)
+        self.transfers.ahead(self._following(key), lambda k: self._read(self._rings[k], device), device)
+        return anchors, list(ring.times)
+
+    @property
+    def offloaded(self) -> bool:
+        """Anchors kept on the host by choice (cache_device cpu, or auto moving them there)."""
+        return self.device is not None and self.device.type == "cpu"
+
+    def _following(self, key: Hashable) -> list:
+        """The features stored after ``key`` on a full step, as many as are fetched ahead."""
+        place = self._order[key]
+        return [k for k in self._sequence[place + 1:place + 1 + self.transfers.depth] if k in self]
+
+    def _read(self, ring: _Ring, device) -> list:
         buffers = ring.buffers
         if self.precision == "int8":
-            return [b.read(device) for b in buffers], list(ring.times)
+            return [b.read(device) for b in buffers]
         if buffers[0].dtype != ring.dtype:  # bf16 anchors of a model computing in another dtype
-            buffers = [b.to(device or b.device, ring.dtype, non_blocking=True) for b in buffers]
-        elif device is not None and buffers[0].device != torch.device(device):
-            buffers = [b.to(device, non_blocking=True) for b in buffers]
-        return list(buffers), list(ring.times)
+            return [b.to(device or b.device, ring.dtype, non_blocking=True) for b in buffers]
+        if device is not None and buffers[0].device != torch.device(device):
+            return [b.to(device, non_blocking=True) for b in buffers]
+        return list(buffers)
+
+    def _write(self, buffer, value: torch.Tensor) -> None:
+        if buffer.device != value.device:
+            self.transfers.write(buffer, value)  # to the host, off the model's stream
+        else:
+            buffer.copy_(value, non_blocking=True)
 
     def move_to(self, device: torch.device | str) -> None:
         """Keep every anchor, present and future, on ``device`` (e.g. offload to the CPU mid-run)."""
         self.device = torch.device(device)
+        self.transfers.clear()
         for ring in self._rings.values():
             moved = []
             for buffer in ring.buffers:
@@ -153,9 +187,13 @@ class AnchorStore:
 
     def clear(self) -> None:
         self._rings.clear()
+        self._order.clear()
+        self._sequence.clear()
+        self.transfers.clear()
         self.nbytes = 0
 
     def _drop(self, ring: _Ring) -> None:
+        self.transfers.clear()
         self.nbytes -= ring.nbytes
         ring.buffers.clear()
         ring.times.clear()

@@ -345,6 +345,8 @@ class RunState(RunStateBase):
                 "full_reasons": dict(s.full_reasons), "timeline": s.pattern,
                 "peak_cache_bytes": stream.store.peak_nbytes, "granularity": self.granularity,
                 "gates_ahead": s.gates_ahead, "gates_on_step": dict(s.gates_on_step),
+                # anchors kept on the host: reads whose copy back was started ahead, and the others
+                "fetched_ahead": stream.store.transfers.hits, "fetched_on_use": stream.store.transfers.misses,
             })
         return rows
 

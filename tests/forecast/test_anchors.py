@@ -138,3 +138,29 @@ def test_move_to_keeps_anchors_and_future_pushes_follow():
     store.push("f", 1.0, torch.full((3,), 2.0))
     values, times = store.anchors("f")
     assert times == [1.0, 0.0] and values[1][0].item() == 1.0 and store.device == torch.device("cpu")
+
+
+def test_anchors_kept_on_the_host_are_fetched_ahead_in_stored_order():
+    """cache_device cpu: reading one feature's anchors starts the next ones' copies back (on a GPU
+    on a side stream; here at once, the same bookkeeping), a new full step makes them stale, and
+    what is read is what a store on the device reads."""
+    offloaded, local = AnchorStore(capacity=2, device="cpu"), AnchorStore(capacity=2)
+    keys = [f"block.{i}" for i in range(7)]
+    for t in (0.0, 1.0):
+        for i, key in enumerate(keys):
+            value = torch.full((2, 3), 10 * t + i)
+            offloaded.push(key, t, value)
+            local.push(key, t, value)
+    assert offloaded.offloaded and not local.offloaded
+    for key in keys:
+        got, times = offloaded.anchors(key, device="cpu")
+        want, want_times = local.anchors(key, device="cpu")
+        assert times == want_times and all(torch.equal(a, b) for a, b in zip(got, want))
+    transfers = offloaded.transfers
+    assert (transfers.misses, transfers.hits) == (1, 6)  # only the first was read on use
+    offloaded.push("block.3", 2.0, torch.zeros(2, 3))  # a full step: what was fetched of it is stale
+    offloaded.anchors("block.2", device="cpu")  # fetches block.3 ahead again, from the new anchors
+    got, times = offloaded.anchors("block.3", device="cpu")
+    assert times == [2.0, 1.0] and torch.equal(got[0], torch.zeros(2, 3))
+    offloaded.clear()
+    assert not transfers._pending

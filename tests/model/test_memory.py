@@ -155,3 +155,25 @@ def test_budget_and_choice_rules():
     assert memory.choose("module", at, None)[0].granularity == "module"
     chosen, why = memory.choose("module", at, 0)
     assert chosen.granularity == "stack" and "does not fit" in why and "module would hold" in why
+
+
+@pytest.mark.parametrize("granularity", ["module", "block"])
+def test_anchors_on_the_host_give_the_same_outputs_and_are_fetched_ahead(granularity):
+    """cache_device cpu against anchors on the compute device: the same run, bit for bit (on a CPU
+    both live in one memory, so this checks the offload path's bookkeeping; the GPU script times it)."""
+    model = flux()
+    outputs = {}
+    for where in ("gpu", "cpu"):
+        config = ApplyConfig(families.detect(model), granularity, Schedule(interval=3, warmup=1), cache_device=where)
+        installed = install(model, config)
+        make, _ = call(model, 1)
+        with torch.no_grad():
+            outputs[where] = [installed(*make(s.reshape(1)), s.reshape(1), SIGMAS, cond_or_uncond=(0,)) for s in SIGMAS[:-1]]
+        rows = installed.close()
+        if where == "cpu":
+            forecasts, features = rows[0]["predicted"], 2 * 4 + 2 if granularity == "module" else 2 * 2 + 2
+            assert rows[0]["fetched_on_use"] == forecasts  # the first feature of each forecast step
+            assert rows[0]["fetched_ahead"] == forecasts * (features - 1)
+        else:
+            assert rows[0]["fetched_ahead"] == rows[0]["fetched_on_use"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(outputs["gpu"], outputs["cpu"]))
