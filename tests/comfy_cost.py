@@ -5,6 +5,7 @@ extrapolated to the full depth (``hyca_core.reference.cost`` does the counting).
     COMFYUI_PATH=/path/to/ComfyUI python tests/comfy_cost.py --out cost.json
     COMFYUI_PATH=/path/to/ComfyUI python tests/comfy_cost.py --tiny        # checks the script (seconds)
     COMFYUI_PATH=/path/to/ComfyUI python tests/comfy_cost.py --speed --out speed.json   # on a GPU: time them
+    COMFYUI_PATH=/path/to/ComfyUI python tests/comfy_cost.py --memory --out memory.json  # anchors on a 24 GB card
 
 Each model is called as ComfyUI's ``BaseModel._apply_model`` calls it (its timestep from its model
 sampling: FLUX and Qwen-Image take the sigma, HunyuanVideo and Wan 1000 sigma) on random bf16
@@ -15,6 +16,7 @@ the target's ratio of image to text tokens, so the scaling is exact).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ class Target:
     run_latent: tuple = ()  # ``--speed``: the latent of that output
     run_text: int = 0  # and its text tokens
     batch: int = 1  # one model call's batch: 2 with CFG
+    # ``--memory``: the issue-26 size a user samples at (latent, text tokens per cond, conds per step)
+    user: tuple = ()
 
 
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -61,18 +65,20 @@ TARGETS = (
     # 1024x1024: 4096 image and 512 text tokens, measured at 256 and 32
     Target("FLUX.1-dev", "Flux", "flux", FLUX_DEV, {"double_blocks": "depth", "single_blocks": "depth_single_blocks"},
            (1, 16, 32, 32), (32, 4096), pooled=768, guidance=True, scale_to="1024x1024, 512 text tokens", token_scale=16,
-           run_latent=(1, 16, 128, 128), run_text=512),
+           run_latent=(1, 16, 128, 128), run_text=512, user=("1024x1024", (1, 16, 128, 128), 512, 1)),
     # 1024x1024: 4096 image and 256 text tokens, measured at 256 and 16
     Target("Qwen-Image", "QwenImage", "qwen_image", QWEN_IMAGE, {"transformer_blocks": "num_layers"}, (1, 16, 1, 32, 32), (16, 3584),
-           scale_to="1024x1024, 256 text tokens", token_scale=16, run_latent=(1, 16, 1, 128, 128), run_text=256, batch=2),
+           scale_to="1024x1024, 256 text tokens", token_scale=16, run_latent=(1, 16, 1, 128, 128), run_text=256, batch=2,
+           user=("1328x1328, CFG", (1, 16, 1, 166, 166), 256, 2)),
     # 960x544, 61 frames: 16 x 34 x 60 = 32640 image and 256 text tokens, measured at 510 and 4
     Target("HunyuanVideo", "HunyuanVideo", "hunyuan_video", HUNYUAN_VIDEO, {"double_blocks": "depth", "single_blocks": "depth_single_blocks"},
            (1, 16, 1, 34, 60), (4, 4096), pooled=768, guidance=True, timestep_scale=1000.0,
-           scale_to="960x544, 61 frames, 256 text tokens", token_scale=64, run_latent=(1, 16, 16, 68, 120), run_text=256),
+           scale_to="960x544, 61 frames, 256 text tokens", token_scale=64, run_latent=(1, 16, 16, 68, 120), run_text=256,
+           user=("1280x720, 129 frames", (1, 16, 33, 90, 160), 256, 1)),
     # 832x480, 81 frames: 21 x 30 x 52 = 32760 image tokens (Wan caches image tokens only), measured at 390
     Target("Wan 2.1 14B", "WAN21_T2V", "wan", WAN_14B, {"blocks": "num_layers"}, (1, 16, 1, 30, 52), (512, 4096),
            timestep_scale=1000.0, scale_to="832x480, 81 frames", token_scale=84, run_latent=(1, 16, 21, 60, 104),
-           run_text=512, batch=2),
+           run_text=512, batch=2, user=("832x480, 81 frames, CFG", (1, 16, 21, 60, 104), 512, 2)),
 )
 
 
@@ -86,7 +92,7 @@ def tiny(target: Target) -> Target:
     latent = (*target.latent[:-2], 8, 8)
     return Target(target.name + " (tiny)", target.comfy_class, target.family, unet, target.depth_keys, latent, text,
                   32 if target.pooled else 0, target.guidance, target.timestep_scale, run_latent=latent,
-                  run_text=text[0], batch=target.batch)
+                  run_text=text[0], batch=target.batch, user=("tiny", latent, text[0], target.user[3]))
 
 
 def subject(target: Target, dtype=torch.bfloat16, batch: int = 1, device: str = "cpu"):
@@ -125,6 +131,65 @@ def subject(target: Target, dtype=torch.bfloat16, batch: int = 1, device: str = 
                    timestep_of=lambda sigma: (sigma * target.timestep_scale).float())
 
 
+CARD_GIB = 24.0
+CONTEXT_GIB = 0.5  # the CUDA context and what else a card holds before a model loads
+
+
+def memory_rows(target: Target, precisions=("model", "int8"), anchors: int = 2) -> list[dict]:
+    """The anchors' bytes at the user's size through ComfyUI's classes at full width and depth (built
+    on the meta device: no weights), ``hyca_core.model.memory.estimate`` as HyCa Apply makes it before
+    the first step (equal to the bytes held at tiny width, tests/comfyui/test_comfy_memory.py), and
+    whether they fit a 24 GB card beside the model in fp8 and ComfyUI's own inference reserve
+    (``BaseModel.memory_required`` as a GPU with flash attention computes it, one cond per call)."""
+    import comfy.model_management
+
+    from hyca_core.model import families, memory
+    from hyca_core.model.session import FREE_MEMORY_SHARE
+
+    label, latent, text, conds = target.user
+    supported = detected_config(target.family, target.unet)
+    supported.set_inference_dtype(torch.bfloat16, None)
+    with torch.device("meta"):
+        base = supported.get_model({}, device="meta")
+    model = base.diffusion_model
+    family = families.detect(model)
+    weights = sum(p.numel() for p in model.parameters())  # fp8: a byte each
+    flash, comfy.model_management.pytorch_attention_flash_attention = (
+        comfy.model_management.pytorch_attention_flash_attention, lambda: True)
+    try:
+        reserve = base.memory_required(list(latent), {"c_crossattn": [(1, text, 1)]})
+    finally:
+        comfy.model_management.pytorch_attention_flash_attention = flash
+    free = (CARD_GIB - CONTEXT_GIB) * memory.GiB - weights  # what ComfyUI reports once the model is in
+    room = free - reserve
+    shape = memory.SampleShape(latent, (text,) * conds, torch.bfloat16)
+    rows = []
+    for precision in precisions:
+        sizes = {g: memory.estimate(model, family, g, shape, precision, reads=lambda f: anchors).bytes
+                 for g in ("module", "block", "stack")}
+        budget = memory.budget_bytes(0, free, FREE_MEMORY_SHARE)
+        auto = memory.choose("module", lambda g: memory.Estimate(g, sizes[g], 1), budget)[0].granularity
+        rows.append({"model": target.name, "size": label, "conds": conds, "image_tokens": families.target_tokens(
+            latent, getattr(model, "patch_size", 2)), "text_tokens": text, "precision": precision, "anchors": anchors,
+            "fp8_weights_bytes": weights, "inference_reserve_bytes": int(reserve), "free_after_model_bytes": int(free),
+            "room_bytes": int(room), "auto_budget_bytes": budget, "auto_from_module": auto,
+            **{f"{g}_bytes": b for g, b in sizes.items()}, **{f"{g}_fits": b <= room for g, b in sizes.items()}})
+    return rows
+
+
+def memory_table(rows: list[dict]) -> str:
+    gib = lambda n: f"{n / 2 ** 30:.1f}"  # noqa: E731
+    mark = lambda row, g: f"{gib(row[g + '_bytes'])} {'yes' if row[g + '_fits'] else 'no'}"  # noqa: E731
+    lines = ["| model, size | anchors | fp8 weights + reserve, GiB | room, GiB | module | block | stack / final "
+             "| auto (module map) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        precision = "bf16" if r["precision"] == "model" else r["precision"]
+        lines.append(f"| {r['model']}, {r['size']} | {r['anchors']} x {precision} | {gib(r['fp8_weights_bytes'])} + "
+                     f"{gib(r['inference_reserve_bytes'])} | {gib(r['room_bytes'])} | {mark(r, 'module')} | "
+                     f"{mark(r, 'block')} | {mark(r, 'stack')} | {r['auto_from_module']} |")
+    return "\n".join(lines)
+
+
 def speed(target: Target, args) -> list[dict]:
     """End-to-end times at the full depth and the target's size (``hyca_core.reference.speed``)."""
     from hyca_core.reference import speed as reference_speed
@@ -144,6 +209,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", help="write the rows as JSON here")
     parser.add_argument("--speed", action="store_true",
                         help="time sampling at the full depth and size instead of counting (a GPU: --device cuda)")
+    parser.add_argument("--memory", action="store_true",
+                        help="the anchors' bytes at each model's user size, per granularity and precision, on a 24 GB card")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
@@ -168,12 +235,21 @@ def main(argv=None) -> None:
         if args.models and target.name not in args.models:
             continue
         t = tiny(target) if args.tiny else target
+        if args.memory:
+            rows += [row for anchors in (2, 3) for row in memory_rows(target if not args.tiny else t, anchors=anchors)]
+            continue
         if args.speed:
             rows += speed(t, args)
             continue
         print(f"{t.name}: {', '.join(f'{n} {k}' for k, n in t.unet.items() if k in t.depth_keys.values())} blocks, "
               f"measured at latent {t.latent}, {t.text[0]} text tokens; anchors scaled to {target.scale_to or 'as measured'}")
         rows += measure(subject(t))
+    if args.memory:
+        print(memory_table(rows))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     finish(rows, args.out, table=not args.speed)
 
 

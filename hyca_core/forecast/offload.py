@@ -21,8 +21,8 @@ PREFETCH_DEPTH = 4  # features fetched ahead: a few blocks' worth, while the cur
 
 
 class Transfers:
-    def __init__(self, depth: int = PREFETCH_DEPTH):
-        self.depth = depth
+    def __init__(self, depth: Optional[int] = None):
+        self.depth = PREFETCH_DEPTH if depth is None else depth
         self._side: dict = {}  # CUDA device -> its side stream
         self._pending: dict[Hashable, tuple] = {}  # key -> (tensors, event or None), fetched ahead
         self.hits = 0  # reads whose anchors were fetched ahead

@@ -142,3 +142,22 @@ def test_seed_spread_prints_a_difference_per_seed(capsys):
     assert "seed 2: reuse - taylor1 = " in out and "seed 3: " in out and "mean" in out
     assert seed_spread.main(["--steps", "8", "--interval", "3", "--seeds", "2", "2", "taylor1", "taylor1"]) == 0
     assert "mean +0.00 dB" in capsys.readouterr().out  # a candidate against itself
+
+
+def test_gpu_offload_script_runs_tiny_on_the_cpu(tmp_path):
+    """Issue 26's GPU script (python -m hyca_core.reference.offload_speed) end to end on a tiny model:
+    anchors on the device, on the host fetched ahead, and on the host fetched on use."""
+    import json
+
+    from hyca_core.forecast import offload
+    from hyca_core.reference import offload_speed
+
+    assert offload_speed.main(["--tiny", "--device", "cpu", "--steps", "6", "--full-steps", "3", "--repeats", "1",
+                               "--granularities", "module", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "offload.json").read_text())
+    rows = result["rows"]
+    assert result["command"].startswith("python -m") and offload.PREFETCH_DEPTH == result["prefetch_depth"]
+    assert [r["anchors"] for r in rows] == ["gpu", "cpu, 4 fetched ahead", "cpu, 0 fetched ahead"]
+    assert rows[0]["fetched_ahead"] == rows[0]["fetched_on_use"] == 0
+    assert rows[1]["fetched_ahead"] > rows[1]["fetched_on_use"] > 0 and rows[2]["fetched_ahead"] == 0
+    assert rows[0]["cache_gib"] == rows[1]["cache_gib"] > 0
