@@ -194,6 +194,26 @@ class HybridPredictor:
         """Anchors worth storing: the most any rule of this predictor reads."""
         return max(rule_anchors(rule) for rule in self.rules)
 
+    @functools.cached_property
+    def anchor_groups(self) -> Optional[tuple[tuple[int, torch.Tensor], ...]]:
+        """The channels grouped by how many anchors their cluster's solver reads, most first, as
+        (count, channel indices); None where every channel reads as many (nothing to save)."""
+        if self.labels is None:
+            return None
+        counts = torch.tensor([rule_anchors(rule) for rule in self.rules])[self.labels]
+        found = sorted(set(counts.tolist()), reverse=True)
+        if len(found) == 1:
+            return None
+        return tuple((n, torch.nonzero(counts == n).flatten()) for n in found)
+
+    @property
+    def anchors_held(self) -> float:
+        """Anchors a feature holds per channel on average: its groups' counts weighted by their sizes."""
+        groups = self.anchor_groups
+        if groups is None:
+            return float(self.anchors_needed)
+        return sum(n * idx.numel() for n, idx in groups) / self.labels.numel()
+
     def cluster_weights(self, k: float, spacings: Sequence[float], where: Optional[Where] = None) -> list[Weights]:
         return [rule_weights(rule, k, spacings, where) for rule in self.rules]
 
@@ -244,5 +264,24 @@ class HybridPredictor:
         where = Where(float(t), int(steps)) if steps is not None else None
         weights = self.channel_weights(k, spacings, anchors[0].device, where)
         return weighted_sum(anchors[: len(weights)], weights, out_dtype or anchors[0].dtype)
+
+    def predict_grouped(self, groups: Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]], times: Sequence[float],
+                        t: float, out_dtype: Optional[torch.dtype] = None, steps: Optional[int] = None) -> torch.Tensor:
+        """``predict`` where each channel group keeps only the anchors its solvers read:
+        ``groups`` = (channel indices, that group's anchors newest first), the group holding the
+        most anchors first, ``times`` its times. A group's weights on anchors it does not hold are
+        zero, so this is ``predict`` on full anchors, without storing them."""
+        available = min(len(times), MAX_ANCHORS)
+        k = float(t) - float(times[0])
+        spacings = [float(times[i] - times[i + 1]) for i in range(available - 1)]
+        first = groups[0][1][0]
+        where = Where(float(t), int(steps)) if steps is not None else None
+        weights = self.channel_weights(k, spacings, first.device, where)
+        out = torch.empty((*first.shape[:-1], self.labels.numel()), dtype=out_dtype or first.dtype, device=first.device)
+        for index, anchors in groups:
+            index = index.to(first.device)
+            used = [w if w.numel() == 1 else w.index_select(0, index) for w in weights[: len(anchors)]]
+            out.index_copy_(-1, index, weighted_sum(anchors[: len(used)], used, out.dtype))
+        return out
 
 

@@ -140,12 +140,22 @@ class CacheStream(StreamBase):
     def full(self) -> bool:
         return self._full
 
-    def _reads(self, feature: str) -> int:
-        """Anchors the forecast of ``feature`` reads (all of them where no predictor claims it)."""
+    def _reads(self, key) -> int:
+        """Anchors the forecast of ``key`` reads (all of them where no predictor claims it); a
+        channel group's key (feature, count) reads its count."""
+        if isinstance(key, tuple):
+            return key[1]
         try:
-            return self.predictors(feature).anchors_needed
+            return self.predictors(key).anchors_needed
         except KeyError:
             return self.store.capacity
+
+    def _groups(self, feature: str):
+        """The feature's channel groups by anchor count (``HybridPredictor.anchor_groups``), or None."""
+        try:
+            return self.predictors(feature).anchor_groups
+        except KeyError:
+            return None
 
     def begin(self, t: float, n_steps: int, signature: Hashable = None, force_full: bool = False) -> bool:
         """Start an evaluation at step coordinate ``t``; True if it must be computed fully.
@@ -165,16 +175,32 @@ class CacheStream(StreamBase):
         return self._full
 
     def remember(self, feature: str, value: torch.Tensor) -> None:
-        """Store a fully computed feature as an anchor (a copy)."""
-        self.store.push(feature, self._t, value)
+        """Store a fully computed feature as an anchor (a copy). Where the map's clusters read
+        different anchor counts, each group of channels keeps only its own count."""
+        groups = self._groups(feature)
+        if groups is None or value.shape[-1] != groups[0][1].numel() + sum(i.numel() for _, i in groups[1:]):
+            self.store.push(feature, self._t, value)
+            return
+        for count, index in groups:
+            self.store.push((feature, count), self._t, value.index_select(-1, index.to(value.device)))
 
     def can_predict(self, feature: str) -> bool:
-        return feature in self.store
+        groups = self._groups(feature)
+        return feature in self.store or (groups is not None and (feature, groups[0][0]) in self.store)
 
     def predict(self, feature: str, out_dtype: Optional[torch.dtype] = None,
                 device: Optional[torch.device | str] = None) -> torch.Tensor:
-        anchors, times = self.store.anchors(feature, device)
-        return self.predictors(feature).predict(anchors, times, self._t, out_dtype, steps=self._steps)
+        predictor = self.predictors(feature)
+        groups = predictor.anchor_groups
+        if groups is None or feature in self.store:
+            anchors, times = self.store.anchors(feature, device)
+            return predictor.predict(anchors, times, self._t, out_dtype, steps=self._steps)
+        held, times = [], None
+        for count, index in groups:
+            anchors, group_times = self.store.anchors((feature, count), device)
+            held.append((index, anchors))
+            times = times or group_times  # the first group holds the most
+        return predictor.predict_grouped(held, times, self._t, out_dtype, steps=self._steps)
 
     def accept(self, output: Optional[torch.Tensor] = None) -> bool:
         """Finish the evaluation. On a predicted one, a non-finite ``output`` is refused (False):
@@ -227,10 +253,11 @@ class CacheRun:
             self.streams[key] = stream
         return stream
 
-    def reads(self, feature: str) -> int:
-        """Anchors a stream keeps of ``feature``: its own solver's count (``CacheStream._reads``)."""
+    def reads(self, feature: str) -> float:
+        """Anchors a stream keeps of ``feature`` per channel: its own solver's count, or its channel
+        groups' counts weighted by their sizes (``CacheStream.remember``)."""
         try:
-            own = self.predictors(feature).anchors_needed
+            own = self.predictors(feature).anchors_held
         except KeyError:
             own = self.predictors.anchors_needed
         return max(1, min(self.predictors.anchors_needed, own))

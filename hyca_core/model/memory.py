@@ -78,10 +78,11 @@ def element_bytes(precision: str, dtype: torch.dtype) -> int:
 
 
 def estimate(diffusion_model: torch.nn.Module, family: Family, granularity: str, shape: SampleShape,
-             precision: str = "model", reads: Optional[Callable[[str], int]] = None,
+             precision: str = "model", reads: Optional[Callable[[str], float]] = None,
              reference_tokens: bool = False) -> Estimate:
     """The bytes every stream of a run holds once its anchors are all stored. ``reads(feature)``:
-    the anchors that feature keeps (its solver's count; the store's capacity by default 3)."""
+    the anchors that feature keeps per channel (its solver's count, or its channel groups' counts
+    weighted by their sizes; by default 3)."""
     width = hidden_size(diffusion_model)
     image = target_tokens(tuple(shape.latent), getattr(diffusion_model, "patch_size", 2)) or 0
     batch = shape.batch
@@ -96,7 +97,7 @@ def estimate(diffusion_model: torch.nn.Module, family: Family, granularity: str,
             if precision == "int8":
                 one += scale_bytes((batch, tokens, width))
             total += anchors * one
-    return Estimate(granularity, int(total), len(listed), exact=family.known and not reference_tokens)
+    return Estimate(granularity, round(total), len(listed), exact=family.known and not reference_tokens)
 
 
 def choose(preferred: str, estimate_at: Callable[[str], Estimate], budget: Optional[int]) -> tuple[Estimate, str]:

@@ -175,3 +175,45 @@ def test_a_feature_whose_solver_reads_fewer_anchors_keeps_fewer_and_forecasts_th
     (fewer, small), (full, large) = runs
     assert all(torch.equal(a, b) for a, b in zip(fewer, full)) and len(fewer) > 4
     assert small == (1 + 3) * 8 * 4 and large == (3 + 3) * 8 * 4
+
+
+def test_channel_groups_keep_only_their_own_anchors_and_forecast_the_same():
+    """Issue 26, per cluster: in one feature, channels whose cluster reuses keep one anchor and the
+    taylor2 channels three; the forecasts equal those from three anchors of every channel."""
+    labels = torch.tensor([0, 1, 1, 0, 2, 1])  # reuse, taylor2, hermite1
+    predictor = HybridPredictor(["reuse", "taylor2", "hermite1"], labels)
+    assert [(n, idx.tolist()) for n, idx in predictor.anchor_groups] == [(3, [1, 2, 5]), (2, [4]), (1, [0, 3])]
+    assert predictor.anchors_held == (3 * 3 + 2 + 2) / 6
+    outputs, held = {}, {}
+    for grouped in (True, False):
+        run = CacheRun(Schedule(interval=4, warmup=2), PredictorBank({"f": predictor}))
+        stream = run.stream("c")
+        if not grouped:
+            stream._groups = lambda feature: None  # the whole feature at the most any cluster reads
+        outputs[grouped] = []
+        g = torch.Generator().manual_seed(0)
+        for step in range(14):
+            value = torch.randn(2, 5, 6, generator=g) + step ** 1.5
+            if stream.begin(float(step), 14):
+                stream.remember("f", value)
+            else:
+                assert stream.can_predict("f")
+                outputs[grouped].append(stream.predict("f", out_dtype=torch.float32))
+            stream.accept()
+        held[grouped] = stream.store.peak_nbytes
+        assert run.reads("f") == pytest.approx(predictor.anchors_held)
+    assert len(outputs[True]) == 9  # 14 steps: full at 0, 1 (warm-up), 5, 9, 13
+    assert all(torch.equal(a, b) for a, b in zip(outputs[True], outputs[False]))
+    assert held[True] == 2 * 5 * 13 * 4 and held[False] == 2 * 5 * 6 * 3 * 4  # 13 of 18 channel-anchors
+
+
+def test_a_feature_of_another_width_than_the_map_is_still_a_clear_error():
+    predictor = HybridPredictor(["reuse", "taylor2"], torch.tensor([0, 1, 1]))
+    run = CacheRun(Schedule(interval=3, warmup=1), PredictorBank({"f": predictor}))
+    stream = run.stream("c")
+    stream.begin(0.0, 10)
+    stream.remember("f", torch.zeros(2, 4))  # four channels, the map labels three
+    stream.accept()
+    stream.begin(1.0, 10)
+    with pytest.raises(ValueError, match="4 channels but the solver map labels 3"):
+        stream.predict("f")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hyca_core.forecast.schedule import Schedule
+from hyca_core.forecast.predictor import HybridPredictor
 from hyca_core.forecast.stream import PredictorBank
 from hyca_core.maps import uniform_predictors
 from hyca_core.model import families, memory
@@ -177,3 +178,22 @@ def test_anchors_on_the_host_give_the_same_outputs_and_are_fetched_ahead(granula
         else:
             assert rows[0]["fetched_ahead"] == rows[0]["fetched_on_use"] == 0
     assert all(torch.equal(a, b) for a, b in zip(outputs["gpu"], outputs["cpu"]))
+
+
+class GroupedMap(ModuleMap):
+    """A module map whose scopes mix clusters reading one, two and three anchors."""
+
+    def predictors(self, interval, mode, placement=None):
+        labels = torch.arange(64) % 3
+        grouped = HybridPredictor(["reuse", "hermite1", "taylor2"], labels)
+        return PredictorBank({"double_blocks.*.img_attn": grouped, "single_blocks.*.total": grouped},
+                             default=uniform_predictors("taylor2").default)
+
+
+def test_the_estimate_counts_each_channel_groups_anchors():
+    model = flux()
+    config = ApplyConfig(families.detect(model), "module", Schedule(interval=3, warmup=1), GroupedMap(),
+                         cache_device="gpu")
+    state, held = run(model, config)
+    whole = memory.estimate(model, config.family, "module", state.sample_shape, reads=lambda f: 3).bytes
+    assert state.memory["estimated_bytes"] == held < whole  # two of the five scopes hold 2 anchors a channel
