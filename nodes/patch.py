@@ -72,6 +72,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     state.allocating = _outside_malloc_graphs()
     state.timestep_of = _timestep_of(guider.model_patcher)  # gates computed ahead: each future step's timestep
     state.sample_shape = sample_shape(guider, args[0] if args else kwargs.get("noise"))
+    if options.get(report.NODE_KEY) is not None:  # the node shows the memory plan while sampling
+        state.announce = report.announcer(options[report.NODE_KEY], options.get(report.NOTES_KEY, ()))
     options[RUN_KEY] = state
     status = "failed"
     try:

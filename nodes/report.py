@@ -16,6 +16,7 @@ from typing import Optional
 from ..hyca_core.maps import verified_text
 
 EVENT = "hyca.report"
+PLAN_EVENT = "hyca.plan"  # before the first step: the anchors' estimate and what it decided
 NODE_KEY = "hyca_report_node"  # transformer_options: id of the HyCa Apply node that gets the report
 NOTES_KEY = "hyca_report_notes"  # transformer_options: what HyCa Apply found when patching
 FORMAT = 1
@@ -55,6 +56,22 @@ def build(node_id: str, state, rows: list[dict], status: str, prompt_id: Optiona
         "conds": conds,
         "notes": list(apply_notes) + list(state.notes) + _diagnoses(conds, schedule),
     }
+
+
+def plan(node_id: str, state, prompt_id: Optional[str] = None, apply_notes=()) -> dict:
+    """What a run decided about its anchors before its first step (``RunState.plan_memory``),
+    shown on the HyCa Apply node while it samples; the run's report replaces it."""
+    config = getattr(state, "apply_config", state.config)
+    return {"format": FORMAT, "node": str(node_id), "prompt_id": prompt_id, "status": "sampling",
+            "granularity": config.granularity, "used_granularity": state.granularity,
+            "memory": _memory(state.memory), "notes": list(apply_notes) + list(state.notes)}
+
+
+def announcer(node_id: str, apply_notes=()):
+    """``RunState.announce`` for HyCa Apply's node: sends ``plan`` to the client that queued the prompt."""
+    def announce(state) -> None:
+        send(plan(node_id, state, current_prompt_id(), apply_notes), PLAN_EVENT)
+    return announce
 
 
 def _memory(memory) -> Optional[dict]:
@@ -124,13 +141,13 @@ def running_server():
     return getattr(getattr(module, "PromptServer", None), "instance", None)
 
 
-def send(message: dict) -> None:
+def send(message: dict, event: str = EVENT) -> None:
     """To the client that queued the running prompt; never raises (a report must not fail a run)."""
     server = running_server()
     if server is None or getattr(server, "client_id", None) is None:
         return  # no browser to show it to: the log line is the report
     try:
-        server.send_sync(EVENT, message, server.client_id)
+        server.send_sync(event, message, server.client_id)
     except Exception as exc:  # noqa: BLE001
         log.warning("HyCa: could not send the run report to the browser: %s", exc)
 

@@ -3,9 +3,10 @@
 // GET /hyca/map). Both are display-only widgets: never written into widgets_values.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { detailsHtml, esc, reportRunsHtml, withRun } from "./hyca_render.js";
+import { detailsHtml, esc, planHtml, reportRunsHtml, withRun } from "./hyca_render.js";
 
 const EVENT = "hyca.report";
+const PLAN_EVENT = "hyca.plan"; // before a run's first step: its anchors' estimate (the report replaces it)
 const REPORT_PROPERTY = "hyca_last_report"; // {prompt_id, runs}: saved with the workflow, survives a reload
 const COLOURS = { color: "#2a4858", bgcolor: "#1d333f" }; // one colour for the pack's three nodes
 const HYCA_NODES = new Set(["HyCaApply", "HyCaSolverMapLoader", "HyCaCalibrate"]);

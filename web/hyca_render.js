@@ -51,6 +51,19 @@ export function reportHtml(r) {
   return lines.join("");
 }
 
+// While a run samples: what HyCa decided about its anchors before the first step.
+export function planHtml(p) {
+  const m = p.memory;
+  const lines = [`<div class="hyca-head">sampling · ${esc(p.used_granularity)} granularity</div>`];
+  if (m) {
+    const budget = m.budget_bytes != null ? ` of a ${mib(m.budget_bytes)} budget (${esc(m.budget)})` : "";
+    lines.push(`<div class="hyca-dim">anchors: estimated ${mib(m.estimated_bytes)}${m.exact ? "" : " (approximate)"}` +
+      `${budget} · ${esc(m.device)}</div>`);
+  }
+  for (const note of p.notes || []) lines.push(`<div class="hyca-warn">⚠ ${esc(note)}</div>`);
+  return lines.join("");
+}
+
 // The anchors' estimate made before the first step, beside what the run held, and the budget.
 export function memoryHtml(r) {
   const m = r.memory;

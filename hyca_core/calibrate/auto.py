@@ -109,6 +109,7 @@ class AutoState(RunStateBase):
     free_memory = _handed("free_memory")
     allocating = _handed("allocating")
     sample_shape = _handed("sample_shape")
+    announce = _handed("announce")
 
     def __init__(self, config: AutoCalibrateConfig, diffusion_model):
         self._settings: dict = {}

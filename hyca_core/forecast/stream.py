@@ -115,6 +115,10 @@ class StreamBase:
 class CacheStream(StreamBase):
     """A caching stream: full evaluations store anchors, the others forecast from them."""
 
+    # channel groups keep their own anchor counts; False stores every channel at the most its
+    # feature's clusters read (the lab's comparison: the same forecasts, more memory)
+    group_channels = True
+
     def __init__(self, schedule: Schedule, predictors: Callable[[str], HybridPredictor],
                  capacity: int = 3, cache_dtype: Optional[torch.dtype] = None,
                  cache_device: Optional[torch.device | str] = None, name: str = "stream",
@@ -152,6 +156,8 @@ class CacheStream(StreamBase):
 
     def _groups(self, feature: str):
         """The feature's channel groups by anchor count (``HybridPredictor.anchor_groups``), or None."""
+        if not self.group_channels:
+            return None
         try:
             return self.predictors(feature).anchor_groups
         except KeyError:
@@ -191,7 +197,7 @@ class CacheStream(StreamBase):
     def predict(self, feature: str, out_dtype: Optional[torch.dtype] = None,
                 device: Optional[torch.device | str] = None) -> torch.Tensor:
         predictor = self.predictors(feature)
-        groups = predictor.anchor_groups
+        groups = self._groups(feature)
         if groups is None or feature in self.store:
             anchors, times = self.store.anchors(feature, device)
             return predictor.predict(anchors, times, self._t, out_dtype, steps=self._steps)
@@ -257,7 +263,8 @@ class CacheRun:
         """Anchors a stream keeps of ``feature`` per channel: its own solver's count, or its channel
         groups' counts weighted by their sizes (``CacheStream.remember``)."""
         try:
-            own = self.predictors(feature).anchors_held
+            predictor = self.predictors(feature)
+            own = predictor.anchors_held if CacheStream.group_channels else predictor.anchors_needed
         except KeyError:
             own = self.predictors.anchors_needed
         return max(1, min(self.predictors.anchors_needed, own))

@@ -31,6 +31,8 @@ class RunStateBase:
     # what the sampler will feed the model (``memory.SampleShape``): the anchors' estimate before the first step
     sample_shape = None
     memory: Optional[dict] = None  # that estimate and its budget, for the run report (None: not made)
+    # called once the memory is planned, before the first step (HyCa Apply shows it while sampling)
+    announce: Optional[Callable] = None
 
     def __init__(self):
         self.notes: list[str] = []  # what changed the caching, for the log and the run report

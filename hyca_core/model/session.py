@@ -169,8 +169,13 @@ class RunState(RunStateBase):
         if self.sample_shape is None or self.granularity == "off":
             return
         free_memory = self.free_memory or _torch_free_memory
-        plan = memory.plan(self.config, self.diffusion_model, self.granularity, self.sample_shape, self.run.reads,
-                           device, free_memory, FREE_MEMORY_SHARE)
+        try:
+            plan = memory.plan(self.config, self.diffusion_model, self.granularity, self.sample_shape, self.run.reads,
+                               device, free_memory, FREE_MEMORY_SHARE)
+        except Exception as exc:  # noqa: BLE001  a model the estimate cannot read: measured after the first full step
+            log.info("HyCa: no memory estimate before the first step (%s: %s); the anchors are measured after "
+                     "the first full step instead", type(exc).__name__, exc)
+            return
         for note in plan.notes:
             self._note(note)
         if plan.granularity != self.granularity:
@@ -179,6 +184,11 @@ class RunState(RunStateBase):
         self.memory, self.placed = plan.report, plan.estimate.exact
         if plan.offload:
             self.run.cache_device = "cpu"
+        if self.announce is not None:
+            try:
+                self.announce(self)
+            except Exception:  # noqa: BLE001  showing the plan is never worth the run
+                log.debug("HyCa: announcing the memory plan failed", exc_info=True)
 
     def _note(self, message: str) -> None:
         log.info(message)

@@ -30,15 +30,32 @@ def setup(request):
                 neg=conditioning(family, 2, tokens=8), latent=latent(family, batch=2))
 
 
+class Browser:
+    """PromptServer.instance's send_sync, recorded: the run reports and the plans sent before each
+    run's first step (with how many reports had come before)."""
+
+    def __init__(self):
+        self.reports, self.plans = [], []
+
+    def send_sync(self, event, message, client):
+        if event == "hyca.plan":
+            self.plans.append((len(self.reports), message))
+        else:
+            self.reports.append(message)
+
+    def __getitem__(self, index):
+        return self.reports[index]
+
+
 @pytest.fixture
 def browser(monkeypatch):
     import sys
     import types
 
-    sent = []
-    instance = types.SimpleNamespace(client_id="tab", send_sync=lambda *a: sent.append(a[1]))
+    recorder = Browser()
+    instance = types.SimpleNamespace(client_id="tab", send_sync=recorder.send_sync)
     monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=instance)))
-    return sent
+    return recorder
 
 
 def apply(model, node_id, **inputs):
@@ -68,6 +85,9 @@ def test_the_estimate_before_sampling_is_what_the_run_holds(setup, browser, gran
     assert memory["exact"] and memory["granularity"] == granularity == report["used_granularity"]
     assert held > 0 and abs(memory["estimated_bytes"] - held) <= 0.05 * held, (memory, held)
     assert memory["budget_bytes"] and "host memory" in memory["budget"]  # a CPU run: the budget is RAM's
+    before, plan = browser.plans[-1]  # shown on the node before the first step, with the same estimate
+    assert before == len(browser.reports) - 1 and plan["status"] == "sampling"
+    assert plan["memory"] == memory and plan["node"] == "61" and plan["used_granularity"] == granularity
 
 
 def test_cfg_1_counts_one_cond(setup, browser):
@@ -110,6 +130,7 @@ def test_auto_steps_coarser_when_the_budget_is_cut_and_forgets_it_after(setup, b
     assert used in ("block", "stack") and torch.isfinite(out).all()
     assert memory["estimated_bytes"] <= memory["budget_bytes"] < module_bytes and "max_cache_gb" in memory["budget"]
     assert any(f"granularity auto: {used}" in note for note in report["notes"]), report["notes"]
+    assert any(f"granularity auto: {used}" in note for note in browser.plans[-1][1]["notes"])  # said before step 1
     sample(plain, setup)  # the same patched model again: the cut was that node's, not the model's
     assert browser[-1]["used_granularity"] == "module" and not auto_notes(browser[-1])
 

@@ -114,6 +114,24 @@ def test_cpu_offload_pins_and_round_trips():
     assert torch.equal(a, x)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the side stream's copies")
+@pytest.mark.parametrize("precision", ["model", "bf16", "int8"])
+def test_offloaded_anchors_round_trip_through_the_side_stream(precision):
+    store = AnchorStore(capacity=2, device="cpu", precision=precision)
+    values = {f"f{i}": [torch.randn(4, 64, device="cuda") for _ in range(2)] for i in range(6)}
+    for t in (0, 1):
+        for key, pair in values.items():
+            x = pair[t].clone()
+            store.push(key, float(t), x)
+            x.mul_(0)  # the block changes its output in place right after: the anchor must not follow
+    for key, pair in values.items():
+        got, times = store.anchors(key, device="cuda")
+        assert times == [1.0, 0.0] and got[0].device.type == "cuda"
+        tol = 0 if precision == "model" else 0.02
+        assert torch.allclose(got[0], pair[1], atol=tol * 4, rtol=tol) and torch.allclose(got[1], pair[0], atol=tol * 4, rtol=tol)
+    assert store.transfers.hits == 5 and store.transfers.misses == 1
+
+
 def test_clear_frees_everything():
     store = AnchorStore()
     store.push("f", 0.0, torch.zeros(3))

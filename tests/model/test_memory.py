@@ -197,3 +197,17 @@ def test_the_estimate_counts_each_channel_groups_anchors():
     state, held = run(model, config)
     whole = memory.estimate(model, config.family, "module", state.sample_shape, reads=lambda f: 3).bytes
     assert state.memory["estimated_bytes"] == held < whole  # two of the five scopes hold 2 anchors a channel
+
+
+def test_a_model_the_estimate_cannot_read_still_samples(monkeypatch):
+    """A family found by its block lists whose width the estimate cannot tell (Kandinsky 5 in ComfyUI
+    0.26): no estimate, the run goes on, ``place`` measures after the first full step."""
+    model = flux()
+    config = ApplyConfig(families.detect(model), "auto", Schedule(interval=3, warmup=1))
+
+    def unreadable(*args, **kwargs):
+        raise families.UnsupportedModel("cannot tell the hidden size of Kandinsky5")
+
+    monkeypatch.setattr(memory, "estimate", unreadable)
+    state, held = run(model, config)
+    assert state.memory is None and held > 0 and state.granularity == "final"

@@ -32,6 +32,7 @@ def test_frontend_renders_the_servers_json(tmp_path, solver_map):
                                                        "3": {"kept": "hermite", "gain_db": 0.25}}}
     state = fake_state(solver_map, used="block")
     over_budget = fake_state(None, granularity="auto", used="block")
+    over_budget.notes = ["HyCa: granularity auto: block, <b>whose</b> anchors fit"]
     over_budget.memory = {"estimated_bytes": 3 * 2 ** 30, "budget_bytes": 2 * 2 ** 30, "budget": "max_cache_gb 2",
                           "granularity": "block", "device": "cpu", "exact": True}
     fixtures = {
@@ -43,6 +44,7 @@ def test_frontend_renders_the_servers_json(tmp_path, solver_map):
         "report.json": report.build("12", state, [row("positive", 8, 22), row("negative", 10, 20, recomputed=2)],
                                     "done", "p1"),
         "report-memory.json": report.build("13", over_budget, [row("positive", 6, 18, peak=3 * 2 ** 30)], "done"),
+        "plan.json": report.plan("13", over_budget, "p2"),
     }
     for name, data in fixtures.items():
         (tmp_path / name).write_text(json.dumps(data))

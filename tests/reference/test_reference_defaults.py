@@ -36,6 +36,21 @@ def test_the_anchor_precision_lab_measures_every_precision(tmp_path):
     anchor_precision.main(["--model", "flux", "--steps", "6", "--intervals", "3", "--granularities", "block",
                            "--seeds", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [r["precision"] for r in rows] == ["model", "bf16", "int8"] and rows[0]["vs_model_db"] == 0
+    assert [r["variant"] for r in rows] == ["model", "bf16", "int8"] and rows[0]["vs_first_db"] == 0
     assert rows[0]["anchor_bytes"] > rows[1]["anchor_bytes"] > rows[2]["anchor_bytes"] > 0
     assert all(r["psnr"] > 20 for r in rows)
+
+
+def test_the_anchor_precision_lab_compares_per_cluster_anchor_counts(tmp_path):
+    """``--calibrated``: a calibrated map sampled with each channel group at its own anchor count and
+    with every channel at its feature's most: the same images, fewer or as many bytes."""
+    import json
+
+    from hyca_core.reference import anchor_precision
+
+    out = tmp_path / "rows.json"
+    anchor_precision.main(["--model", "flux", "--steps", "8", "--intervals", "3", "--granularities", "block",
+                           "--seeds", "1", "--calibrated", "--clusters", "2", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["per cluster", "per feature"]
+    assert rows[0]["psnr"] == rows[1]["psnr"] > 20 and 0 < rows[0]["anchor_bytes"] <= rows[1]["anchor_bytes"]

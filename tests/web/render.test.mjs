@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 
 import {
-  MAX_RUNS, TIMELINE_MAX, detailsHtml, esc, ranges, reportHtml, reportRunsHtml, timelineHtml, withRun,
+  MAX_RUNS, TIMELINE_MAX, detailsHtml, esc, planHtml, ranges, reportHtml, reportRunsHtml, timelineHtml, withRun,
 } from "../../web/hyca_render.js";
 
 const fixture = (name) => JSON.parse(readFileSync(join(process.env.HYCA_FIXTURES, name), "utf8"));
@@ -56,6 +56,14 @@ test("a report shows the anchors' estimate beside what was held, flagged over th
   assert.ok(shown.includes("anchors: estimated 3.00 GiB of 2.00 GiB (max_cache_gb 2) · held 3.00 GiB · cpu"), shown);
   assert.ok(reportHtml(fixture("report-memory.json")).includes('<div class="hyca-warn" title="estimated'));
   assert.ok(!text(reportHtml(fixture("report.json"))).includes("anchors:"));
+});
+
+test("while sampling the node shows the anchors' plan and its notes, escaped", () => {
+  const shown = text(planHtml(fixture("plan.json")));
+  assert.ok(shown.startsWith("sampling · block granularity"), shown);
+  assert.ok(shown.includes("anchors: estimated 3.00 GiB of a 2.00 GiB budget (max_cache_gb 2) · cpu"), shown);
+  assert.ok(shown.includes("⚠ HyCa: granularity auto: block"), shown);
+  assert.ok(!planHtml(fixture("plan.json")).includes("<b>"));
 });
 
 test("runs of one prompt accumulate, a new prompt starts over", () => {
