@@ -304,8 +304,13 @@ def browser(monkeypatch):
     import sys
     import types
 
-    sent = []
-    instance = types.SimpleNamespace(client_id="tab-7", send_sync=lambda *a: sent.append(a))
+    sent = []  # the run reports; the memory plans sent before each run's first step go to ``plans``
+
+    def send_sync(*message):
+        (plans if message[0] == "hyca.plan" else sent).append(message)
+
+    plans = []
+    instance = types.SimpleNamespace(client_id="tab-7", send_sync=send_sync, plans=plans)
     module = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=instance))
     monkeypatch.setitem(sys.modules, "server", module)
     return sent

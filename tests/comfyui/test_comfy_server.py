@@ -93,6 +93,11 @@ def test_run_report_reaches_the_apply_node(server):
     assert cond["timeline"] == "FF··F··F··FF" and cond["full_reasons"]["cooldown"] == 1
     assert report["flops_speedup"] == pytest.approx(12 / cond["full"], rel=1e-3)
     assert report["peak_cache_bytes"] > 0
+    # before the first step the node was shown the anchors' plan, with the estimate the report holds
+    types = [m["type"] for m in messages]
+    (plan,) = [m["data"] for m in messages if m["type"] == "hyca.plan"]
+    assert types.index("hyca.plan") < types.index("hyca.report") and plan["node"] == "8"
+    assert plan["memory"] == report["memory"] and report["memory"]["estimated_bytes"] == report["peak_cache_bytes"]
 
 
 def test_report_names_the_node_that_patched_the_model(server):
