@@ -110,16 +110,18 @@ def sample_shape(guider, noise):
         cfg = getattr(guider, "cfg", None)
         cfg1 = (isinstance(cfg, (int, float)) and math.isclose(cfg, 1.0)
                 and not guider.model_options.get("disable_cfg1_optimization", False))
-        tokens = []
+        tokens, references = [], False
         for key, conds in (getattr(guider, "conds", None) or {}).items():
             if cfg1 and key == "negative":
                 continue
             for cond in conds or ():
-                text = cond.get("cross_attn") if isinstance(cond, dict) else None
+                cond = cond if isinstance(cond, dict) else {}
+                text = cond.get("cross_attn")
                 tokens.append(int(text.shape[1]) if isinstance(text, torch.Tensor) and text.ndim >= 2 else 0)
+                references = references or bool(cond.get("reference_latents"))  # ReferenceLatent's key
         if not isinstance(noise, torch.Tensor) or not tokens:
             return None
-        return SampleShape(tuple(noise.shape), tuple(tokens), dtype)
+        return SampleShape(tuple(noise.shape), tuple(tokens), dtype, references)
     except Exception:  # noqa: BLE001  an estimate is never worth a run
         log.debug("HyCa: no sample shape for the memory estimate", exc_info=True)
         return None

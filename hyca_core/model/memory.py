@@ -32,6 +32,7 @@ class SampleShape:
     latent: tuple  # the sampled latent (B, C, [T,] H, W)
     text_tokens: tuple = (0,)  # each cond evaluated every step (with CFG: positive and negative)
     dtype: torch.dtype = torch.float32  # the model's compute dtype: its features'
+    references: bool = False  # reference latents (Kontext, Qwen-Image-Edit): more image tokens than counted
 
     @property
     def batch(self) -> int:
@@ -78,8 +79,7 @@ def element_bytes(precision: str, dtype: torch.dtype) -> int:
 
 
 def estimate(diffusion_model: torch.nn.Module, family: Family, granularity: str, shape: SampleShape,
-             precision: str = "model", reads: Optional[Callable[[str], float]] = None,
-             reference_tokens: bool = False) -> Estimate:
+             precision: str = "model", reads: Optional[Callable[[str], float]] = None) -> Estimate:
     """The bytes every stream of a run holds once its anchors are all stored. ``reads(feature)``:
     the anchors that feature keeps per channel (its solver's count, or its channel groups' counts
     weighted by their sizes; by default 3)."""
@@ -97,7 +97,7 @@ def estimate(diffusion_model: torch.nn.Module, family: Family, granularity: str,
             if precision == "int8":
                 one += scale_bytes((batch, tokens, width))
             total += anchors * one
-    return Estimate(granularity, round(total), len(listed), exact=family.known and not reference_tokens)
+    return Estimate(granularity, round(total), len(listed), exact=family.known and not shape.references)
 
 
 def choose(preferred: str, estimate_at: Callable[[str], Estimate], budget: Optional[int]) -> tuple[Estimate, str]:
@@ -136,7 +136,7 @@ class Plan:
     notes: list
 
 
-def plan(config, diffusion_model, granularity: str, shape: SampleShape, reads: Callable[[str], int],
+def plan(config, diffusion_model, granularity: str, shape: SampleShape, reads: Callable[[str], float],
          device: torch.device, free_memory: Callable, share: float) -> Plan:
     """The anchors' estimate at ``granularity`` (``config``: an ``ApplyConfig``), the budget
     (``max_cache_gb``, else ``share`` of the memory free where they live), the granularity

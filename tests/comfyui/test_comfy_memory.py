@@ -144,3 +144,15 @@ def test_cpu_anchors_give_the_same_images(setup):
     on_device = sample(apply(setup["model"], "66", granularity="module", cache_device="gpu"), setup)
     on_host = sample(apply(setup["model"], "67", granularity="module", cache_device="cpu"), setup)
     assert torch.equal(on_device, on_host)
+
+
+def test_reference_latents_make_the_estimate_approximate(setup, browser):
+    """Kontext / Qwen-Image-Edit: the reference latent's tokens join the image's, which the estimate
+    does not count; it says so, and the anchors are measured after the first full step too."""
+    if setup["family"] not in ("flux", "qwen_image"):
+        pytest.skip("reference latents are a FLUX Kontext / Qwen-Image-Edit feature")
+    reference = torch.randn(setup["latent"].shape, generator=torch.Generator().manual_seed(5))
+    pos = [[setup["pos"][0][0], {**setup["pos"][0][1], "reference_latents": [reference[:1]]}]]
+    sample(apply(setup["model"], "68", granularity="block"), {**setup, "pos": pos})
+    report = browser[-1]
+    assert report["memory"]["exact"] is False and report["memory"]["estimated_bytes"] < report["peak_cache_bytes"]
