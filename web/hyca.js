@@ -191,6 +191,12 @@ app.registerExtension({
       if (tracker?.captureCanvasState) tracker.captureCanvasState(); // checkState is deprecated there
       else tracker?.checkState?.(); // frontend 1.27
     });
+    api.addEventListener(PLAN_EVENT, ({ detail }) => {
+      const node = nodeByExecutionId(detail.node);
+      if (!node || node.comfyClass !== "HyCaApply") return;
+      if (!node.hycaReport) node.hycaReport = addPanel(node, "hyca_report", "Run a prompt to see what HyCa did.");
+      node.hycaReport.show(planHtml(detail)); // not saved: the run's report takes its place
+    });
   },
 
   async refreshComboInNodes() {
