@@ -168,7 +168,7 @@ def memory_rows(target: Target, precisions=("model", "int8"), anchors: int = 2) 
         sizes = {g: memory.estimate(model, family, g, shape, precision, reads=lambda f: anchors).bytes
                  for g in ("module", "block", "stack")}
         budget = memory.budget_bytes(0, free, FREE_MEMORY_SHARE)
-        auto = memory.choose("module", lambda g: memory.Estimate(g, sizes[g], 1), budget)[0].granularity
+        auto = memory.choose("module", lambda g: memory.Estimate(g, sizes[g]), budget)[0].granularity
         rows.append({"model": target.name, "size": label, "conds": conds, "image_tokens": families.target_tokens(
             latent, getattr(model, "patch_size", 2)), "text_tokens": text, "precision": precision, "anchors": anchors,
             "fp8_weights_bytes": weights, "inference_reserve_bytes": int(reserve), "free_after_model_bytes": int(free),

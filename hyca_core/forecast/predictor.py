@@ -178,6 +178,7 @@ class HybridPredictor:
                 raise ValueError(f"channel labels must lie in [0, {len(self.rules)}), got "
                                  f"[{int(labels.min())}, {int(labels.max())}]")
         self.labels = labels
+        self._indices: dict = {}  # (group, device) -> its channel indices there
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
 
@@ -213,6 +214,14 @@ class HybridPredictor:
         if groups is None:
             return float(self.anchors_needed)
         return sum(n * idx.numel() for n, idx in groups) / self.labels.numel()
+
+    def group_index(self, position: int, device: torch.device) -> torch.Tensor:
+        """The channel indices of anchor group ``position`` on ``device``, copied there once."""
+        key = (position, torch.device(device))
+        found = self._indices.get(key)
+        if found is None:
+            found = self._indices[key] = self.anchor_groups[position][1].to(device)
+        return found
 
     def cluster_weights(self, k: float, spacings: Sequence[float], where: Optional[Where] = None) -> list[Weights]:
         return [rule_weights(rule, k, spacings, where) for rule in self.rules]
@@ -268,7 +277,7 @@ class HybridPredictor:
     def predict_grouped(self, groups: Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]], times: Sequence[float],
                         t: float, out_dtype: Optional[torch.dtype] = None, steps: Optional[int] = None) -> torch.Tensor:
         """``predict`` where each channel group keeps only the anchors its solvers read:
-        ``groups`` = (channel indices, that group's anchors newest first), the group holding the
+        ``groups`` = (channel indices on the anchors' device, that group's anchors newest first), the group holding the
         most anchors first, ``times`` its times. A group's weights on anchors it does not hold are
         zero, so this is ``predict`` on full anchors, without storing them."""
         available = min(len(times), MAX_ANCHORS)
@@ -279,7 +288,6 @@ class HybridPredictor:
         weights = self.channel_weights(k, spacings, first.device, where)
         out = torch.empty((*first.shape[:-1], self.labels.numel()), dtype=out_dtype or first.dtype, device=first.device)
         for index, anchors in groups:
-            index = index.to(first.device)
             used = [w if w.numel() == 1 else w.index_select(0, index) for w in weights[: len(anchors)]]
             out.index_copy_(-1, index, weighted_sum(anchors[: len(used)], used, out.dtype))
         return out

@@ -187,8 +187,10 @@ class CacheStream(StreamBase):
         if groups is None or value.shape[-1] != groups[0][1].numel() + sum(i.numel() for _, i in groups[1:]):
             self.store.push(feature, self._t, value)
             return
-        for count, index in groups:
-            self.store.push((feature, count), self._t, value.index_select(-1, index.to(value.device)))
+        predictor = self.predictors(feature)
+        for position, (count, _) in enumerate(groups):
+            index = predictor.group_index(position, value.device)
+            self.store.push((feature, count), self._t, value.index_select(-1, index))
 
     def can_predict(self, feature: str) -> bool:
         groups = self._groups(feature)
@@ -202,9 +204,9 @@ class CacheStream(StreamBase):
             anchors, times = self.store.anchors(feature, device)
             return predictor.predict(anchors, times, self._t, out_dtype, steps=self._steps)
         held, times = [], None
-        for count, index in groups:
+        for position, (count, _) in enumerate(groups):
             anchors, group_times = self.store.anchors((feature, count), device)
-            held.append((index, anchors))
+            held.append((predictor.group_index(position, anchors[0].device), anchors))
             times = times or group_times  # the first group holds the most
         return predictor.predict_grouped(held, times, self._t, out_dtype, steps=self._steps)
 

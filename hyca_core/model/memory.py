@@ -43,7 +43,6 @@ class SampleShape:
 class Estimate:
     granularity: str
     bytes: int
-    features: int
     exact: bool = True  # False: reference latents or a family found by its block lists
 
     def __str__(self) -> str:
@@ -97,7 +96,7 @@ def estimate(diffusion_model: torch.nn.Module, family: Family, granularity: str,
             if precision == "int8":
                 one += scale_bytes((batch, tokens, width))
             total += anchors * one
-    return Estimate(granularity, round(total), len(listed), exact=family.known and not shape.references)
+    return Estimate(granularity, round(total), exact=family.known and not shape.references)
 
 
 def choose(preferred: str, estimate_at: Callable[[str], Estimate], budget: Optional[int]) -> tuple[Estimate, str]:
@@ -129,8 +128,7 @@ def budget_bytes(max_cache_gb: float, free: Optional[int], share: float) -> Opti
 class Plan:
     """What a run does about its anchors' memory, decided before its first step."""
 
-    estimate: Estimate
-    granularity: str
+    estimate: Estimate  # at the granularity the run uses
     offload: bool  # cache_device auto: keep them in CPU memory
     report: dict  # for the run report
     notes: list
@@ -170,7 +168,7 @@ def plan(config, diffusion_model, granularity: str, shape: SampleShape, reads: C
         else:
             notes.append(f"HyCa: {need}; set granularity to auto or a coarser one, anchor_precision to int8, "
                          "or cache_device to auto")
-    return Plan(chosen, chosen.granularity, offload, report, notes)
+    return Plan(chosen, offload, report, notes)
 
 
 def host_available() -> Optional[int]:

@@ -178,8 +178,8 @@ class RunState(RunStateBase):
             return
         for note in plan.notes:
             self._note(note)
-        if plan.granularity != self.granularity:
-            self.granularity = plan.granularity
+        if plan.estimate.granularity != self.granularity:
+            self.granularity = plan.estimate.granularity
             self.verified = self.granularity != "module"
         self.memory, self.placed = plan.report, plan.estimate.exact
         if plan.offload:
@@ -337,10 +337,8 @@ class RunState(RunStateBase):
         needed = anchors_still_needed(store.nbytes, store.capacity, streams)
         self.placed = True
         if needed > FREE_MEMORY_SHARE * free:
-            message = (f"HyCa: anchors need about {needed / 2 ** 30:.1f} GiB more, {free / 2 ** 30:.1f} GiB is free: "
+            self._note(f"HyCa: anchors need about {needed / 2 ** 30:.1f} GiB more, {free / 2 ** 30:.1f} GiB is free: "
                        "keeping them in CPU memory for this run (set cache_device to gpu or cpu to choose)")
-            log.info(message)
-            self.notes.append(message)
             self.run.cache_device = "cpu"  # new streams start there, others move at their next evaluation
             stream.store.move_to("cpu")
 

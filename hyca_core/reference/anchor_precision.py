@@ -26,11 +26,11 @@ from ..forecast.schedule import Schedule
 from ..forecast.stream import CacheStream
 from ..model import families
 from ..model.session import ApplyConfig
-from .benchmark import Setting, cached_evaluator, calibrate_outcome
+from .benchmark import Setting, calibrate_outcome, reference_runner
 from .data import decode
 from .frontier import lab_cfg, lab_parser
 from .metrics import psnr
-from .pipeline import kind_of, load_reference, sample
+from .pipeline import load_reference
 
 HELD_OUT = 100  # first seed of the held-out prompts
 
@@ -48,18 +48,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = lab_cfg(args)
     model = load_reference(args.model)
-    family, kind, setting = families.detect(model), kind_of(model), Setting(steps=args.steps, cfg=cfg)
+    family = families.detect(model)
+    run = reference_runner(model, Setting(steps=args.steps, cfg=cfg))  # the prompts and noise of each seed
     seeds = range(HELD_OUT, HELD_OUT + args.seeds)
 
     def images(seed, config=None):
-        prompts = kind.prompts(4242 + seed, 8)
-        noise_seed = 50_000 + 100 * seed
-        if config is None:
-            return decode(sample(model, prompts, seed=noise_seed, steps=setting.steps, cfg=setting.cfg)), 0
-        call, state = cached_evaluator(model, config)
-        out = sample(model, prompts, seed=noise_seed, steps=setting.steps, cfg=setting.cfg, evaluate=call)
-        rows = state.close()
-        return decode(out), sum(r["peak_cache_bytes"] for r in rows)
+        """The seed's decoded images under ``config`` (None: uncached) and the bytes its anchors held."""
+        decoded = decode(run(seed, config))
+        return decoded, sum(r["peak_cache_bytes"] for r in run.report)
 
     references = {seed: images(seed)[0] for seed in seeds}
 

@@ -71,19 +71,21 @@ def cached_evaluator(model, config: ApplyConfig):
 def reference_runner(model, setting: Setting, prompts_per_seed: int = 8):
     """``run(seed, config)`` for ``hyca_core.calibrate.procedure``: calibration seed ``s`` samples its own
     prompts (the model kind's ``prompts(4242 + s)``) from its own noise, under any HyCa config
-    (None: uncached)."""
+    (None: uncached). ``run.report`` holds the last cached run's report rows (``RunState.close``)."""
     kind = kind_of(model)
 
     def run(seed, config):
         prompts = kind.prompts(4242 + seed, prompts_per_seed)
+        run.report = []
         if config is None:
             return sample(model, prompts, seed=50_000 + 100 * seed, steps=setting.steps, cfg=setting.cfg)
         call, state = cached_evaluator(model, config)
         try:
             return sample(model, prompts, seed=50_000 + 100 * seed, steps=setting.steps, cfg=setting.cfg, evaluate=call)
         finally:
-            state.close()
+            run.report = state.close()
 
+    run.report = []
     return run
 
 

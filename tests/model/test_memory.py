@@ -152,7 +152,7 @@ def test_budget_and_choice_rules():
     assert memory.budget_bytes(0, 8 * memory.GiB, 0.5) == 4 * memory.GiB
     assert memory.budget_bytes(0, None, 0.5) is None
     sizes = {"module": 30, "block": 20, "stack": 1}
-    at = lambda g: memory.Estimate(g, sizes[g], 1)  # noqa: E731
+    at = lambda g: memory.Estimate(g, sizes[g])  # noqa: E731
     assert memory.choose("module", at, None)[0].granularity == "module"
     chosen, why = memory.choose("module", at, 0)
     assert chosen.granularity == "stack" and "does not fit" in why and "module would hold" in why
